@@ -1,0 +1,83 @@
+"""Cut any fx-traceable classifier at a named module into backbone and head graphs."""
+
+from __future__ import annotations
+
+import torch.fx as fx
+from fdpipe.export.models import check_layer
+from fdpipe.kernels.network import SplitNetwork
+from torch import nn
+
+
+class _CutTracer(fx.Tracer):
+    """Keeps the target module whole (one node), so the cut lies exactly at its output."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name == self.target or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def _is_free(node: fx.Node) -> bool:
+    """Nodes that hold no per-image value and can be copied to either side."""
+    return node.op == "get_attr"
+
+
+def split_at(model: nn.Module, layer: str) -> SplitNetwork:
+    """Split ``model`` at the output of module ``layer``.
+
+    Tensors computed before the cut and read after it (residual branches that jump over it)
+    become extra backbone outputs and extra head inputs, so the head never re-runs the backbone.
+    """
+    check_layer(model, layer)
+    tracer = _CutTracer(layer)
+    graph = tracer.trace(model)
+    nodes = list(graph.nodes)
+    cut = next(n for n in nodes if n.op == "call_module" and n.target == layer)
+    before = set(nodes[: nodes.index(cut) + 1])
+    after = [n for n in nodes[nodes.index(cut) + 1 :] if n.op != "output"]
+
+    # Values from before the cut that the head reads, in a stable order.
+    extras: list[fx.Node] = []
+    for node in after:
+        for arg in node.all_input_nodes:
+            if arg in before and arg is not cut and not _is_free(arg) and arg not in extras:
+                extras.append(arg)
+    output = next(n for n in nodes if n.op == "output")
+    for arg in output.all_input_nodes:
+        if arg in before and arg is not cut and arg not in extras:
+            extras.append(arg)
+
+    backbone_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in nodes[: nodes.index(cut) + 1]:
+        env[node] = backbone_graph.node_copy(node, lambda n: env[n])
+    outs = [env[cut], *(env[e] for e in extras)]
+    backbone_graph.output(outs[0] if len(outs) == 1 else tuple(outs))
+    backbone = fx.GraphModule(model, backbone_graph, class_name="Backbone")
+    backbone.graph.eliminate_dead_code()
+    backbone.recompile()
+
+    head_graph = fx.Graph()
+    head_env: dict[fx.Node, fx.Node] = {cut: head_graph.placeholder("activations")}
+    for i, extra in enumerate(extras):
+        head_env[extra] = head_graph.placeholder(f"extra_{i}")
+
+    def lookup(n: fx.Node) -> fx.Node:
+        if n not in head_env:  # a parameter/buffer read before the cut: copy the read itself
+            head_env[n] = head_graph.node_copy(n, lookup)
+        return head_env[n]
+
+    for node in after:
+        head_env[node] = head_graph.node_copy(node, lookup)
+    head_graph.output(fx.map_arg(output.args[0], lookup))
+    head = fx.GraphModule(model, head_graph, class_name="Head")
+    head.graph.eliminate_dead_code()
+    head.recompile()
+    return SplitNetwork(backbone, head, layer)
+
+
+__all__ = ["split_at"]

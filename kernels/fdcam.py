@@ -1,0 +1,107 @@
+"""FD-CAM: Grad-CAM weights combined with switch-on/off scores of groups of similar channels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from fdpipe.kernels.base import CAMMethod
+from fdpipe.kernels.gradcam import gradient_weights
+from fdpipe.kernels.postprocess import minmax_vector
+from fdpipe.kernels.state import LayerState
+from torch import Tensor
+
+Combination = Literal["product", "exp", "exp_shift"]
+Scoring = Literal["both", "off"]
+
+
+def channel_cosine(activations: Tensor) -> Tensor:
+    """(B, K, h, w) -> (B, K, K) cosine similarity; rows and columns of zero channels are 0."""
+    flat = activations.flatten(2)
+    norms = flat.norm(dim=-1)
+    unit = flat / norms.where(norms > 0, 1.0)[..., None]
+    return unit @ unit.transpose(1, 2)
+
+
+def quantile_linear(values: Tensor, q: float) -> Tensor:
+    """``torch.quantile(values, q, dim=-1, keepdim=True)`` (linear), without its size limit."""
+    ordered = values.sort(dim=-1).values
+    position = q * (values.shape[-1] - 1)
+    low = int(position)
+    high = min(low + 1, values.shape[-1] - 1)
+    weight = torch.tensor(position - low, dtype=values.dtype)
+    return torch.lerp(ordered[..., low : low + 1], ordered[..., high : high + 1], weight)
+
+
+def similarity_groups(activations: Tensor, threshold: float = 0.95) -> Tensor:
+    """(B, K, K) bool: row k is G_k = {l : cos(k, l) > quantile_threshold(row k)}."""
+    cosine = channel_cosine(activations)
+    return cosine > quantile_linear(cosine, threshold)
+
+
+def score_unique_masks(state: LayerState, masks: Tensor, probabilities: bool) -> Tensor:
+    """Scores (B, T, M) for masks (B, M, K), evaluating each distinct mask of an image once."""
+    uniques, inverses = [], []
+    for image_masks in masks:
+        unique, inverse = torch.unique(image_masks, dim=0, return_inverse=True)
+        uniques.append(unique)
+        inverses.append(inverse)
+    width = max(len(u) for u in uniques)
+    padded = masks.new_zeros(len(uniques), width, masks.shape[-1])
+    for b, unique in enumerate(uniques):
+        padded[b, : len(unique)] = unique
+    scores = state.scorer(
+        state.activations, padded, state.classes, extras=state.extras, probabilities=probabilities
+    )
+    index = torch.stack(inverses)[:, None, :].expand(-1, scores.shape[1], -1)
+    return scores.gather(2, index)
+
+
+@dataclass(frozen=True)
+class FDCAMOptions:
+    threshold: float = 0.95  # quantile of each cosine row above which channels join the group
+    shift: float = 0.5  # b in w = a_hat * exp(s_hat) - b
+    grouping: bool = True  # False: every group is the channel alone
+    scoring: Scoring = "both"  # "off": switch-off scores only
+    combination: Combination = "exp_shift"
+    probabilities: bool = False  # score softmax probabilities instead of logits
+
+
+class FDCAM(CAMMethod):
+    name = "fdcam"
+    uses_gradients = True
+
+    def __init__(self, **options: object) -> None:
+        self.config = FDCAMOptions(**options)  # type: ignore[arg-type]
+
+    def options(self) -> dict[str, object]:
+        return asdict(self.config)
+
+    def channel_weights(self, state: LayerState) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        acts = state.activations
+        batch, channels = acts.shape[:2]
+        if cfg.grouping:
+            groups = similarity_groups(acts, cfg.threshold)
+        else:
+            groups = torch.eye(channels, dtype=torch.bool).expand(batch, -1, -1)
+        keep_only = groups.to(acts.dtype)
+        switch_off = 1 - keep_only
+        masks = switch_off if cfg.scoring == "off" else torch.cat([keep_only, switch_off], dim=1)
+        scores = score_unique_masks(state, masks, cfg.probabilities)
+        clean = state.target_probabilities if cfg.probabilities else state.target_logits
+        off = clean[..., None] - scores[..., -channels:]
+        combined = off if cfg.scoring == "off" else scores[..., :channels] + off
+        return combine(gradient_weights(state), combined, cfg), combined
+
+
+def combine(alpha: Tensor, scores: Tensor, cfg: FDCAMOptions) -> Tensor:
+    alpha_hat, score_hat = minmax_vector(alpha), minmax_vector(scores)
+    if cfg.combination == "product":
+        return alpha_hat * score_hat
+    if cfg.combination == "exp":
+        return alpha_hat * score_hat.exp()
+    if cfg.combination == "exp_shift":
+        return alpha_hat * score_hat.exp() - cfg.shift
+    raise ValueError(f"unknown combination {cfg.combination!r}: product, exp or exp_shift")

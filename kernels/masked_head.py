@@ -1,0 +1,69 @@
+"""Scores of the target classes for channel-masked activations, re-running only the head.
+
+Every scorer has the same call: ``scorer(activations (B,K,h,w), masks (B,M,K), classes (B,T))``
+returns ``(B,T,M)``: the head output for class ``classes[b,t]`` on ``activations[b]`` with channel
+``k`` multiplied by ``masks[b,m,k]``. ``probabilities=True`` scores softmax probabilities instead
+of logits.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+class MaskedHeadScorer(Protocol):
+    name: str
+
+    def __call__(
+        self,
+        activations: Tensor,
+        masks: Tensor,
+        classes: Tensor,
+        *,
+        extras: tuple[Tensor, ...] = (),
+        probabilities: bool = False,
+    ) -> Tensor: ...
+
+
+def select_scores(logits: Tensor, classes: Tensor, probabilities: bool) -> Tensor:
+    """logits (..., N), classes (..., T) -> (..., T) logits or softmax probabilities."""
+    values = logits.softmax(-1) if probabilities else logits
+    return values.gather(-1, classes)
+
+
+class ExplicitMaskedHead:
+    """Reference scorer: materialises each masked activation tensor and runs the head on it.
+
+    ``chunk`` masked tensors go through the head at once (the authors' code uses 128).
+    """
+
+    name = "torch-explicit"
+
+    def __init__(self, head: nn.Module, chunk: int = 128) -> None:
+        self.head = head
+        self.chunk = chunk
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        activations: Tensor,
+        masks: Tensor,
+        classes: Tensor,
+        *,
+        extras: tuple[Tensor, ...] = (),
+        probabilities: bool = False,
+    ) -> Tensor:
+        batch, n_masks = masks.shape[:2]
+        out = activations.new_empty(batch, classes.shape[1], n_masks)
+        for b in range(batch):
+            for start in range(0, n_masks, self.chunk):
+                part = masks[b, start : start + self.chunk]
+                masked = activations[b] * part[:, :, None, None]
+                repeated = tuple(e[b : b + 1].expand(len(part), *e.shape[1:]) for e in extras)
+                logits = self.head(masked, *repeated)
+                picked = select_scores(logits, classes[b].expand(len(part), -1), probabilities)
+                out[b, :, start : start + len(part)] = picked.T
+        return out

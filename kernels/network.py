@@ -1,0 +1,35 @@
+"""A classifier cut in two at the target layer: backbone (image -> activations) and head."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class SplitNetwork(nn.Module):
+    """``head(*backbone(x)) == model(x)``.
+
+    The backbone returns the target activations first, then any earlier tensors the head still
+    reads (skip connections that jump over the cut); most models have none.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.layer = layer
+
+    def features(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        out = self.backbone(images)
+        if isinstance(out, Tensor):
+            return out, ()
+        return out[0], tuple(out[1:])
+
+    def forward(self, images: Tensor) -> Tensor:
+        activations, extras = self.features(images)
+        return self.head(activations, *extras)
+
+    @torch.no_grad()
+    def logits_in_chunks(self, images: Tensor, chunk: int) -> Tensor:
+        """Full forward of many (masked) inputs without holding all their activations at once."""
+        return torch.cat([self(part) for part in images.split(chunk)])

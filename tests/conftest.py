@@ -1,0 +1,50 @@
+"""Shared fixtures: the real SqueezeNet (ndf weights), random VGG16, bundled photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.split import split_at
+from fdpipe.kernels import SplitNetwork
+from PIL import Image
+from skimage import data
+
+torch.set_num_threads(1)  # CI runs two test workers on two cores
+
+
+@pytest.fixture(scope="session")
+def squeezenet() -> LoadedModel:
+    return load_model("squeezenet1_1")
+
+
+@pytest.fixture(scope="session")
+def squeezenet_net(squeezenet: LoadedModel) -> SplitNetwork:
+    return split_at(squeezenet.module, squeezenet.layer)
+
+
+@pytest.fixture(scope="session")
+def vgg16_random() -> LoadedModel:
+    return load_model("vgg16", pretrained=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def vgg16_net(vgg16_random: LoadedModel) -> SplitNetwork:
+    return split_at(vgg16_random.module, vgg16_random.layer)
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Image.Image]:
+    """Real photos that ship with scikit-image (no download)."""
+    return {
+        "cat": Image.fromarray(data.chelsea()),
+        "coffee": Image.fromarray(data.coffee()),
+        "astronaut": Image.fromarray(data.astronaut()),
+        "rocket": Image.fromarray(data.rocket()),
+    }
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
