@@ -102,7 +102,7 @@ def _imagenet_categories() -> list[str]:
     return list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -263,7 +263,7 @@ def load_model(
         path = spec.locate_weights(Path(weights) if weights is not None else None)
         module = spec.build()
         spec.load_weights(module, path)
-        weights_id = _sha256(path)
+        weights_id = sha256_file(path)
     else:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -298,4 +298,5 @@ __all__ = [
     "available_models",
     "check_layer",
     "load_model",
+    "sha256_file",
 ]

@@ -19,6 +19,12 @@ class SplitNetwork(nn.Module):
         self.head = head
         self.layer = layer
 
+    @property
+    def device(self) -> torch.device:
+        """Where inputs must be: the device of the (torch) head's parameters."""
+        parameter = next(self.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
     def features(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         out = self.backbone(images)
         if isinstance(out, Tensor):

@@ -1,0 +1,310 @@
+"""ONNX export of a split model: backbone, head and masked-head graphs, parity check, manifest.
+
+An export directory holds ``backbone.onnx`` (images -> activations, extras), ``head.onnx``
+(activations, extras -> logits), ``masked_head.onnx`` and ``masked_head_probabilities.onnx``
+(activations, masks, classes, extras -> (B, T, M) logit or probability scores; the exact
+factorisation where it holds) and ``manifest.json``. Every graph has dynamic batch, mask and
+target dimensions and is checked against PyTorch with ONNX Runtime (CPU) before anything is
+written in place: the directory is built under a temporary name and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+from fdpipe.export.models import LoadedModel, ModelError, sha256_file
+from fdpipe.export.split import split_at
+from fdpipe.kernels.factorised_head import FactorisedHead, masked_head_module
+from fdpipe.kernels.network import SplitNetwork
+from torch import Tensor, nn
+from torch.export import Dim
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+FORMAT = 1
+MANIFEST = "manifest.json"
+PARITY_TOLERANCE = 1e-4  # max |onnx - torch| relative to max |torch|
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported faithfully (failed export or parity check)."""
+
+
+class ArtifactMismatch(ModelError):
+    """Exported artifacts that belong to another model, weights or layer, or were modified."""
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One module to export, with example inputs and the names of its inputs and outputs."""
+
+    name: str
+    module: nn.Module
+    args: tuple[Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_shapes: tuple[object, ...]
+    num_classes: int  # for valid class indices in the parity check
+
+
+BATCH, MASKS, TARGETS = Dim("batch"), Dim("masks"), Dim("targets")
+
+
+def masked_head_graph(
+    network: SplitNetwork, activations: Tensor, extras: tuple[Tensor, ...], *, probabilities: bool
+) -> Graph:
+    """(activations, masks, classes[, extras]) -> (B, T, M) scores, factorised where it holds."""
+    with torch.no_grad():
+        num_classes = network.head(activations, *extras).shape[1]
+    batch, channels = activations.shape[:2]
+    module = masked_head_module(
+        network.head, tuple(activations.shape[1:]), probabilities=probabilities
+    )
+    extras = () if isinstance(module, FactorisedHead) else extras  # the factorisation has none
+    masks = (torch.rand(batch, 3, channels) < 0.5).to(activations.dtype)
+    classes = torch.arange(batch * 2).view(batch, 2) % num_classes
+    dims = ({0: BATCH}, {0: BATCH, 1: MASKS}, {0: BATCH, 1: TARGETS})
+    return Graph(
+        "masked_head_probabilities" if probabilities else "masked_head",
+        module,
+        (activations, masks, classes, *extras),
+        ["activations", "masks", "classes", *(f"extra_{i}" for i in range(len(extras)))],
+        ["scores"],
+        (*dims, tuple({0: BATCH} for _ in extras)) if extras else dims,
+        num_classes,
+    )
+
+
+def _graphs(model: LoadedModel, example_batch: int = 2) -> tuple[list[Graph], dict[str, object]]:
+    network = split_at(model.module, model.layer)
+    images = torch.randn(example_batch, 3, *model.input_size, generator=torch.Generator())
+    with torch.no_grad():
+        activations, extras = network.features(images)
+        num_classes = network.head(activations, *extras).shape[1]
+    extra_names = [f"extra_{i}" for i in range(len(extras))]
+    batched = tuple({0: BATCH} for _ in range(1 + len(extras)))
+    graphs = [
+        Graph(
+            "backbone",
+            network.backbone,
+            (images,),
+            ["images"],
+            ["activations", *extra_names],
+            batched[:1],
+            num_classes,
+        ),
+        Graph(
+            "head",
+            network.head,
+            (activations, *extras),
+            ["activations", *extra_names],
+            ["logits"],
+            batched,
+            num_classes,
+        ),
+        *(masked_head_graph(network, activations, extras, probabilities=p) for p in (False, True)),
+    ]
+    info = {
+        "input_shape": [3, *model.input_size],
+        "activation_shape": list(activations.shape[1:]),
+        "extra_shapes": [list(e.shape[1:]) for e in extras],
+        "num_classes": num_classes,
+        "masked_head": {
+            g.name: "factorised" if isinstance(g.module, FactorisedHead) else "explicit"
+            for g in graphs[2:]
+        },
+    }
+    return graphs, info
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's warnings and its optimiser's per-pass INFO logs."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def export_graph(graph: Graph, path: Path, opset: int = OPSET) -> float:
+    """Write ``graph`` to ``path``; returns its parity error against PyTorch (ONNX Runtime CPU)."""
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(
+                graph.module,
+                graph.args,
+                str(path),
+                input_names=graph.inputs,
+                output_names=graph.outputs,
+                dynamic_shapes=graph.dynamic_shapes,
+                opset_version=opset,
+                dynamo=True,  # the legacy tracer bakes in mask and class counts
+                external_data=False,  # one self-contained file per graph (all under 2 GB)
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean the same here
+        raise ExportError(f"could not export {path.name}: {exc}") from exc
+    return check_parity(graph, path)
+
+
+def _parity_inputs(graph: Graph) -> tuple[Tensor, ...]:
+    """Example inputs with other batch, mask and target counts than at export (dynamic dims)."""
+    generator = torch.Generator().manual_seed(1)
+    if graph.name == "backbone":
+        return (torch.randn(3, *graph.args[0].shape[1:], generator=generator),)
+    activations, *rest = graph.args
+    tensors = [torch.rand(3, *activations.shape[1:], generator=generator)]
+    if graph.name == "head":
+        return (*tensors, *(torch.rand(3, *e.shape[1:], generator=generator) for e in rest))
+    masks, _classes, *extras = rest
+    tensors.append((torch.rand(3, 5, masks.shape[2], generator=generator) < 0.5).float())
+    tensors.append(torch.tensor([[0], [graph.num_classes // 2], [graph.num_classes - 1]]))
+    return (*tensors, *(torch.rand(3, *e.shape[1:], generator=generator) for e in extras))
+
+
+def check_parity(graph: Graph, path: Path) -> float:
+    """Largest |ONNX Runtime - PyTorch| over the outputs, relative to the PyTorch scale."""
+    inputs = _parity_inputs(graph)
+    with torch.no_grad():
+        expected = graph.module(*inputs)
+    expected = [expected] if isinstance(expected, Tensor) else list(expected)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {n: t.numpy() for n, t in zip(graph.inputs, inputs, strict=True)})
+    error = max(
+        float((torch.from_numpy(a) - e).abs().max() / e.abs().max().clamp_min(1e-12))
+        for a, e in zip(actual, expected, strict=True)
+    )
+    if not error <= PARITY_TOLERANCE:
+        raise ExportError(
+            f"{path.name}: ONNX Runtime differs from PyTorch by {error:.2e} (relative), "
+            f"above {PARITY_TOLERANCE:.0e}"
+        )
+    return error
+
+
+def identity(model: LoadedModel) -> dict[str, str]:
+    """The fields an artifact directory must share with the model it is used for."""
+    return {"model": model.name, "weights": model.weights_id, "layer": model.layer}
+
+
+def export_model(
+    model: LoadedModel,
+    output: Path,
+    *,
+    opset: int = OPSET,
+    engines: Callable[[Path, dict[str, object]], dict[str, object]] | None = None,
+) -> dict[str, object]:
+    """Export ``model`` to ``output`` (replaced whole, only once everything succeeded).
+
+    ``engines(directory, manifest)`` may add files (TensorRT engines) built from the ONNX graphs;
+    what it returns is stored under the manifest's ``"tensorrt"`` key.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
+    try:
+        graphs, info = _graphs(model)
+        files, parity = {}, {}
+        for graph in graphs:
+            path = staging / f"{graph.name}.onnx"
+            log.info("exporting %s", path.name)
+            parity[path.name] = export_graph(graph, path, opset)
+            files[path.name] = {"inputs": graph.inputs, "outputs": graph.outputs}
+        manifest: dict[str, object] = {
+            "format": FORMAT,
+            **identity(model),
+            **info,
+            "preprocessing": model.preprocess.describe(),
+            "opset": opset,
+            "fdpipe_version": version("fdpipe"),
+            "torch_version": torch.__version__,
+            "parity_max_relative_error": parity,
+            "files": files,  # checksums are added once every file is written
+        }
+        if engines is not None:
+            manifest["tensorrt"] = engines(staging, manifest)
+        for path in sorted(staging.iterdir()):
+            entry = files.setdefault(path.name, {})
+            entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote %s", output)
+    return manifest
+
+
+def _replace(staging: Path, output: Path) -> None:
+    if output.exists():
+        retired = output.with_name(f".{output.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        output.rename(retired)
+        staging.rename(output)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(output)
+
+
+def load_manifest(directory: Path, model: LoadedModel) -> dict[str, object]:
+    """The manifest of ``directory``, refused unless it was exported from ``model``."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ArtifactMismatch(f"{directory} has no {MANIFEST}: create it with `fdpipe export`")
+    manifest = json.loads(path.read_text())
+    wanted = identity(model)
+    wrong = [
+        f"{k} is {manifest.get(k)!r}, not {v!r}" for k, v in wanted.items() if manifest.get(k) != v
+    ]
+    if wrong:
+        raise ArtifactMismatch(
+            f"artifacts in {directory} were exported for another model: {'; '.join(wrong)}. "
+            f"Re-run `fdpipe export --model {model.name} --layer {model.layer}`."
+        )
+    return manifest
+
+
+def artifact(directory: Path, manifest: dict[str, object], name: str) -> Path:
+    """Path of file ``name`` of an export, after checking it against its manifest entry."""
+    path = Path(directory) / name
+    files = manifest.get("files", {})
+    if name not in files or not path.is_file():
+        raise ArtifactMismatch(f"{path} is missing: re-run `fdpipe export`")
+    if path.stat().st_size != files[name]["bytes"]:  # the full sha256 would cost seconds
+        raise ArtifactMismatch(f"{path} does not match its size in {MANIFEST}: re-export it")
+    return path
+
+
+__all__ = [
+    "MANIFEST",
+    "OPSET",
+    "ArtifactMismatch",
+    "ExportError",
+    "artifact",
+    "check_parity",
+    "export_graph",
+    "export_model",
+    "identity",
+    "load_manifest",
+    "masked_head_graph",
+]

@@ -1,0 +1,282 @@
+"""Exact fast masked-head scores (SPEC section 5): factorise the head's first channel-mixing op.
+
+When only per-channel operations (ReLU, pooling, flatten, eval dropout) lie between the target
+layer and the first channel-mixing op L, masking channel k commutes with them and
+``L(mask * A) = sum_k mask_k L_k(A^k) + bias``. The K per-channel contributions ``L_k(A^k)`` are
+computed once per image and every mask costs a (masks x contributions) product. Only the target
+class rows of the last Linear are evaluated unless softmax probabilities (all logits) are asked.
+
+Both modules here take ``(activations, masks, classes, *extras)`` and return ``(B, T, M)`` scores,
+so the same module is the PyTorch runner and the source of the masked-head ONNX graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from fdpipe.kernels.masked_head import ExplicitMaskedHead, select_scores
+from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+log = logging.getLogger(__name__)
+
+# Ops with op(m * x) == m * op(x) for a per-channel factor m >= 0.
+PER_CHANNEL = (
+    nn.ReLU,
+    nn.Dropout,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.Identity)  # also fine on flattened features
+RELU_FUNCTIONS = (torch.relu, F.relu)
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """The head as ``after(mix(before(A)))``, ``mix`` being its first channel-mixing op.
+
+    Linear ``mix``: ``after`` holds the ops up to, not including, ``last`` (the logits Linear;
+    ``None`` when ``mix`` itself produces the logits). 1x1 Conv ``mix``: ``after`` holds the
+    per-channel ops that turn each output channel into one logit, and ``last`` is ``None``.
+    """
+
+    before: nn.Sequential
+    mix: nn.Linear | nn.Conv2d
+    after: nn.Sequential
+    last: nn.Linear | None
+
+
+def _as_module(node: fx.Node, head: fx.GraphModule) -> nn.Module | None:
+    if node.op == "call_module":
+        return head.get_submodule(str(node.target))
+    if node.op == "call_function" and node.target is torch.flatten:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+        return nn.Flatten() if (start, end) == (1, -1) else None
+    if node.op == "call_function" and node.target in RELU_FUNCTIONS and len(node.args) == 1:
+        return nn.ReLU()
+    return None
+
+
+def _chain(head: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]] | None:
+    """The head's nodes as modules, when it is one straight chain from activations to logits."""
+    placeholders = [n for n in head.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        return None  # extra inputs (a residual over the cut): masking would not commute
+    chain, previous = [], placeholders[0]
+    for node in head.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            continue
+        if node.op == "output":
+            return chain if node.args[0] is previous else None
+        module = _as_module(node, head)
+        if module is None or node.all_input_nodes != [previous] or len(previous.users) != 1:
+            return None
+        chain.append((node, module))
+        previous = node
+    return None
+
+
+def _is_pointwise_conv(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.padding in ((0, 0), "valid")
+        and module.groups == 1
+    )
+
+
+def plan_head(
+    head: fx.GraphModule, activation_shape: tuple[int, ...], *, probabilities: bool = False
+) -> tuple[HeadPlan | None, str]:
+    """Factorisation plan for ``head`` on activations of shape (K, h, w), or None and why not."""
+    chain = _chain(head)
+    if chain is None:
+        return None, "the head is not a single chain of known ops from the activations"
+    device = next(head.parameters(), torch.empty(0)).device
+    ShapeProp(head).propagate(torch.zeros(1, *activation_shape, device=device))
+    mix_at = next(
+        (i for i, (_, m) in enumerate(chain) if isinstance(m, nn.Linear) or _is_pointwise_conv(m)),
+        None,
+    )
+    if mix_at is None:
+        return None, "no Linear or 1x1 Conv in the head"
+    # Not in place: these run on the caller's activations, not on a masked copy.
+    before = [nn.ReLU() if isinstance(m, nn.ReLU) else m for _, m in chain[:mix_at]]
+    flat_at = next((i for i, m in enumerate(before) if isinstance(m, nn.Flatten)), len(before))
+    if not all(isinstance(m, PER_CHANNEL) for m in before[:flat_at]) or not all(
+        isinstance(m, ELEMENTWISE) for m in before[flat_at + 1 :]
+    ):
+        return None, "a channel-mixing op comes before the first Linear/Conv"
+    mix = chain[mix_at][1]
+    flattened = flat_at < len(before)
+    rest = chain[mix_at + 1 :]
+    if isinstance(mix, nn.Linear):
+        if not flattened or mix.in_features % activation_shape[0]:
+            return None, "the first Linear does not read the flattened channels"
+        if rest and not isinstance(rest[-1][1], nn.Linear):
+            return None, "the head does not end with a Linear"
+        middle = [m for _, m in rest[:-1]]
+        if not all(isinstance(m, (*ELEMENTWISE, nn.Linear)) for m in middle):
+            return None, "an op after the first Linear is neither Linear nor elementwise"
+        last = rest[-1][1] if rest else None
+        return HeadPlan(nn.Sequential(*before), mix, nn.Sequential(*middle), last), "linear"
+    if flattened:
+        return None, "the 1x1 conv reads flattened features"
+    if probabilities:  # every logit of a 1x1 conv costs what explicit masking does
+        return None, "probabilities need every class row of the 1x1 conv"
+    after = [m for _, m in rest]
+    output_shape = tuple(rest[-1][0].meta["tensor_meta"].shape) if rest else ()
+    if (
+        not rest
+        or not isinstance(after[-1], nn.Flatten)
+        or not all(isinstance(m, PER_CHANNEL) for m in after[:-1])
+        or output_shape != (1, mix.out_channels)
+    ):
+        return None, "the 1x1 conv output channels do not map one-to-one to the logits"
+    return HeadPlan(nn.Sequential(*before), mix, nn.Sequential(*after), None), "pointwise-conv"
+
+
+class FactorisedHead(nn.Module):
+    """``(activations, masks, classes) -> (B, T, M)`` by the exact factorisation of a plan."""
+
+    def __init__(self, plan: HeadPlan, channels: int, probabilities: bool = False) -> None:
+        super().__init__()
+        self.before, self.mix, self.after, self.last = plan.before, plan.mix, plan.after, plan.last
+        self.channels = channels
+        self.probabilities = probabilities
+        if isinstance(self.mix, nn.Linear) and (self.last is not None or probabilities):
+            # (K, s, O): per-channel blocks contiguous, so the contributions are one batched
+            # matmul instead of a strided einsum that copies the whole weight on every call.
+            weight = self.mix.weight.detach().view(self.mix.out_features, channels, -1)
+            self.register_buffer("blocks", weight.permute(1, 2, 0).contiguous(), persistent=False)
+
+    def forward(self, activations: Tensor, masks: Tensor, classes: Tensor) -> Tensor:
+        features = self.before(activations)
+        per_channel = features.reshape(features.shape[0], self.channels, -1)  # (B, K, s)
+        if isinstance(self.mix, nn.Conv2d):
+            return self._pointwise_conv(features, per_channel, masks, classes)
+        bias = self._bias(self.mix)
+        if self.last is None and not self.probabilities:  # the mixing Linear gives the logits
+            rows = self.mix.weight.view(self.mix.out_features, self.channels, -1)[classes]
+            contributions = torch.einsum("bks,btks->bkt", per_channel, rows)  # rows (B,T,K,s)
+            scores = masks @ contributions + bias[classes][:, None, :]
+            return scores.transpose(1, 2)
+        contributions = (per_channel.transpose(0, 1) @ self.blocks).transpose(0, 1)  # (B, K, O)
+        hidden = self.after(masks @ contributions + bias)  # (B, M, H)
+        if self.probabilities:
+            logits = hidden if self.last is None else self.last(hidden)
+            picked = select_scores(logits, classes[:, None, :].expand(-1, masks.shape[1], -1), True)
+            return picked.transpose(1, 2)
+        rows, row_bias = self.last.weight[classes], self._bias(self.last)[classes]  # (B, T, H)
+        return rows @ hidden.transpose(1, 2) + row_bias[..., None]
+
+    def _pointwise_conv(
+        self, features: Tensor, per_channel: Tensor, masks: Tensor, classes: Tensor
+    ) -> Tensor:
+        # Logit n depends only on conv output channel n: only the target rows are computed.
+        rows = self.mix.weight[:, :, 0, 0][classes]  # (B, T, K)
+        contributions = rows[..., None] * per_channel[:, None]  # (B, T, K, h*w)
+        conv = masks[:, None] @ contributions + self._bias(self.mix)[classes][..., None, None]
+        batch, targets, n_masks = conv.shape[:3]
+        planes = conv.reshape(batch * targets * n_masks, 1, *features.shape[2:])
+        return self.after(planes).view(batch, targets, n_masks)
+
+    @staticmethod
+    def _bias(layer: nn.Linear | nn.Conv2d) -> Tensor:
+        if layer.bias is not None:
+            return layer.bias
+        return layer.weight.new_zeros(layer.weight.shape[0])
+
+
+class ExplicitHead(nn.Module):
+    """Plain masked evaluation as one graph: ``(activations, masks, classes, *extras)``."""
+
+    def __init__(self, head: nn.Module, probabilities: bool = False) -> None:
+        super().__init__()
+        self.head = head
+        self.probabilities = probabilities
+
+    def forward(
+        self, activations: Tensor, masks: Tensor, classes: Tensor, *extras: Tensor
+    ) -> Tensor:
+        batch, n_masks = masks.shape[:2]
+        masked = (activations[:, None] * masks[..., None, None]).flatten(0, 1)
+        repeated = [e[:, None].expand(-1, n_masks, *e.shape[1:]).flatten(0, 1) for e in extras]
+        logits = self.head(masked, *repeated).view(batch, n_masks, -1)
+        picked = select_scores(
+            logits, classes[:, None, :].expand(-1, n_masks, -1), self.probabilities
+        )
+        return picked.transpose(1, 2)
+
+
+def masked_head_module(
+    head: fx.GraphModule, activation_shape: tuple[int, ...], *, probabilities: bool = False
+) -> FactorisedHead | ExplicitHead:
+    """The fastest exact masked-head module for this head: factorised where the plan holds."""
+    plan, reason = plan_head(head, activation_shape, probabilities=probabilities)
+    if plan is None:
+        log.info("masked head: explicit masking (%s)", reason)
+        return ExplicitHead(head, probabilities)
+    log.info("masked head: exact factorisation (%s)", reason)
+    return FactorisedHead(plan, activation_shape[0], probabilities)
+
+
+class FactorisedMaskedHead:
+    """The PyTorch ``MaskedHeadScorer`` on top of :func:`masked_head_module`.
+
+    Plans are made per activation shape on first use. Extras, negative mask values (ReLU and
+    max-pooling commute only with factors >= 0) and heads without a plan go through
+    :class:`ExplicitMaskedHead`, which bounds memory by evaluating masks in chunks.
+    """
+
+    name = "torch-factorised"
+
+    def __init__(self, head: fx.GraphModule, chunk: int = 128) -> None:
+        self.head = head
+        self.explicit = ExplicitMaskedHead(head, chunk)
+        self._modules: dict[tuple[tuple[int, ...], bool], FactorisedHead | None] = {}
+
+    def module_for(
+        self, activation_shape: tuple[int, ...], probabilities: bool
+    ) -> FactorisedHead | None:
+        key = (tuple(activation_shape), probabilities)
+        if key not in self._modules:
+            module = masked_head_module(self.head, key[0], probabilities=probabilities)
+            self._modules[key] = module if isinstance(module, FactorisedHead) else None
+        return self._modules[key]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        activations: Tensor,
+        masks: Tensor,
+        classes: Tensor,
+        *,
+        extras: tuple[Tensor, ...] = (),
+        probabilities: bool = False,
+    ) -> Tensor:
+        module = None if extras else self.module_for(activations.shape[1:], probabilities)
+        if module is None or bool((masks < 0).any()):
+            return self.explicit(
+                activations, masks, classes, extras=extras, probabilities=probabilities
+            )
+        return module(activations, masks, classes)
+
+
+__all__ = [
+    "ExplicitHead",
+    "FactorisedHead",
+    "FactorisedMaskedHead",
+    "HeadPlan",
+    "masked_head_module",
+    "plan_head",
+]
