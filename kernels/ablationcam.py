@@ -13,7 +13,9 @@ class AblationCAM(CAMMethod):
 
     def channel_weights(self, state: LayerState) -> tuple[Tensor, Tensor]:
         batch, channels = state.activations.shape[:2]
-        ablate_one = 1 - torch.eye(channels, dtype=state.activations.dtype)
+        ablate_one = 1 - torch.eye(
+            channels, dtype=state.activations.dtype, device=state.activations.device
+        )
         masks = ablate_one.expand(batch, -1, -1)
         ablated = state.scorer(state.activations, masks, state.classes, extras=state.extras)
         clean = state.target_logits[..., None]

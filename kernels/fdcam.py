@@ -30,8 +30,7 @@ def quantile_linear(values: Tensor, q: float) -> Tensor:
     position = q * (values.shape[-1] - 1)
     low = int(position)
     high = min(low + 1, values.shape[-1] - 1)
-    weight = torch.tensor(position - low, dtype=values.dtype)
-    return torch.lerp(ordered[..., low : low + 1], ordered[..., high : high + 1], weight)
+    return torch.lerp(ordered[..., low : low + 1], ordered[..., high : high + 1], position - low)
 
 
 def similarity_groups(activations: Tensor, threshold: float = 0.95) -> Tensor:
@@ -85,7 +84,7 @@ class FDCAM(CAMMethod):
         if cfg.grouping:
             groups = similarity_groups(acts, cfg.threshold)
         else:
-            groups = torch.eye(channels, dtype=torch.bool).expand(batch, -1, -1)
+            groups = torch.eye(channels, dtype=torch.bool, device=acts.device).expand(batch, -1, -1)
         keep_only = groups.to(acts.dtype)
         switch_off = 1 - keep_only
         masks = switch_off if cfg.scoring == "off" else torch.cat([keep_only, switch_off], dim=1)

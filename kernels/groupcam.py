@@ -45,7 +45,7 @@ class GroupCAM(CAMMethod):
         blurred = gaussian_blur(state.inputs, [self.blur_kernel] * 2, [self.blur_sigma] * 2)
         with torch.no_grad():
             base = state.network(blurred).softmax(-1).gather(1, state.classes)  # (B, T)
-            scores = torch.empty(batch, targets, groups, dtype=group_maps.dtype)
+            scores = group_maps.new_empty(batch, targets, groups)
             for b in range(batch):
                 mixed = state.inputs[b] * masks[b, :, :, None] + blurred[b] * (
                     1 - masks[b, :, :, None]

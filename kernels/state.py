@@ -60,7 +60,7 @@ def resolve_classes(logits: Tensor, classes: Tensor | list | None, top_k: int) -
         if not 1 <= top_k <= n_classes:
             raise ValueError(f"top_k must be between 1 and {n_classes}, got {top_k}")
         return logits.topk(top_k, dim=1).indices
-    chosen = torch.as_tensor(classes, dtype=torch.long)
+    chosen = torch.as_tensor(classes, dtype=torch.long, device=logits.device)
     if chosen.ndim == 0:
         chosen = chosen.view(1)
     if chosen.ndim == 1:

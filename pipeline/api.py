@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from fdpipe.export.models import LoadedModel, load_model
-from fdpipe.export.split import split_at
-from fdpipe.images import load_image
+from fdpipe.images import load_image, to_rgb
 from fdpipe.kernels import CAMMethod, MaskedHeadScorer, SplitNetwork, make_method, prepare
 from fdpipe.kernels.state import LayerState
-from PIL import Image
+from fdpipe.methods import MethodSpec
+from fdpipe.runtime import select_backend
+from PIL import Image, ImageOps
 from torch import Tensor
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike[str]
@@ -34,6 +35,14 @@ class Explanation:
     options: dict[str, object]
 
 
+def float_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float pixel arrays (0..1, or 0..255 when above 1) as uint8; other arrays unchanged."""
+    if array.dtype.kind != "f":
+        return array
+    high = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+    return np.clip(np.rint(array / high * 255.0), 0, 255).astype(np.uint8)
+
+
 def as_batch(images: Tensor | Sequence[ImageLike] | ImageLike, model: LoadedModel) -> Tensor:
     """Preprocessed (B, 3, H, W) from a tensor batch, PIL images, arrays or paths."""
     if isinstance(images, Tensor):
@@ -42,10 +51,12 @@ def as_batch(images: Tensor | Sequence[ImageLike] | ImageLike, model: LoadedMode
         images = [images]
     tensors = []
     for item in images:
+        # In-memory images get the same decoding as files (SPEC section 0): EXIF orientation,
+        # alpha over white, 16-bit scaled down.
         if isinstance(item, Image.Image):
-            picture = item.convert("RGB")
+            picture = to_rgb(ImageOps.exif_transpose(item))
         elif isinstance(item, np.ndarray):
-            picture = Image.fromarray(item).convert("RGB")
+            picture = to_rgb(Image.fromarray(float_to_uint8(item)))
         else:
             picture = load_image(item)
         tensors.append(model.preprocess(picture))
@@ -78,16 +89,31 @@ def explain(
     scorer: MaskedHeadScorer | None = None,
     **method_options: object,
 ) -> Explanation | dict[str, Explanation]:
-    """Explain ``images`` with one method (an Explanation) or several (a dict by method name).
+    """Explain ``images`` with one method (an Explanation) or several (a dict by method label).
 
-    Several methods share one backbone pass and one set of gradients.
+    A method is a name (``"fdcam"``), a spec with options (``"fdcam:grouping=false"``) or a
+    ``CAMMethod`` instance. ``method_options`` apply to a single named method only. Several
+    methods share one backbone pass and one set of gradients.
     """
     loaded = load_model(model) if isinstance(model, str) else model
-    network = network or split_at(loaded.module, loaded.layer)
-    batch = as_batch(images, loaded)
+    if network is None:
+        backend = select_backend(loaded, runtime="torch")
+        network, scorer = backend.network, scorer or backend.scorer
+    batch = as_batch(images, loaded).to(network.device)
     state = prepare(network, batch, classes=classes, top_k=top_k, scorer=scorer)
     single = isinstance(method, str | CAMMethod)
     methods = [method] if single else list(method)
-    built = [m if isinstance(m, CAMMethod) else make_method(m, **method_options) for m in methods]
-    results = {m.name: run_method(m, state) for m in built}
-    return results[built[0].name] if single else results
+    if method_options and not (single and isinstance(method, str)):
+        raise ValueError(
+            "keyword options apply to one named method; for several, use specs like "
+            "'fdcam:grouping=false' or CAMMethod instances"
+        )
+    built: dict[str, CAMMethod] = {}
+    for item in methods:
+        if isinstance(item, CAMMethod):
+            built[item.name] = item
+        else:
+            spec = MethodSpec.parse(item)
+            built[spec.label] = make_method(spec.name, **spec.options, **method_options)
+    results = {label: run_method(m, state) for label, m in built.items()}
+    return next(iter(results.values())) if single else results

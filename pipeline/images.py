@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-MAX_PIXELS = 16_384 * 16_384  # beyond this a file is refused rather than decoded into ~1 GB
 
 
 class ImageDecodeError(ValueError):
@@ -23,7 +21,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB, 8 bits: 16-bit and float scaled down, transparency composited over white."""
     if image.mode in {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}:
         values = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if image.mode.startswith("I") and values.max(initial=0) > 255 else 255.0
+        # "I;16*" is 16-bit by construction (a dark one must stay dark); plain "I" says nothing.
+        sixteen_bits = image.mode.startswith("I;16") or values.max(initial=0) > 255
+        high = 65535.0 if image.mode != "F" and sixteen_bits else 255.0
         if image.mode == "F" and values.max(initial=0) <= 1.0:
             high = 1.0
         scaled = np.clip(np.rint(values / high * 255.0), 0, 255).astype(np.uint8)
@@ -42,20 +42,24 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise ImageDecodeError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                width, height = opened.size
-                if width * height > MAX_PIXELS:
-                    raise ImageDecodeError(
-                        f"image too large: {width}x{height} pixels (limit {MAX_PIXELS})"
-                    )
-                opened.load()
-                oriented = ImageOps.exif_transpose(opened)
-                return to_rgb(oriented)
+        # Image.open reads only the header; refuse what Pillow deems a decompression bomb
+        # (more than Image.MAX_IMAGE_PIXELS, ~89 Mpx) before decoding a single pixel. The check
+        # is ours, not a warnings filter, because images are decoded on worker threads.
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > Image.MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(
+                    f"image too large: {width}x{height} pixels exceeds the limit of "
+                    f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)"
+                )
+            opened.load()
+            oriented = ImageOps.exif_transpose(opened)
+            return to_rgb(oriented)
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not an image file (format not recognised)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
+        raise ImageDecodeError("not an image file (unknown format or damaged header)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc

@@ -1,0 +1,139 @@
+"""Every method equals the plain reference of SPEC sections 1-2 (tests/reference.py).
+
+Real SqueezeNet on two photos with the top-2 classes (B=2, T=2), random-weight VGG16 on one.
+Kernel results are computed once per method and batch, then checked against the reference one
+(image, class) at a time, and against B=1 runs with explicit classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference
+import torch
+from fdpipe.export.models import LoadedModel
+from fdpipe.kernels import CAMResult, LayerState, SplitNetwork, make_method, prepare
+
+ALL = list(reference.METHODS)  # SPEC sections 1-2
+# Score-CAM and Group-CAM re-run the whole network (512 and 32 times per image and class):
+# they are checked on 96 px inputs (SqueezeNet gives 5 x 5 activations there); the arithmetic
+# does not depend on the size.
+FULL_FORWARD = {"scorecam", "groupcam"}
+SMALL_SIZE = 96
+TOLERANCE = 2e-4  # float32 kernels vs float64 reference formulas, on maps in [0, 1]
+
+
+def batch(
+    model: LoadedModel, photos: dict, names: list[str], size: int | None = None
+) -> torch.Tensor:
+    images = torch.stack([model.preprocess(photos[n]) for n in names])
+    if size is not None:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear")
+    return images
+
+
+class Runs:
+    """Kernel results per method on one state, computed on first use."""
+
+    def __init__(self, state: LayerState) -> None:
+        self.state = state
+        self.results: dict[str, CAMResult] = {}
+
+    def __getitem__(self, method: str) -> CAMResult:
+        if method not in self.results:
+            self.results[method] = make_method(method)(self.state)
+        return self.results[method]
+
+
+@pytest.fixture(scope="module")
+def squeeze_runs(squeezenet: LoadedModel, squeezenet_net: SplitNetwork, photos: dict) -> Runs:
+    inputs = batch(squeezenet, photos, ["cat", "coffee"])
+    return Runs(prepare(squeezenet_net, inputs, top_k=2))
+
+
+@pytest.fixture(scope="module")
+def squeeze_small_runs(squeezenet: LoadedModel, squeezenet_net: SplitNetwork, photos: dict) -> Runs:
+    inputs = batch(squeezenet, photos, ["cat", "coffee"], size=SMALL_SIZE)
+    return Runs(prepare(squeezenet_net, inputs))
+
+
+def squeeze_for(method: str, squeeze_runs: Runs, squeeze_small_runs: Runs) -> Runs:
+    return squeeze_small_runs if method in FULL_FORWARD else squeeze_runs
+
+
+def assert_matches(result: CAMResult, b: int, t: int, ref: reference.Reference) -> None:
+    np.testing.assert_allclose(result.native[b, t].double(), ref.native, atol=TOLERANCE)
+    np.testing.assert_allclose(result.maps[b, t].double(), ref.maps, atol=TOLERANCE)
+    for got, want in ((result.weights, ref.weights), (result.scores, ref.scores)):
+        if want is not None:
+            assert got is not None
+            scale = np.abs(want).max()
+            np.testing.assert_allclose(got[b, t].double(), want, rtol=1e-4, atol=1e-4 * scale)
+
+
+# (image, class) pairs checked per method: every pair for the gradient-only methods; the
+# perturbation methods cost seconds per pair, so one or two pairs (the small batch has T = 1).
+REFERENCE_PAIRS = {
+    "fdcam": [(1, 1)],
+    "ablationcam": [(0, 1)],
+    "groupcam": [(0, 0), (1, 0)],
+    "scorecam": [(0, 0)],
+}
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_squeezenet_matches_reference(
+    method: str, squeeze_runs: Runs, squeeze_small_runs: Runs
+) -> None:
+    runs = squeeze_for(method, squeeze_runs, squeeze_small_runs)
+    state = runs.state
+    result = runs[method]
+    for b, t in REFERENCE_PAIRS.get(method, [(0, 0), (0, 1), (1, 0), (1, 1)]):
+        p = reference.probe(state.network, state.inputs[b])
+        ref = reference.METHODS[method](p, int(state.classes[b, t]))
+        assert_matches(result, b, t, ref)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_batch_equals_one_by_one(method: str, squeeze_runs: Runs, squeeze_small_runs: Runs) -> None:
+    runs = squeeze_for(method, squeeze_runs, squeeze_small_runs)
+    state = runs.state
+    batched = runs[method]
+    # Image 1 alone, its classes named explicitly (the batch chose them by top-k).
+    single_state = prepare(state.network, state.inputs[1:], classes=state.classes[1].tolist())
+    single = make_method(method)(single_state)
+    torch.testing.assert_close(single.maps[0], batched.maps[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(single.native[0], batched.native[1], atol=1e-5, rtol=1e-4)
+
+
+def test_top_k_and_explicit_classes(squeeze_runs: Runs) -> None:
+    state = squeeze_runs.state
+    assert state.classes.shape == (2, 2)
+    assert torch.equal(state.classes, state.logits.topk(2, dim=1).indices)
+    one_row = prepare(state.network, state.inputs, classes=[281, 7])
+    assert one_row.classes.tolist() == [[281, 7], [281, 7]]
+    per_image = prepare(state.network, state.inputs, classes=[[281], [967]])
+    assert per_image.classes.tolist() == [[281], [967]]
+    maps = make_method("gradcam")(per_image).maps
+    assert maps.shape == (2, 1, 224, 224)
+    with pytest.raises(ValueError, match=r"valid class indices are 0\.\.999"):
+        prepare(state.network, state.inputs, classes=[1000])
+    with pytest.raises(ValueError, match="top_k must be between 1 and 1000"):
+        prepare(state.network, state.inputs, top_k=0)
+
+
+# Score-CAM is left out on VGG16: 512 full VGG16 forwards per image take minutes on one CPU
+# thread; its arithmetic is checked on SqueezeNet above. Group-CAM's 33 full forwards run at
+# 96 px (3 x 3 activations; the adaptive avgpool makes the head accept them).
+VGG_SIZES = {"groupcam": 96}
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if m != "scorecam"])
+def test_vgg16_matches_reference(
+    method: str, vgg16_random: LoadedModel, vgg16_net: SplitNetwork, photos: dict
+) -> None:
+    inputs = batch(vgg16_random, photos, ["cat"], size=VGG_SIZES.get(method))
+    state = prepare(vgg16_net, inputs)
+    result = make_method(method)(state)
+    p = reference.probe(vgg16_net, inputs[0])
+    assert_matches(result, 0, 0, reference.METHODS[method](p, int(state.classes[0, 0])))
