@@ -5,6 +5,7 @@ from __future__ import annotations
 from fdpipe.kernels.ablationcam import AblationCAM
 from fdpipe.kernels.base import CAMMethod, CAMResult
 from fdpipe.kernels.fdcam import FDCAM, FDCAMOptions
+from fdpipe.kernels.fgcam import FGCAM
 from fdpipe.kernels.gradcam import GradCAM
 from fdpipe.kernels.gradcampp import GradCAMPlusPlus
 from fdpipe.kernels.groupcam import GroupCAM
@@ -26,6 +27,7 @@ METHODS: dict[str, type[CAMMethod]] = {
         AblationCAM,
         ScoreCAM,
         GroupCAM,
+        FGCAM,
     )
 }
 
@@ -38,6 +40,7 @@ def make_method(name: str, **options: object) -> CAMMethod:
 
 __all__ = [
     "FDCAM",
+    "FGCAM",
     "METHODS",
     "AblationCAM",
     "CAMMethod",
