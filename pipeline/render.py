@@ -1,0 +1,187 @@
+"""``fdpipe render``: heat-map overlays of output rows, and contact sheets of methods per image."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from fdpipe.images import load_image
+from fdpipe.kernels.postprocess import upsample_map
+from fdpipe.output import OutputDataset, iter_rows, read_metadata
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+ROW_COLUMNS = [
+    "image_path",
+    "method",
+    "class_rank",
+    "class_index",
+    "class_name",
+    "probability",
+    "map",
+    "map_height",
+    "map_width",
+    "status",
+]
+TILE = 224  # contact sheet cell, pixels
+LABEL = 18  # label strip above each cell, pixels
+
+
+@dataclass
+class MapRow:
+    image_path: str
+    method: str
+    class_rank: int
+    class_index: int
+    class_name: str
+    probability: float
+    native: np.ndarray  # (h, w) in [0, 1]
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8 with the classic jet colormap (blue -> red)."""
+    x = np.clip(values, 0.0, 1.0)[..., None] * 4.0
+    rgb = np.clip(1.5 - np.abs(x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(image: Image.Image, native: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The map brought to the image's size (SPEC step 7 resize), coloured, blended over it."""
+    full = upsample_map(torch.from_numpy(native), (image.height, image.width)).numpy()
+    return Image.blend(image.convert("RGB"), Image.fromarray(jet(full)), alpha)
+
+
+def select_rows(
+    output: str | os.PathLike[str],
+    *,
+    methods: Iterable[str] | None = None,
+    images: Iterable[str] | None = None,
+    ranks: Iterable[int] | None = None,
+) -> Iterator[MapRow]:
+    """Explained rows of ``output`` in stored order; ``images`` are glob patterns on image_path."""
+    patterns = list(images or [])
+    for batch in iter_rows(output, columns=ROW_COLUMNS):
+        keep = pc.equal(batch.column("status"), "ok")
+        if methods is not None:
+            wanted = pa.array(list(methods), pa.string())
+            keep = pc.and_(keep, pc.is_in(batch.column("method"), value_set=wanted))
+        if ranks is not None:
+            wanted = pa.array(list(ranks), pa.int16())
+            keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
+        for row in batch.filter(keep).to_pylist():
+            if patterns and not any(fnmatchcase(row["image_path"], p) for p in patterns):
+                continue
+            shape = (row["map_height"], row["map_width"])
+            yield MapRow(
+                image_path=row["image_path"],
+                method=row["method"],
+                class_rank=row["class_rank"],
+                class_index=row["class_index"],
+                class_name=row["class_name"],
+                probability=row["probability"],
+                native=np.asarray(row["map"], dtype=np.float32).reshape(shape),
+            )
+
+
+def images_root(output: str | os.PathLike[str]) -> Path:
+    """The directory image paths are relative to, as the job recorded it."""
+    parts = OutputDataset(output).parts()
+    if not parts:
+        raise FileNotFoundError(f"{output} holds no part files")
+    return Path(read_metadata(parts[0])["run"]["input_root"])
+
+
+def file_stem(image_path: str) -> str:
+    return Path(image_path.lstrip("/")).with_suffix("").as_posix().replace("/", "__")
+
+
+def render_overlays(
+    rows: Iterable[MapRow], root: Path, to: Path, *, alpha: float = 0.5, limit: int | None = None
+) -> list[Path]:
+    """One PNG per row: ``<image>.<method>.rank<r>.png``; at most ``limit`` images."""
+    to.mkdir(parents=True, exist_ok=True)
+    written = []
+    grouped = itertools.groupby(rows, key=lambda row: row.image_path)
+    for image_path, image_rows in itertools.islice(grouped, limit):
+        picture = load_image(root / image_path)
+        for row in image_rows:
+            target = to / f"{file_stem(image_path)}.{row.method}.rank{row.class_rank}.png"
+            overlay(picture, row.native, alpha).save(target)
+            written.append(target)
+    return written
+
+
+def render_sheets(
+    rows: Iterable[MapRow],
+    root: Path,
+    to: Path,
+    *,
+    alpha: float = 0.5,
+    limit: int | None = None,
+    per_sheet: int = 16,
+) -> list[Path]:
+    """Contact sheets: one line per (image, class), the photo then each method's overlay."""
+    to.mkdir(parents=True, exist_ok=True)
+    lines = []
+    grouped = itertools.groupby(rows, key=lambda row: row.image_path)
+    for image_path, image_rows in itertools.islice(grouped, limit):
+        picture = load_image(root / image_path)
+        by_rank = itertools.groupby(
+            sorted(image_rows, key=lambda r: r.class_rank), lambda r: r.class_rank
+        )
+        for _, ranked in by_rank:
+            lines.append(sheet_line(picture, list(ranked), alpha))
+    written = []
+    for page, start in enumerate(range(0, len(lines), per_sheet)):
+        target = to / f"sheet-{page:04d}.png"
+        stack(lines[start : start + per_sheet]).save(target)
+        written.append(target)
+    return written
+
+
+def sheet_line(picture: Image.Image, rows: list[MapRow], alpha: float) -> Image.Image:
+    first = rows[0]
+    title = f"{Path(first.image_path).name}: {first.class_name} ({first.probability:.2f})"
+    cells = [labelled(picture, title)]
+    cells += [labelled(overlay(picture, row.native, alpha), row.method) for row in rows]
+    line = Image.new("RGB", (TILE * len(cells), TILE + LABEL), "white")
+    for column, cell in enumerate(cells):
+        line.paste(cell, (column * TILE, 0))
+    return line
+
+
+def labelled(picture: Image.Image, text: str) -> Image.Image:
+    cell = Image.new("RGB", (TILE, TILE + LABEL), "white")
+    cell.paste(ImageOps.pad(picture, (TILE, TILE), color="white"), (0, LABEL))
+    ImageDraw.Draw(cell).text((3, 2), text, fill="black", font=ImageFont.load_default(12))
+    return cell
+
+
+def stack(lines: list[Image.Image]) -> Image.Image:
+    sheet = Image.new(
+        "RGB", (max(line.width for line in lines), sum(line.height for line in lines))
+    )
+    sheet.paste("white", (0, 0, *sheet.size))
+    top = 0
+    for line in lines:
+        sheet.paste(line, (0, top))
+        top += line.height
+    return sheet
+
+
+__all__ = [
+    "MapRow",
+    "images_root",
+    "jet",
+    "overlay",
+    "render_overlays",
+    "render_sheets",
+    "select_rows",
+]

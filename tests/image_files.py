@@ -1,0 +1,25 @@
+"""Small image files on disk for the pipeline tests (crops of the bundled photos)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from skimage import data
+
+SOURCES = (data.chelsea, data.coffee, data.astronaut, data.rocket)
+
+
+def write_images(directory: Path, count: int, size: tuple[int, int] = (64, 48)) -> list[Path]:
+    """``count`` distinct small JPEGs ``img_000.jpg``... (every third one in a subdirectory)."""
+    photos = [Image.fromarray(load()) for load in SOURCES]
+    paths = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        shift = 7 * (i // len(photos))
+        crop = photo.crop((shift, shift, photo.width - shift, photo.height - shift)).resize(size)
+        path = directory / ("nested" if i % 3 == 2 else "") / f"img_{i:03d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crop.save(path, quality=90)
+        paths.append(path)
+    return paths

@@ -1,0 +1,76 @@
+"""``fdpipe render``: colormap, overlays where the map is hot, row selection, contact sheets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fdpipe.job import JobConfig, run_job
+from fdpipe.render import (
+    LABEL,
+    TILE,
+    images_root,
+    jet,
+    overlay,
+    render_overlays,
+    render_sheets,
+    select_rows,
+)
+from image_files import write_images
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("render")
+    write_images(root / "images", 3)
+    (root / "images" / "broken.png").write_bytes(b"")
+    config = JobConfig(
+        input=root / "images", output=root / "out", model="squeezenet1_1",
+        methods={"gradcam": {}, "layercam": {}}, top_k=2,
+    )  # fmt: skip
+    run_job(config)
+    return config.output
+
+
+@pytest.mark.parametrize(
+    ("value", "rgb"), [(0.0, (0, 0, 128)), (0.5, (128, 255, 128)), (1.0, (128, 0, 0))]
+)
+def test_jet_runs_from_dark_blue_to_dark_red(value: float, rgb: tuple[int, int, int]) -> None:
+    assert tuple(jet(np.full((1, 1), value))[0, 0]) == rgb
+
+
+def test_overlay_is_red_where_the_map_peaks() -> None:
+    image = Image.new("RGB", (80, 40), (128, 128, 128))
+    native = np.zeros((4, 8), dtype=np.float32)
+    native[0, 7] = 1.0  # top-right corner
+    blended = np.asarray(overlay(image, native, alpha=0.5)).astype(int)
+    assert blended.shape == (40, 80, 3)
+    top_right, bottom_left = blended[2, 77], blended[37, 2]
+    assert top_right[0] > top_right[2] and bottom_left[2] > bottom_left[0]
+
+
+def test_select_rows_filters(output: Path) -> None:
+    everything = list(select_rows(output))
+    assert len(everything) == 3 * 2 * 2  # the failed file has no map
+    chosen = list(select_rows(output, methods=["layercam"], images=["nested/*"], ranks=[1]))
+    assert [(r.image_path, r.method, r.class_rank) for r in chosen] == [
+        ("nested/img_002.jpg", "layercam", 1)
+    ]
+    assert chosen[0].native.shape == (13, 13)
+
+
+def test_overlays_and_sheet(output: Path, tmp_path: Path) -> None:
+    root = images_root(output)
+    written = render_overlays(select_rows(output, ranks=[0]), root, tmp_path / "png")
+    assert sorted(p.name for p in written) == sorted(
+        f"{stem}.{method}.rank0.png"
+        for stem in ("img_000", "img_001", "nested__img_002")
+        for method in ("gradcam", "layercam")
+    )
+    assert Image.open(written[0]).size == (64, 48)  # the original image's size
+    sheets = render_sheets(select_rows(output), root, tmp_path / "sheet", per_sheet=4)
+    assert [p.name for p in sheets] == ["sheet-0000.png", "sheet-0001.png"]  # 3 images x 2 ranks
+    assert Image.open(sheets[0]).size == (3 * TILE, 4 * (TILE + LABEL))
+    assert Image.open(sheets[1]).size == (3 * TILE, 2 * (TILE + LABEL))
