@@ -6,6 +6,10 @@ import logging
 
 import click
 from fdpipe import __version__
+from fdpipe.bench import bench
+from fdpipe.commands import demo, explain, render
+from fdpipe.evaluate import evaluate
+from fdpipe.exporting import export
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,3 +19,7 @@ def main(verbose: int) -> None:
     """Class activation maps (FD-CAM and baselines) for CNN classifiers, at dataset scale."""
     level = logging.WARNING - 10 * min(verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for command in (explain, render, demo, evaluate, export, bench):
+    main.add_command(command)
