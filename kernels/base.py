@@ -29,7 +29,6 @@ class RawCAM:
 
 class CAMMethod(ABC):
     name: ClassVar[str]
-    uses_gradients: ClassVar[bool] = False
 
     def __call__(self, state: LayerState) -> CAMResult:
         raw = self.raw_map(state)

@@ -69,7 +69,6 @@ class FDCAMOptions:
 
 class FDCAM(CAMMethod):
     name = "fdcam"
-    uses_gradients = True
 
     def __init__(self, **options: object) -> None:
         self.config = FDCAMOptions(**options)  # type: ignore[arg-type]

@@ -13,7 +13,6 @@ def gradient_weights(state: LayerState) -> Tensor:
 
 class GradCAM(CAMMethod):
     name = "gradcam"
-    uses_gradients = True
 
     def channel_weights(self, state: LayerState) -> tuple[Tensor, None]:
         return gradient_weights(state), None

@@ -10,7 +10,6 @@ from torch import Tensor
 
 class GradCAMPlusPlus(CAMMethod):
     name = "gradcampp"
-    uses_gradients = True
 
     def channel_weights(self, state: LayerState) -> tuple[Tensor, None]:
         grads = state.gradients  # (B, T, K, h, w)

@@ -14,7 +14,6 @@ from torchvision.transforms.functional import gaussian_blur
 
 class GroupCAM(CAMMethod):
     name = "groupcam"
-    uses_gradients = True
 
     def __init__(self, groups: int = 32, blur_kernel: int = 51, blur_sigma: float = 50.0) -> None:
         self.groups = groups

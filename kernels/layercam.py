@@ -9,7 +9,6 @@ from torch import Tensor
 
 class LayerCAM(CAMMethod):
     name = "layercam"
-    uses_gradients = True
 
     def raw_map(self, state: LayerState) -> RawCAM:
         weighted = state.gradients.clamp_min(0) * state.activations[:, None]

@@ -9,7 +9,6 @@ from torch import Tensor
 
 class XGradCAM(CAMMethod):
     name = "xgradcam"
-    uses_gradients = True
 
     def channel_weights(self, state: LayerState) -> tuple[Tensor, None]:
         acts = state.activations

@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 import click
-from fdpipe.export.models import DEFAULT_MODEL, ModelError
+from fdpipe.export.models import ModelError
 from fdpipe.inputs import InputError, parse_shard
 from fdpipe.job import ENGINES, ConfigError, JobConfig, run_job
 from fdpipe.kernels import METHODS
+from fdpipe.options import model_options
 from fdpipe.output import ResumeError
 from fdpipe.runtime import RUNTIMES
 
@@ -74,14 +75,7 @@ def method_options(
     type=click.Path(path_type=Path),
     help="Output directory of Parquet part files.",
 )
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Registered model or torchvision classifier (offline: squeezenet1_1).",
-)
-@click.option("--layer", help="Target layer (dotted module path); default: the model's.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@model_options
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Exported model artifacts.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True)
 @click.option(

@@ -10,9 +10,10 @@ import click
 from fdpipe.boxes import BoxFormatError, read_boxes
 from fdpipe.comparison import LiveMaps, MapSource, StoredMaps, compare
 from fdpipe.evaluation import CurveProtocol
-from fdpipe.export.models import DEFAULT_MODEL, ModelError, load_model
+from fdpipe.export.models import ModelError, load_model
 from fdpipe.inputs import InputError, InputItem, collect_inputs
 from fdpipe.methods import MethodSpec, split_method_specs
+from fdpipe.options import model_options
 from fdpipe.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET, load_class_map
 from fdpipe.render import images_root, select_rows
 from fdpipe.report import OverlayWriter, markdown_table, write_report
@@ -42,9 +43,7 @@ ALL_METHODS = "fdcam,gradcam,gradcampp,xgradcam,layercam,ablationcam,scorecam,gr
     help=f"Comma-separated method specs, options after a colon, e.g. "
     f"fdcam:grouping=false,scoring=off (default: {ALL_METHODS}; with --maps: all stored).",
 )
-@click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--layer", help="Target layer (dotted module path); default: the model's.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@model_options
 @click.option(
     "--boxes",
     type=click.Path(exists=True, path_type=Path),

@@ -6,15 +6,14 @@ from functools import partial
 from pathlib import Path
 
 import click
-from fdpipe.export.models import DEFAULT_MODEL, ModelError, load_model
+from fdpipe.export.models import ModelError, load_model
 from fdpipe.export.onnx import OPSET, ExportError, export_model
 from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
+from fdpipe.options import model_options
 
 
 @click.command("export")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model to export.")
-@click.option("--layer", help="Target layer (dotted module path); default: the model's.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@model_options
 @click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact directory."
 )
@@ -52,8 +51,11 @@ def export(
         engines = partial(build_engines, options=EngineOptions(fp16=fp16, max_batch=max_batch))
     try:
         loaded = load_model(model, layer=layer, weights=weights)
+    except ModelError as exc:  # a wrong model, layer or weights file: usage, exit 2 as elsewhere
+        raise click.UsageError(str(exc)) from exc
+    try:
         manifest = export_model(loaded, output, opset=opset, engines=engines)
-    except (ModelError, ExportError) as exc:
+    except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     kinds = ", ".join(f"{k}: {v}" for k, v in manifest["masked_head"].items())
     click.echo(f"exported {loaded.name} at {loaded.layer} to {output} ({kinds})")
