@@ -10,7 +10,7 @@ import hashlib
 import importlib.util
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,6 @@ class LoadedModel:
     preprocess: Preprocess
     class_names: list[str]
     weights_id: str  # sha256 of the weights file, or "random" for untrained test models
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def input_size(self) -> tuple[int, int]:

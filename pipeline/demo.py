@@ -23,7 +23,7 @@ PHOTOS: dict[str, Callable[[], np.ndarray]] = {
     "motorcycle": lambda: data.stereo_motorcycle()[0],
     "camera": data.camera,  # grayscale: exercises the RGB conversion
 }
-METHODS = ("fdcam", "gradcam", "gradcampp", "layercam", "ablationcam", "fgcam")
+DEMO_METHODS = ("fdcam", "gradcam", "gradcampp", "layercam", "ablationcam", "fgcam")
 
 
 def write_photos(directory: Path) -> list[Path]:
@@ -37,7 +37,7 @@ def write_photos(directory: Path) -> list[Path]:
     return paths
 
 
-def run_demo(output: Path, methods: tuple[str, ...] = METHODS) -> tuple[Summary, list[Path]]:
+def run_demo(output: Path, methods: tuple[str, ...] = DEMO_METHODS) -> tuple[Summary, list[Path]]:
     """Photos to ``output/images``, Parquet to ``output/explanations``, sheet to ``output``."""
     write_photos(output / "images")
     config = JobConfig(
@@ -73,4 +73,4 @@ def predictions(explanations: Path) -> list[str]:
     return [f"{path}: {name} ({probability:.2f})" for path, name, probability in sorted(found)]
 
 
-__all__ = ["METHODS", "PHOTOS", "predictions", "run_demo", "write_photos"]
+__all__ = ["DEMO_METHODS", "PHOTOS", "predictions", "run_demo", "write_photos"]

@@ -12,6 +12,7 @@ from fdpipe.comparison import LiveMaps, MapSource, StoredMaps, compare
 from fdpipe.evaluation import CurveProtocol
 from fdpipe.export.models import ModelError, load_model
 from fdpipe.inputs import InputError, InputItem, collect_inputs
+from fdpipe.kernels import FGCAM, METHODS
 from fdpipe.methods import MethodSpec, split_method_specs
 from fdpipe.options import model_options
 from fdpipe.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET, load_class_map
@@ -19,7 +20,8 @@ from fdpipe.render import images_root, select_rows
 from fdpipe.report import OverlayWriter, markdown_table, write_report
 from fdpipe.runtime import select_backend
 
-ALL_METHODS = "fdcam,gradcam,gradcampp,xgradcam,layercam,ablationcam,scorecam,groupcam"
+# Every CAM method; FG-CAM refines one of them and is asked for by name with its base.
+ALL_METHODS = ",".join(name for name in METHODS if name != FGCAM.name)
 
 
 @click.command()

@@ -102,15 +102,22 @@ def file_stem(image_path: str) -> str:
     return Path(image_path.lstrip("/")).with_suffix("").as_posix().replace("/", "__")
 
 
+def pictures_with_rows(
+    rows: Iterable[MapRow], root: Path, limit: int | None
+) -> Iterator[tuple[str, Image.Image, Iterator[MapRow]]]:
+    """Each image of ``rows`` (contiguous per image), decoded once; at most ``limit`` images."""
+    grouped = itertools.groupby(rows, key=lambda row: row.image_path)
+    for image_path, image_rows in itertools.islice(grouped, limit):
+        yield image_path, load_image(root / image_path), image_rows
+
+
 def render_overlays(
     rows: Iterable[MapRow], root: Path, to: Path, *, alpha: float = 0.5, limit: int | None = None
 ) -> list[Path]:
     """One PNG per row: ``<image>.<method>.rank<r>.png``; at most ``limit`` images."""
     to.mkdir(parents=True, exist_ok=True)
     written = []
-    grouped = itertools.groupby(rows, key=lambda row: row.image_path)
-    for image_path, image_rows in itertools.islice(grouped, limit):
-        picture = load_image(root / image_path)
+    for image_path, picture, image_rows in pictures_with_rows(rows, root, limit):
         for row in image_rows:
             target = to / f"{file_stem(image_path)}.{row.method}.rank{row.class_rank}.png"
             overlay(picture, row.native, alpha).save(target)
@@ -130,9 +137,7 @@ def render_sheets(
     """Contact sheets: one line per (image, class), the photo then each method's overlay."""
     to.mkdir(parents=True, exist_ok=True)
     lines = []
-    grouped = itertools.groupby(rows, key=lambda row: row.image_path)
-    for image_path, image_rows in itertools.islice(grouped, limit):
-        picture = load_image(root / image_path)
+    for _, picture, image_rows in pictures_with_rows(rows, root, limit):
         by_rank = itertools.groupby(
             sorted(image_rows, key=lambda r: r.class_rank), lambda r: r.class_rank
         )
