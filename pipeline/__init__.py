@@ -1,14 +1,42 @@
-"""fdpipe: dataset-scale class activation maps (FD-CAM and its baselines) for CNN classifiers."""
+"""fdpipe: dataset-scale class activation maps (FD-CAM and its baselines) for CNN classifiers.
 
-from fdpipe.api import Explanation, explain
-from fdpipe.export.models import available_models, load_model
-from fdpipe.export.split import split_at
-from fdpipe.kernels import METHODS
+The public names load on first use, so that ``import fdpipe`` (and the command line's ``--help``)
+does not pay for torch until a model is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_PUBLIC = {
+    "Explainer": "fdpipe.api",
+    "Explanation": "fdpipe.api",
+    "explain": "fdpipe.api",
+    "METHODS": "fdpipe.kernels",
+    "available_models": "fdpipe.export.models",
+    "load_model": "fdpipe.export.models",
+    "split_at": "fdpipe.export.split",
+}
+
+if TYPE_CHECKING:
+    from fdpipe.api import Explainer, Explanation, explain
+    from fdpipe.export.models import available_models, load_model
+    from fdpipe.export.split import split_at
+    from fdpipe.kernels import METHODS
+
+
+def __getattr__(name: str) -> object:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'fdpipe' has no attribute {name!r}")
+
+
 __all__ = [
     "METHODS",
+    "Explainer",
     "Explanation",
     "__version__",
     "available_models",

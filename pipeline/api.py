@@ -1,23 +1,28 @@
-"""The notebook API: ``fdpipe.explain(model, images, method="fdcam")``."""
+"""The public API: an ``Explainer`` goes from a model to maps; ``explain`` is one call of it.
+
+An ``Explainer`` loads the model, selects the backend (``fdpipe.backends``), builds the methods and
+prepares the per-model tables once; each call then runs one backbone pass for a batch and every
+method from that shared state. Backends are cached per model module, so building a new
+``Explainer`` (or calling ``explain``) for a model that was already explained reuses its backend.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
-import numpy as np
-import torch
+from fdpipe.backends import Backend, select_backend
 from fdpipe.export.models import LoadedModel, load_model
-from fdpipe.images import load_image, to_rgb
-from fdpipe.kernels import CAMMethod, MaskedHeadScorer, SplitNetwork, make_method, prepare
-from fdpipe.kernels.state import LayerState
-from fdpipe.methods import MethodSpec
-from fdpipe.runtime import select_backend
-from PIL import Image, ImageOps
-from torch import Tensor
+from fdpipe.images import Images, as_batch
+from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
+from fdpipe.methods import MethodSpec, build_methods
+from torch import Tensor, device, nn
 
-ImageLike = Image.Image | np.ndarray | str | os.PathLike[str]
+MethodsArg = str | MethodSpec | CAMMethod | Sequence[str | MethodSpec | CAMMethod]
+Classes = Tensor | Sequence[int] | Sequence[Sequence[int]] | int | None
 
 
 @dataclass
@@ -35,88 +40,159 @@ class Explanation:
     options: dict[str, object]
 
 
-def float_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Float pixel arrays (0..1, or 0..255 when above 1) as uint8; other arrays unchanged."""
-    if array.dtype.kind != "f":
-        return array
-    high = 1.0 if array.max(initial=0) <= 1.0 else 255.0
-    return np.clip(np.rint(array / high * 255.0), 0, 255).astype(np.uint8)
+# Backends by model module, then (layer, runtime, artifacts): the fast scorer's per-model tables
+# (411 MB of reordered fc1 weights for VGG16) are built once per model, not once per call.
+_BACKENDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, str | None], Backend]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def as_batch(images: Tensor | Sequence[ImageLike] | ImageLike, model: LoadedModel) -> Tensor:
-    """Preprocessed (B, 3, H, W) from a tensor batch, PIL images, arrays or paths."""
-    if isinstance(images, Tensor):
-        return images if images.ndim == 4 else images[None]
-    if isinstance(images, Image.Image | np.ndarray | str | os.PathLike):
-        images = [images]
-    tensors = []
-    for item in images:
-        # In-memory images get the same decoding as files (SPEC section 0): EXIF orientation,
-        # alpha over white, 16-bit scaled down.
-        if isinstance(item, Image.Image):
-            picture = to_rgb(ImageOps.exif_transpose(item))
-        elif isinstance(item, np.ndarray):
-            picture = to_rgb(Image.fromarray(float_to_uint8(item)))
+def backend_for(
+    model: LoadedModel, runtime: str = "auto", artifacts: Path | None = None
+) -> Backend:
+    """The backend of ``model`` for ``runtime``: built on first use, then reused."""
+    per_model = _BACKENDS.setdefault(model.module, {})
+    key = (model.layer, runtime, None if artifacts is None else str(Path(artifacts).resolve()))
+    if key not in per_model:
+        per_model[key] = select_backend(model, artifacts=artifacts, runtime=runtime)
+    return per_model[key]
+
+
+@lru_cache(maxsize=2)
+def _registered(name: str) -> LoadedModel:
+    """``explain("squeezenet1_1", ...)`` in a loop loads the model once."""
+    return load_model(name)
+
+
+class Explainer:
+    """From a model to maps: built once, then called on batch after batch.
+
+    ``model`` is a registry name (loaded with ``layer``/``weights``/``pretrained``) or a
+    ``LoadedModel``. ``methods`` are names, ``name:key=value`` specs, ``MethodSpec`` or
+    ``CAMMethod`` objects; ``method_options`` apply to a single named method. ``classes`` (one list
+    for every image, or one row per image) or ``top_k`` are the default targets of each call.
+    ``runtime`` and ``artifacts`` choose the engine (``fdpipe.backends``).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel | str,
+        methods: MethodsArg = "fdcam",
+        *,
+        layer: str | None = None,
+        weights: str | Path | None = None,
+        pretrained: bool = True,
+        runtime: str = "auto",
+        artifacts: Path | None = None,
+        classes: Classes = None,
+        top_k: int = 1,
+        **method_options: object,
+    ) -> None:
+        if isinstance(model, LoadedModel):
+            if layer is not None or weights is not None:
+                raise ValueError("layer and weights apply when the model is given by name")
+            self.model = model
         else:
-            picture = load_image(item)
-        tensors.append(model.preprocess(picture))
-    return torch.stack(tensors)
+            self.model = load_model(model, layer=layer, weights=weights, pretrained=pretrained)
+        self.backend = backend_for(self.model, runtime, artifacts)
+        self.methods: dict[str, CAMMethod] = build_methods(methods, method_options)
+        self.classes = classes
+        self.top_k = top_k
 
+    @property
+    def network(self) -> SplitNetwork:
+        return self.backend.network
 
-def run_method(method: CAMMethod, state: LayerState) -> Explanation:
-    result = method(state)
-    return Explanation(
-        method=method.name,
-        classes=state.classes,
-        logits=state.target_logits,
-        probabilities=state.target_probabilities,
-        maps=result.maps,
-        native=result.native,
-        weights=result.weights,
-        scores=result.scores,
-        options=method.options(),
-    )
+    @property
+    def scorer(self) -> MaskedHeadScorer:
+        return self.backend.scorer
+
+    @property
+    def device(self) -> device:
+        return self.backend.network.device
+
+    def batch(self, images: Images) -> Tensor:
+        """The preprocessed (B, C, H, W) input of ``images`` on the model's device."""
+        return as_batch(images, self.model.preprocess).to(self.device)
+
+    def prepare(
+        self, images: Images, *, classes: Classes = None, top_k: int | None = None
+    ) -> LayerState:
+        """One backbone pass: the state every method works from."""
+        return prepare(
+            self.backend.network,
+            self.batch(images),
+            classes=self.classes if classes is None else classes,  # type: ignore[arg-type]
+            top_k=self.top_k if top_k is None else top_k,
+            scorer=self.backend.scorer,
+        )
+
+    def explanations(self, state: LayerState) -> Iterator[tuple[str, Explanation]]:
+        """(label, explanation) of each method in turn, all from ``state``."""
+        for label, method in self.methods.items():
+            result = method(state)
+            yield (
+                label,
+                Explanation(
+                    method=method.name,
+                    classes=state.classes,
+                    logits=state.target_logits,
+                    probabilities=state.target_probabilities,
+                    maps=result.maps,
+                    native=result.native,
+                    weights=result.weights,
+                    scores=result.scores,
+                    options=method.options(),
+                ),
+            )
+
+    def __call__(
+        self, images: Images, *, classes: Classes = None, top_k: int | None = None
+    ) -> dict[str, Explanation]:
+        """Every method's explanation of ``images``, by method label, from one shared pass."""
+        return dict(self.explanations(self.prepare(images, classes=classes, top_k=top_k)))
+
+    def params(self) -> dict[str, object]:
+        """What the maps depend on (recorded with every output)."""
+        return {
+            "model": self.model.name,
+            "weights_id": self.model.weights_id,
+            "layer": self.model.layer,
+            "preprocess": self.model.preprocess.describe(),
+            "methods": {label: m.options() for label, m in self.methods.items()},
+        }
 
 
 def explain(
     model: LoadedModel | str,
-    images: Tensor | Sequence[ImageLike] | ImageLike,
-    method: str | CAMMethod | Sequence[str | CAMMethod] = "fdcam",
+    images: Images,
+    method: MethodsArg = "fdcam",
     *,
-    classes: Tensor | Sequence[int] | Sequence[Sequence[int]] | int | None = None,
+    classes: Classes = None,
     top_k: int = 1,
-    network: SplitNetwork | None = None,
-    scorer: MaskedHeadScorer | None = None,
+    runtime: str = "auto",
+    artifacts: Path | None = None,
     **method_options: object,
 ) -> Explanation | dict[str, Explanation]:
     """Explain ``images`` with one method (an Explanation) or several (a dict by method label).
 
-    A method is a name (``"fdcam"``), a spec with options (``"fdcam:grouping=false"``) or a
-    ``CAMMethod`` instance. ``method_options`` apply to a single named method only. Several
-    methods share one backbone pass and one set of gradients. Calling this in a loop? Build the
-    backend once (``backend = fdpipe.runtime.select_backend(model)``) and pass
-    ``network=backend.network, scorer=backend.scorer``: the fast scorer prepares per-model
-    tables (411 MB of reordered fc1 weights for VGG16) on first use.
+    A thin wrapper over ``Explainer``: the model's backend is built on the first call and reused
+    by later calls on the same model, so calling this in a loop is cheap. Several methods share
+    one backbone pass and one set of gradients.
     """
-    loaded = load_model(model) if isinstance(model, str) else model
-    if network is None:
-        backend = select_backend(loaded, runtime="torch")
-        network, scorer = backend.network, scorer or backend.scorer
-    batch = as_batch(images, loaded).to(network.device)
-    state = prepare(network, batch, classes=classes, top_k=top_k, scorer=scorer)
-    single = isinstance(method, str | CAMMethod)
-    methods = [method] if single else list(method)
-    if method_options and not (single and isinstance(method, str)):
-        raise ValueError(
-            "keyword options apply to one named method; for several, use specs like "
-            "'fdcam:grouping=false' or CAMMethod instances"
-        )
-    built: dict[str, CAMMethod] = {}
-    for item in methods:
-        if isinstance(item, CAMMethod):
-            built[item.name] = item
-        else:
-            spec = MethodSpec.parse(item)
-            built[spec.label] = make_method(spec.name, **spec.options, **method_options)
-    results = {label: run_method(m, state) for label, m in built.items()}
+    loaded = _registered(model) if isinstance(model, str) else model
+    explainer = Explainer(
+        loaded,
+        method,
+        runtime=runtime,
+        artifacts=artifacts,
+        classes=classes,
+        top_k=top_k,
+        **method_options,
+    )
+    results = explainer(images)
+    single = isinstance(method, str | MethodSpec | CAMMethod)
     return next(iter(results.values())) if single else results
+
+
+__all__ = ["Explainer", "Explanation", "backend_for", "explain"]

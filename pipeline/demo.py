@@ -10,8 +10,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from fdpipe.export.models import OFFLINE_MODEL
 from fdpipe.job import JobConfig, run_job
-from fdpipe.progress import Summary
-from fdpipe.render import images_root, render_sheets, select_rows
+from fdpipe.job.progress import Summary
+from fdpipe.job.reader import images_root, select_rows
+from fdpipe.render import render_sheets
 from PIL import Image
 from skimage import data
 
@@ -44,7 +45,7 @@ def run_demo(output: Path, methods: tuple[str, ...] = DEMO_METHODS) -> tuple[Sum
         input=output / "images",
         output=output / "explanations",
         model=OFFLINE_MODEL,
-        methods={name: {} for name in methods},
+        methods=methods,
         batch_size=len(PHOTOS),
         overwrite=True,
     )

@@ -1,12 +1,19 @@
-"""Decoding any image file into the RGB picture SPEC section 0 starts from."""
+"""Decoding any image (file, PIL image, array) into the RGB picture SPEC section 0 starts from,
+and a batch of them into the model's preprocessed input tensor."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+ImageLike = Image.Image | np.ndarray | str | os.PathLike[str]
+Images = Tensor | Sequence[ImageLike] | ImageLike
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -63,3 +70,31 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageDecodeError("not an image file (unknown format or damaged header)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def float_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Float pixel arrays (0..1, or 0..255 when above 1) as uint8; other arrays unchanged."""
+    if array.dtype.kind != "f":
+        return array
+    high = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+    return np.clip(np.rint(array / high * 255.0), 0, 255).astype(np.uint8)
+
+
+def as_batch(images: Images, preprocess: Callable[[Image.Image], Tensor]) -> Tensor:
+    """Preprocessed (B, 3, H, W) from a tensor batch, PIL images, arrays or paths."""
+    if isinstance(images, Tensor):
+        return images if images.ndim == 4 else images[None]
+    if isinstance(images, Image.Image | np.ndarray | str | os.PathLike):
+        images = [images]
+    tensors = []
+    for item in images:
+        # In-memory images get the same decoding as files (SPEC section 0): EXIF orientation,
+        # alpha over white, 16-bit scaled down.
+        if isinstance(item, Image.Image):
+            picture = to_rgb(ImageOps.exif_transpose(item))
+        elif isinstance(item, np.ndarray):
+            picture = to_rgb(Image.fromarray(float_to_uint8(item)))
+        else:
+            picture = load_image(item)
+        tensors.append(preprocess(picture))
+    return torch.stack(tensors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fdpipe.kernels import CAMMethod, make_method
@@ -38,11 +39,36 @@ class MethodSpec:
             options[key.strip()] = parse_option_value(value.strip())
         return cls(text.strip(), name.strip(), options)
 
-    def build(self) -> CAMMethod:
+    def build(self, **extra: object) -> CAMMethod:
         try:
-            return make_method(self.name, **self.options)
+            return make_method(self.name, **self.options, **extra)
         except TypeError as exc:
             raise ValueError(f"bad options for {self.label!r}: {exc}") from exc
+
+
+def build_methods(
+    methods: str | MethodSpec | CAMMethod | Sequence[str | MethodSpec | CAMMethod],
+    options: Mapping[str, object] | None = None,
+) -> dict[str, CAMMethod]:
+    """Methods by report label from names, specs or instances: the one place methods are built.
+
+    ``options`` go to a single named method (``explain(model, x, "fdcam", shift=0.3)``).
+    """
+    single = isinstance(methods, str | MethodSpec | CAMMethod)
+    items: list[str | MethodSpec | CAMMethod] = [methods] if single else list(methods)  # type: ignore[list-item]
+    if options and not (single and not isinstance(methods, CAMMethod)):
+        raise ValueError(
+            "keyword options apply to one named method; for several, use specs like "
+            "'fdcam:grouping=false' or CAMMethod instances"
+        )
+    built: dict[str, CAMMethod] = {}
+    for item in items:
+        if isinstance(item, CAMMethod):
+            built[item.name] = item
+        else:
+            spec = item if isinstance(item, MethodSpec) else MethodSpec.parse(item)
+            built[spec.label] = spec.build(**(options or {}))
+    return built
 
 
 def split_method_specs(text: str) -> list[str]:

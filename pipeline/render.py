@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from fdpipe.images import load_image
+from fdpipe.job.reader import MapRow
 from fdpipe.kernels.postprocess import upsample_map
-from fdpipe.output import OutputDataset, iter_rows, read_metadata
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-ROW_COLUMNS = [
-    "image_path",
-    "method",
-    "class_rank",
-    "class_index",
-    "class_name",
-    "probability",
-    "map",
-    "map_height",
-    "map_width",
-    "status",
-]
 TILE = 224  # contact sheet cell, pixels
 LABEL = 18  # label strip above each cell, pixels
-
-
-@dataclass
-class MapRow:
-    image_path: str
-    method: str
-    class_rank: int
-    class_index: int
-    class_name: str
-    probability: float
-    native: np.ndarray  # (h, w) in [0, 1]
 
 
 def jet(values: np.ndarray) -> np.ndarray:
@@ -56,46 +28,6 @@ def overlay(image: Image.Image, native: np.ndarray, alpha: float = 0.5) -> Image
     """The map brought to the image's size (SPEC step 7 resize), coloured, blended over it."""
     full = upsample_map(torch.from_numpy(native), (image.height, image.width)).numpy()
     return Image.blend(image.convert("RGB"), Image.fromarray(jet(full)), alpha)
-
-
-def select_rows(
-    output: str | os.PathLike[str],
-    *,
-    methods: Iterable[str] | None = None,
-    images: Iterable[str] | None = None,
-    ranks: Iterable[int] | None = None,
-) -> Iterator[MapRow]:
-    """Explained rows of ``output`` in stored order; ``images`` are glob patterns on image_path."""
-    patterns = list(images or [])
-    for batch in iter_rows(output, columns=ROW_COLUMNS):
-        keep = pc.equal(batch.column("status"), "ok")
-        if methods is not None:
-            wanted = pa.array(list(methods), pa.string())
-            keep = pc.and_(keep, pc.is_in(batch.column("method"), value_set=wanted))
-        if ranks is not None:
-            wanted = pa.array(list(ranks), pa.int16())
-            keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
-        for row in batch.filter(keep).to_pylist():
-            if patterns and not any(fnmatchcase(row["image_path"], p) for p in patterns):
-                continue
-            shape = (row["map_height"], row["map_width"])
-            yield MapRow(
-                image_path=row["image_path"],
-                method=row["method"],
-                class_rank=row["class_rank"],
-                class_index=row["class_index"],
-                class_name=row["class_name"],
-                probability=row["probability"],
-                native=np.asarray(row["map"], dtype=np.float32).reshape(shape),
-            )
-
-
-def images_root(output: str | os.PathLike[str]) -> Path:
-    """The directory image paths are relative to, as the job recorded it."""
-    parts = OutputDataset(output).parts()
-    if not parts:
-        raise FileNotFoundError(f"{output} holds no part files")
-    return Path(read_metadata(parts[0])["run"]["input_root"])
 
 
 def file_stem(image_path: str) -> str:
@@ -181,12 +113,4 @@ def stack(lines: list[Image.Image]) -> Image.Image:
     return sheet
 
 
-__all__ = [
-    "MapRow",
-    "images_root",
-    "jet",
-    "overlay",
-    "render_overlays",
-    "render_sheets",
-    "select_rows",
-]
+__all__ = ["file_stem", "jet", "overlay", "render_overlays", "render_sheets", "sheet_line"]

@@ -174,10 +174,10 @@ def test_explain_accepts_every_input_form(
         "tensor": squeezenet.preprocess(cat),
         "batch tensor": squeezenet.preprocess(cat)[None],
     }
-    expected = fdpipe.explain(squeezenet, cat, "gradcam", network=squeezenet_net).maps
+    expected = fdpipe.explain(squeezenet, cat, "gradcam").maps
     assert expected.shape == (1, 1, 224, 224)
     for form, images in forms.items():
-        maps = fdpipe.explain(squeezenet, images, "gradcam", network=squeezenet_net).maps
+        maps = fdpipe.explain(squeezenet, images, "gradcam").maps
         torch.testing.assert_close(maps, expected, atol=1e-5, rtol=0, msg=form)
 
 
@@ -185,15 +185,13 @@ def test_explain_several_images_and_methods(
     squeezenet: LoadedModel, squeezenet_net: SplitNetwork, photos: dict, cat_on_disk: Path
 ) -> None:
     images = [cat_on_disk, photos["coffee"], np.asarray(photos["astronaut"])]
-    results = fdpipe.explain(
-        squeezenet, images, ["gradcam", "layercam"], network=squeezenet_net, top_k=2
-    )
+    results = fdpipe.explain(squeezenet, images, ["gradcam", "layercam"], top_k=2)
     assert set(results) == {"gradcam", "layercam"}
     for explanation in results.values():
         assert explanation.maps.shape == (3, 2, 224, 224)
         assert explanation.classes.shape == (3, 2)
         assert torch.equal(explanation.classes, results["gradcam"].classes)
-    alone = fdpipe.explain(squeezenet, photos["coffee"], "layercam", network=squeezenet_net)
+    alone = fdpipe.explain(squeezenet, photos["coffee"], "layercam")
     torch.testing.assert_close(results["layercam"].maps[1, :1], alone.maps[0])
 
 
@@ -228,6 +226,6 @@ def test_explain_converts_pil_images_like_files(
         exif[0x0112] = 8  # rotate 90 counter-clockwise to display
         photos["cat"].save(path, exif=exif)
         image = Image.open(path)
-    from_file = fdpipe.explain(squeezenet, path, "gradcam", network=squeezenet_net).maps
-    in_memory = fdpipe.explain(squeezenet, image, "gradcam", network=squeezenet_net).maps
+    from_file = fdpipe.explain(squeezenet, path, "gradcam").maps
+    in_memory = fdpipe.explain(squeezenet, image, "gradcam").maps
     torch.testing.assert_close(in_memory, from_file)

@@ -7,16 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fdpipe.job import JobConfig, run_job
-from fdpipe.render import (
-    LABEL,
-    TILE,
-    images_root,
-    jet,
-    overlay,
-    render_overlays,
-    render_sheets,
-    select_rows,
-)
+from fdpipe.job.reader import images_root, select_rows
+from fdpipe.render import LABEL, TILE, jet, overlay, render_overlays, render_sheets
 from image_files import write_images
 from PIL import Image
 
@@ -28,7 +20,7 @@ def output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "images" / "broken.png").write_bytes(b"")
     config = JobConfig(
         input=root / "images", output=root / "out", model="squeezenet1_1",
-        methods={"gradcam": {}, "layercam": {}}, top_k=2,
+        methods=("gradcam", "layercam"), top_k=2,
     )  # fmt: skip
     run_job(config)
     return config.output

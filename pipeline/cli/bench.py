@@ -1,0 +1,52 @@
+"""``fdpipe bench``: run benchmark suites, write one JSON file per suite, print a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Results directory (one JSON file per suite).",
+)
+@click.option(
+    "--suite",
+    "suites",
+    type=click.Choice(["engine", "pipeline"]),
+    multiple=True,
+    help="Suites to run (repeatable); default: all.",
+)
+@click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=os.cpu_count(), show_default=True)
+def bench(output: Path, suites: tuple[str, ...], repeats: int, threads: int) -> None:
+    """Benchmark fdpipe's engines; writes OUTPUT/<suite>.json and prints a table."""
+    import fdpipe.bench as benchmarks  # torch and the suites load only when benchmarks run
+
+    settings = benchmarks.Settings(output, repeats, threads)
+    output.mkdir(parents=True, exist_ok=True)
+    for name in suites or benchmarks.SUITES:
+        click.echo(f"suite {name}:")
+        started = time.perf_counter()
+        result = {
+            "suite": name,
+            "machine": benchmarks.machine(threads),
+            **benchmarks.SUITES[name](settings),
+        }
+        result["wall_seconds"] = time.perf_counter() - started
+        result["machine"]["load_average_at_end"] = os.getloadavg()
+        (output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(benchmarks.table(result["rows"]))
+        for key in ("vgg16", "targets_met"):
+            if key in result:
+                click.echo(f"{key}: {json.dumps(result[key])}")
+        click.echo(f"wrote {output / f'{name}.json'}")

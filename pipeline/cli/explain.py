@@ -1,0 +1,121 @@
+"""``fdpipe explain``: every image of an input into a Parquet dataset; reruns resume.
+
+Exit codes: 0 every image explained; 1 at least one image of the input (this run or an earlier,
+resumed one) has a failed row; 2 invalid usage or parameters, including a refused resume. An
+unexpected crash prints a traceback and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import click
+from fdpipe.backends import RUNTIMES
+from fdpipe.cli.options import method_specs, model_options, parse_classes
+from fdpipe.export.models import ModelError
+from fdpipe.job import ENGINES, ConfigError, JobConfig, run_job
+from fdpipe.job.inputs import InputError, parse_shard
+from fdpipe.job.parts import ResumeError
+from fdpipe.kernels import METHODS
+
+USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
+
+
+@click.command()
+@click.option(
+    "-i",
+    "--input",
+    "input_",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Image directory (walked recursively), list file, or CSV/Parquet manifest.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output directory of Parquet part files.",
+)
+@model_options
+@click.option("--artifacts", type=click.Path(path_type=Path), help="Exported model artifacts.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    default=("fdcam",),
+    show_default=True,
+    help=f"Method specs, repeatable or comma-separated, options after a colon "
+    f"(fdcam:threshold=0.9); all share one pass: {', '.join(METHODS)}.",
+)
+@click.option("--classes", help="Explain these class indices (e.g. 1,2,3) instead of the top-k.")
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=min(4, os.cpu_count() or 1),
+    show_default=True,
+    help="Decode threads.",
+)
+@click.option(
+    "--part-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per part file (at most this much work is lost to a kill).",
+)
+@click.option("--shard", default="0/1", show_default=True, help="Explain shard i of n (i/n).")
+@click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
+@click.option("--save-weights", is_flag=True, help="Store per-channel weights.")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
+@click.option("--address", help="Ray cluster address (--engine ray); default: a local Ray.")
+@click.option(
+    "--actors", type=click.IntRange(min=1), help="Ray model actors (default: per GPU/CPU)."
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
+@click.option("--fd-threshold", type=float, help="FD-CAM grouping quantile (0.95).")
+@click.option("--fd-shift", type=float, help="FD-CAM b in a*exp(s) - b (0.5).")
+@click.option("--fd-grouping/--no-fd-grouping", default=None, help="FD-CAM channel grouping.")
+@click.option("--fd-scoring", type=click.Choice(["both", "off"]), help="Switch-on+off or off only.")
+@click.option("--fd-combination", type=click.Choice(["product", "exp", "exp_shift"]))
+@click.option("--fd-probabilities", is_flag=True, default=None, help="Score probabilities.")
+@click.option("--base", type=click.Choice(["gradcam", "scorecam", "fdcam"]), help="FG-CAM base.")
+@click.option("--resolution", help='FG-CAM target: "input" or a layer like features.5.')
+@click.option("--denoise", is_flag=True, default=None, help="FG-CAM SVD denoising.")
+def explain(
+    input_: Path,
+    output: Path,
+    methods: tuple[str, ...],
+    classes: str | None,
+    shard: str,
+    **options: object,
+) -> None:
+    """Explain every image of INPUT into a Parquet dataset at OUTPUT; reruns resume."""
+    fd = {key[3:]: options.pop(key) for key in list(options) if key.startswith("fd_")}
+    fg = {key: options.pop(key) for key in ("base", "resolution", "denoise")}
+    if options["engine"] == "ray" and importlib.util.find_spec("ray") is None:
+        raise click.UsageError("--engine ray needs Ray: pip install 'fdpipe[ray]'")
+    specs = method_specs(
+        methods,
+        {k: v for k, v in fd.items() if v is not None},
+        {k: v for k, v in fg.items() if v is not None},
+    )
+    try:
+        config = JobConfig(
+            input=input_,
+            output=output,
+            methods=tuple(specs),
+            classes=parse_classes(classes),
+            shard=parse_shard(shard),
+            **options,  # type: ignore[arg-type]
+        )
+        summary = run_job(config)
+    except USER_ERRORS as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"{output}: {summary}")
+    if summary.any_failed:
+        raise SystemExit(1)

@@ -1,0 +1,61 @@
+"""``fdpipe export``: ONNX graphs (and TensorRT engines) of a model split at its target layer."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import click
+from fdpipe.cli.options import model_options
+from fdpipe.export.models import ModelError, load_model
+from fdpipe.export.onnx import OPSET, ExportError, export_model
+from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
+
+
+@click.command("export")
+@model_options
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Artifact directory."
+)
+@click.option("--opset", type=click.IntRange(min=18), default=OPSET, show_default=True)
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (CUDA GPU + tensorrt).")
+@click.option("--fp16", is_flag=True, help="FP16 TensorRT engines (default FP32).")
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Largest image batch of the TensorRT optimisation profile.",
+)
+def export(
+    model: str,
+    layer: str | None,
+    weights: Path | None,
+    output: Path,
+    opset: int,
+    trt: bool,
+    fp16: bool,
+    max_batch: int,
+) -> None:
+    """Write backbone/head/masked-head ONNX graphs and manifest.json to OUTPUT.
+
+    Each graph is checked against PyTorch with ONNX Runtime; OUTPUT is only replaced once
+    everything, engines included, has been built.
+    """
+    if fp16 and not trt:
+        raise click.UsageError("--fp16 sets the precision of TensorRT engines: add --trt")
+    if trt and (missing := tensorrt_missing()):
+        raise click.ClickException(f"--trt: {missing}. Nothing was written.")
+    engines = None
+    if trt:
+        engines = partial(build_engines, options=EngineOptions(fp16=fp16, max_batch=max_batch))
+    try:
+        loaded = load_model(model, layer=layer, weights=weights)
+    except ModelError as exc:  # a wrong model, layer or weights file: usage, exit 2 as elsewhere
+        raise click.UsageError(str(exc)) from exc
+    try:
+        manifest = export_model(loaded, output, opset=opset, engines=engines)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    kinds = ", ".join(f"{k}: {v}" for k, v in manifest["masked_head"].items())
+    click.echo(f"exported {loaded.name} at {loaded.layer} to {output} ({kinds})")

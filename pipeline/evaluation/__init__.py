@@ -1,0 +1,2 @@
+"""Evaluating methods: insertion / deletion curves, the pointing game and its boxes, the method
+comparison behind ``fdpipe evaluate`` and its report."""

@@ -1,0 +1,44 @@
+"""What a dataset job is asked to do: the settings of one ``fdpipe explain`` run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fdpipe.export.models import DEFAULT_MODEL
+from fdpipe.methods import MethodSpec
+
+ENGINES = ("local", "ray")
+
+
+class ConfigError(ValueError):
+    """A job setting that cannot work, found before any image is read."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    input: Path  # directory, list file, or CSV / Parquet manifest
+    output: Path  # directory of Parquet parts
+    model: str = DEFAULT_MODEL
+    layer: str | None = None
+    weights: Path | None = None
+    pretrained: bool = True  # False: seeded random weights (benchmarks, shape tests)
+    artifacts: Path | None = None
+    runtime: str = "auto"
+    methods: tuple[str | MethodSpec, ...] = ("fdcam",)  # specs: name or name:key=value
+    classes: tuple[int, ...] | None = None  # explicit target classes, else the top_k logits
+    top_k: int = 1
+    batch_size: int = 16
+    workers: int = min(4, os.cpu_count() or 1)  # decode threads
+    part_size: int = 256  # images per part file: the most work a kill can lose
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+    save_weights: bool = False
+    engine: str = "local"
+    address: str | None = None  # Ray cluster; None starts a local Ray
+    actors: int | None = None  # Ray model actors; None: one per GPU, else one per CPU
+    progress: bool | None = None  # progress bar; None: when stderr is a terminal
+
+
+__all__ = ["ENGINES", "ConfigError", "JobConfig"]

@@ -1,0 +1,197 @@
+"""The Parquet sink of a job: atomic part files and the resume bookkeeping.
+
+A job's output is a directory of part files. Each part holds the rows of a contiguous run of
+images of the (sorted) input list, is written to a hidden temp file, fsynced, then renamed: a
+part is either complete and final or invisible. Resuming means skipping every image that already
+has rows in a complete part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fdpipe.job.schema import COMPRESSION, METADATA_KEY, SCHEMA
+
+PART_PATTERN = re.compile(r"^part-(?:s(\d+)of(\d+)-)?(\d+)\.parquet$")
+TEMP_PATTERN = re.compile(r"^\.(.+)\.\d+\.tmp$")  # ".<part name>.<pid>.tmp"
+
+
+class ResumeError(ValueError):
+    """The output directory holds rows of a run with other parameters."""
+
+
+def part_name(shard: tuple[int, int], sequence: int) -> str:
+    index, count = shard
+    prefix = "part-" if count == 1 else f"part-s{index}of{count}-"
+    return f"{prefix}{sequence:06d}.parquet"
+
+
+@dataclass
+class ExistingRows:
+    done: set[str]  # image paths with rows in a complete part
+    failed: set[str]  # those of them that failed
+
+
+class OutputDataset:
+    """One shard's view of an output directory (several shards may share the directory)."""
+
+    def __init__(self, directory: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)) -> None:
+        self.directory = Path(directory)
+        self.shard = shard
+        self.next_sequence: int | None = None
+
+    def parts(self, *, own: bool = False) -> list[Path]:
+        """Complete part files in name order; ``own``: only this shard's."""
+        return [
+            path
+            for path, (shard, _) in self._listing(PART_PATTERN.match)
+            if not own or shard == self.shard
+        ]
+
+    def temp_files(self) -> list[Path]:
+        """This shard's temp files: what a killed run left; other shards' are not touched."""
+
+        def own_temp(name: str) -> re.Match | None:
+            temp = TEMP_PATTERN.match(name)
+            return PART_PATTERN.match(temp[1]) if temp else None
+
+        return [path for path, (shard, _) in self._listing(own_temp) if shard == self.shard]
+
+    def _listing(self, match: Callable[[str], re.Match | None]) -> list[tuple[Path, tuple]]:
+        """(path, ((shard index, count), sequence)) of the files whose name ``match`` accepts."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for path in sorted(self.directory.iterdir()):
+            if parsed := match(path.name):
+                index, count = (int(parsed[1]), int(parsed[2])) if parsed[1] else (0, 1)
+                found.append((path, ((index, count), int(parsed[3]))))
+        return found
+
+    def clear(self) -> None:
+        """``--overwrite``: remove this shard's parts (all parts for an unsharded run)."""
+        unsharded = self.shard == (0, 1)
+        for path in self.parts(own=not unsharded) + self.temp_files():
+            path.unlink()
+
+    def existing(self, params: dict[str, object]) -> ExistingRows:
+        """Images already done; refuses a directory written with other parameters."""
+        for stale in self.temp_files():  # left by a killed run: never part of the dataset
+            stale.unlink()
+        done: set[str] = set()
+        failed: set[str] = set()
+        for path in self.parts():
+            check_params(path, params)
+            table = pq.read_table(path, columns=["image_path", "status"])
+            done.update(table.column("image_path").to_pylist())
+            failures = table.filter(pc.equal(table.column("status"), "failed"))
+            failed.update(failures.column("image_path").to_pylist())
+        return ExistingRows(done, failed)
+
+    def write(self, table: pa.Table, metadata: dict[str, object]) -> Path:
+        """Atomically add ``table`` as the next part of this shard."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.next_sequence is None:
+            mine = [
+                seq for _, (shard, seq) in self._listing(PART_PATTERN.match) if shard == self.shard
+            ]
+            self.next_sequence = max(mine, default=-1) + 1
+        final = self.directory / part_name(self.shard, self.next_sequence)
+        self.next_sequence += 1
+        temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        record = {METADATA_KEY: json.dumps(metadata, default=str)}
+        table = table.cast(SCHEMA).replace_schema_metadata(record)  # whoever built the rows
+        pq.write_table(table, temp, compression=COMPRESSION)
+        with temp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temp, final)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+        return final
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, object]:
+    """The run record stored in a part file (JSON under the ``fdpipe`` key)."""
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(METADATA_KEY.encode())
+    if raw is None:
+        raise ResumeError(f"{path} is not an fdpipe part file (no {METADATA_KEY!r} metadata)")
+    return json.loads(raw)
+
+
+def check_params(path: Path, params: dict[str, object]) -> None:
+    stored = read_metadata(path).get("params", {})
+    wanted = json.loads(json.dumps(params, default=str))
+    if stored == wanted:
+        return
+    keys = sorted(set(stored) | set(wanted))
+    changes = [
+        f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}"
+        for k in keys
+        if stored.get(k) != wanted.get(k)
+    ]
+    raise ResumeError(
+        f"{path.parent} holds results of a run with other parameters ({'; '.join(changes)}). "
+        "Rerun with the same parameters to resume, pass --overwrite to start over, "
+        "or choose another --output."
+    )
+
+
+@dataclass
+class PartSink:
+    """Cuts a stream of row tables into parts of ``part_size`` images, always between images."""
+
+    dataset: OutputDataset
+    part_size: int
+    metadata: dict[str, object]
+    pending: pa.Table | None = None
+    written: list[Path] = field(default_factory=list)
+
+    def add(self, table: pa.Table) -> None:
+        rows = table if self.pending is None else pa.concat_tables([self.pending, table])
+        starts = image_starts(rows)
+        # Only cut once a later image has begun: an image's rows may straddle two tables.
+        while len(starts) > self.part_size:
+            cut = int(starts[self.part_size])
+            self.written.append(self.dataset.write(rows.slice(0, cut), self.metadata))
+            rows, starts = rows.slice(cut), starts[self.part_size :] - cut
+        self.pending = rows if rows.num_rows else None
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.written.append(self.dataset.write(self.pending, self.metadata))
+            self.pending = None
+
+
+def image_starts(rows: pa.Table) -> np.ndarray:
+    """Row index where each image's (contiguous) rows begin."""
+    paths = rows.column("image_path")
+    if len(paths) == 0:
+        return np.zeros(0, dtype=np.int64)
+    changed = pc.not_equal(paths.slice(1), paths.slice(0, len(paths) - 1))
+    return np.concatenate([[0], np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1])
+
+
+__all__ = [
+    "PART_PATTERN",
+    "ExistingRows",
+    "OutputDataset",
+    "PartSink",
+    "ResumeError",
+    "check_params",
+    "image_starts",
+    "part_name",
+    "read_metadata",
+]

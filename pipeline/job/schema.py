@@ -1,0 +1,126 @@
+"""The rows a job writes: one per (image, method, class), one per failed image.
+
+``SCHEMA`` is the Parquet schema of every part file; ``TableBuilder`` collects rows column by
+column and builds one Arrow table per batch, maps staying numpy until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+METADATA_KEY = "fdpipe"  # part-file metadata key holding the run record (JSON)
+COMPRESSION = "zstd"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("layer", pa.string(), nullable=False),
+        pa.field("method", pa.string()),
+        pa.field("class_rank", pa.int16()),
+        pa.field("class_index", pa.int32()),
+        pa.field("class_name", pa.string()),
+        pa.field("logit", pa.float32()),
+        pa.field("probability", pa.float32()),
+        pa.field("map", pa.list_(pa.float32())),
+        pa.field("map_height", pa.int32()),
+        pa.field("map_width", pa.int32()),
+        pa.field("weights", pa.list_(pa.float32())),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("seconds", pa.float32()),
+    ]
+)
+
+
+@dataclass
+class ImageInfo:
+    key: str
+    sha256: str | None
+    width: int | None
+    height: int | None
+
+
+@dataclass
+class TableBuilder:
+    """Collects rows column by column; maps stay numpy until one Arrow array is built."""
+
+    model: str
+    layer: str
+    columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in SCHEMA.names})
+
+    def add_failed(self, image: ImageInfo, error: str, seconds: float) -> None:
+        self._add(image, status="failed", error=error, seconds=seconds)
+
+    def add_explained(
+        self,
+        image: ImageInfo,
+        *,
+        method: str,
+        class_rank: int,
+        class_index: int,
+        class_name: str,
+        logit: float,
+        probability: float,
+        native_map: np.ndarray,
+        weights: np.ndarray | None,
+        seconds: float,
+    ) -> None:
+        self._add(
+            image,
+            method=method,
+            class_rank=class_rank,
+            class_index=class_index,
+            class_name=class_name,
+            logit=logit,
+            probability=probability,
+            map=np.ascontiguousarray(native_map, dtype=np.float32).ravel(),
+            map_height=native_map.shape[0],
+            map_width=native_map.shape[1],
+            weights=None if weights is None else np.asarray(weights, dtype=np.float32).ravel(),
+            status="ok",
+            seconds=seconds,
+        )
+
+    def _add(self, image: ImageInfo, **values: object) -> None:
+        values |= {
+            "image_path": image.key,
+            "image_sha256": image.sha256,
+            "original_width": image.width,
+            "original_height": image.height,
+            "model": self.model,
+            "layer": self.layer,
+        }
+        for name, column in self.columns.items():
+            column.append(values.get(name))
+
+    def build(self) -> pa.Table:
+        arrays = [
+            float_lists(self.columns[f.name])
+            if f.name in {"map", "weights"}
+            else pa.array(self.columns[f.name], type=f.type)
+            for f in SCHEMA
+        ]
+        return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def float_lists(values: list[np.ndarray | None]) -> pa.ListArray:
+    """list<float32> from numpy vectors (None -> null) with a single copy of the data."""
+    lengths = np.array([0 if v is None else len(v) for v in values], dtype=np.int32)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [v for v in values if v is not None]
+    flat = np.concatenate(present) if present else np.zeros(0, dtype=np.float32)
+    mask = pa.array([v is None for v in values], type=pa.bool_())
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(flat, type=pa.float32()), type=pa.list_(pa.float32()), mask=mask
+    )
+
+
+__all__ = ["COMPRESSION", "METADATA_KEY", "SCHEMA", "ImageInfo", "TableBuilder", "float_lists"]

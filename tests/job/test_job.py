@@ -1,0 +1,201 @@
+"""The streaming job: rows equal the notebook API, parts, schema, metadata, readers, sharding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from fdpipe import api as api_module
+from fdpipe.api import explain
+from fdpipe.export.models import LoadedModel
+from fdpipe.images import load_image
+from fdpipe.job import JobConfig, run_job
+from fdpipe.job.decode import DecodedImage, batches, ordered_map
+from fdpipe.job.parts import OutputDataset, read_metadata
+from fdpipe.job.progress import Progress
+from fdpipe.job.schema import SCHEMA, ImageInfo
+from image_files import write_images
+
+METHODS = {"gradcam": {}, "layercam": {}}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, list[Path]]:
+    root = tmp_path_factory.mktemp("job")
+    images = write_images(root / "images", 5)
+    config = JobConfig(
+        input=root / "images",
+        output=root / "out",
+        model="squeezenet1_1",
+        methods=METHODS,
+        top_k=2,
+        batch_size=2,
+        part_size=2,
+        save_weights=True,
+    )
+    summary = run_job(config)
+    assert (summary.done, summary.failed, summary.skipped) == (5, 0, 0)
+    return config, images
+
+
+def test_rows_equal_the_api(run: tuple[JobConfig, list[Path]], squeezenet: LoadedModel) -> None:
+    config, images = run
+    table = pq.read_table(config.output)
+    assert table.num_rows == 5 * len(METHODS) * 2
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    for path in images:
+        key = path.relative_to(config.input).as_posix()
+        expected = explain(squeezenet, load_image(path), list(METHODS), top_k=2)
+        for method, result in expected.items():
+            for rank in range(2):
+                (row,) = table.filter(
+                    (pa.compute.field("image_path") == key)
+                    & (pa.compute.field("method") == method)
+                    & (pa.compute.field("class_rank") == rank)
+                ).to_pylist()
+                assert row["image_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+                assert (row["original_width"], row["original_height"]) == (64, 48)
+                assert row["class_index"] == result.classes[0, rank].item()
+                assert row["class_name"] == squeezenet.class_names[row["class_index"]]
+                assert row["logit"] == pytest.approx(result.logits[0, rank].item(), abs=1e-4)
+                assert row["probability"] == pytest.approx(
+                    result.probabilities[0, rank].item(), abs=1e-5
+                )
+                native = np.array(row["map"]).reshape(row["map_height"], row["map_width"])
+                np.testing.assert_allclose(native, result.native[0, rank].numpy(), atol=1e-5)
+                if result.weights is None:
+                    assert row["weights"] is None
+                else:
+                    np.testing.assert_allclose(row["weights"], result.weights[0, rank], atol=1e-6)
+                assert row["error"] is None
+                assert row["seconds"] > 0
+
+
+def test_parts_schema_and_metadata(run: tuple[JobConfig, list[Path]]) -> None:
+    config, _ = run
+    parts = OutputDataset(config.output).parts()
+    assert [p.name for p in parts] == [f"part-00000{i}.parquet" for i in range(3)]
+    sorted_keys = []
+    for part in parts:
+        stored = pq.read_table(part)
+        assert stored.schema.equals(SCHEMA, check_metadata=False)
+        assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD"
+        sorted_keys += list(dict.fromkeys(stored.column("image_path").to_pylist()))
+    assert sorted_keys == sorted(sorted_keys)  # parts cover contiguous runs of the sorted input
+    assert [len(pq.read_table(p).column("image_path").unique()) for p in parts] == [2, 2, 1]
+    assert not [p for p in config.output.iterdir() if p.name.startswith(".")]
+    record = read_metadata(parts[0])
+    assert record["params"]["model"] == "squeezenet1_1"
+    assert record["params"]["layer"] == "features.12"
+    assert record["params"]["methods"] == {"gradcam": {}, "layercam": {}}
+    assert record["params"]["top_k"] == 2
+    assert len(record["params"]["weights_id"]) == 64
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["run"]["backend"]
+    assert json.loads(json.dumps(record)) == record
+
+
+def test_readable_without_fdpipe(run: tuple[JobConfig, list[Path]]) -> None:
+    config, _ = run
+    frame = pd.read_parquet(config.output)
+    assert len(frame) == 20 and len(frame["map"].iloc[0]) == 13 * 13
+    polars = pl.read_parquet(f"{config.output}/*.parquet")
+    assert polars.height == 20 and polars["map"].dtype == pl.List(pl.Float32)
+    count = duckdb.sql(
+        f"select count(*) from read_parquet('{config.output}/*.parquet') where len(map) = 169"
+    ).fetchall()
+    assert count == [(20,)]
+
+
+def test_several_methods_share_one_backbone_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_images(tmp_path / "images", 4)
+    calls = []
+    real = api_module.prepare
+    monkeypatch.setattr(api_module, "prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = JobConfig(
+        input=tmp_path / "images",
+        output=tmp_path / "out",
+        model="squeezenet1_1",
+        methods=("gradcam", "gradcampp", "xgradcam"),
+        batch_size=2,
+    )
+    run_job(config)
+    assert len(calls) == 2
+    assert pq.read_table(config.output).num_rows == 4 * 3
+
+
+def test_shards_together_equal_one_run(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 6)
+    common = dict(input=tmp_path / "images", model="squeezenet1_1", methods=("gradcam",))
+    run_job(JobConfig(output=tmp_path / "whole", **common))
+    counts = [
+        run_job(JobConfig(output=tmp_path / "shared", shard=(i, 2), **common)).done for i in (0, 1)
+    ]
+    assert sorted(counts) != [0, 6]  # both shards got work
+    names = sorted(p.name for p in (tmp_path / "shared").iterdir())
+    assert names == ["part-s0of2-000000.parquet", "part-s1of2-000000.parquet"]
+    order = [("image_path", "ascending")]
+    whole = pq.read_table(tmp_path / "whole").sort_by(order).drop_columns(["seconds"])
+    shared = pq.read_table(tmp_path / "shared").sort_by(order).drop_columns(["seconds"])
+    assert whole.column("image_path").equals(shared.column("image_path"))
+    np.testing.assert_allclose(
+        np.concatenate(whole.column("map").to_pylist()),
+        np.concatenate(shared.column("map").to_pylist()),
+        atol=1e-6,
+    )
+
+
+def test_ordered_map_keeps_order_and_bounds_work_in_flight() -> None:
+    started = []
+    lock = threading.Lock()
+    rng = random.Random(0)
+    delays = [rng.uniform(0, 0.004) for _ in range(60)]
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(delays[i])
+        return i
+
+    ahead = 5
+    results = []
+    for value in ordered_map(work, range(60), workers=3, ahead=ahead):
+        results.append(value)
+        time.sleep(0.002)  # a slow consumer must not let the producers run away
+        assert len(started) <= len(results) + ahead
+    assert results == list(range(60))
+
+
+def decoded(key: str, ok: bool) -> DecodedImage:
+    tensor = torch.zeros(3, 2, 2) if ok else None
+    return DecodedImage(ImageInfo(key, None, None, None), tensor, None if ok else "bad", 0.0)
+
+
+def test_batches_hold_batch_size_usable_images() -> None:
+    images = [decoded(str(i), ok=i not in {1, 2, 6}) for i in range(9)]
+    groups = [[image.info.key for image in group] for group in batches(images, 2)]
+    assert groups == [["0", "1", "2", "3"], ["4", "5"], ["6", "7", "8"]]
+
+
+def test_plain_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
+    progress = Progress(10, bar=False, every=0.0)
+    with caplog.at_level(logging.INFO, logger="fdpipe.job"):
+        progress.update(3, 1)
+    assert "4/10 images (40.0%)" in caplog.text
+    assert "images/s, 1 failed, ETA" in caplog.text
+    progress.close()

@@ -1,0 +1,83 @@
+"""``--engine ray`` on a local two-CPU Ray: same rows, layout and resume as the local engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fdpipe.job import JobConfig, run_job
+from fdpipe.job.parts import OutputDataset
+from image_files import write_images
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from Ray internals
+
+ORDER = [("image_path", "ascending"), ("class_rank", "ascending")]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_rows_equal_local_rows_and_resume(local_ray: None, tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 5)
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    config = JobConfig(
+        input=tmp_path / "images",
+        output=tmp_path / "ray",
+        model="squeezenet1_1",
+        methods=("gradcam",),
+        top_k=2,
+        batch_size=2,
+        part_size=2,
+        engine="ray",
+    )
+    summary = run_job(config)
+    assert (summary.done, summary.failed) == (5, 1)
+    assert [p.name for p in OutputDataset(config.output).parts()] == [
+        f"part-00000{i}.parquet" for i in range(3)
+    ]
+    run_job(replace(config, output=tmp_path / "local", engine="local"))
+    by_ray = pq.read_table(config.output).sort_by(ORDER)
+    by_local = pq.read_table(tmp_path / "local").sort_by(ORDER)
+    exact = ["image_path", "image_sha256", "class_index", "status", "error", "map_height"]
+    assert by_ray.select(exact).equals(by_local.select(exact))
+    for name in ("logit", "probability"):
+        np.testing.assert_allclose(
+            by_ray[name].to_numpy(zero_copy_only=False),
+            by_local[name].to_numpy(zero_copy_only=False),
+            atol=1e-5,
+        )
+    ray_maps, local_maps = by_ray["map"].to_pylist(), by_local["map"].to_pylist()
+    for a, b in zip(ray_maps, local_maps, strict=True):
+        assert (a is None and b is None) or np.allclose(a, b, atol=1e-5)
+
+    again = run_job(config)  # resume: nothing left to do, nothing written
+    assert (again.done, again.skipped) == (0, 6)
+    assert len(OutputDataset(config.output).parts()) == 3
+
+
+@pytest.mark.parametrize(
+    ("resources", "actors", "expected"),
+    [
+        ({"CPU": 8.0}, None, (8, 1.0, 0.0)),
+        ({"CPU": 8.0}, 2, (2, 4.0, 0.0)),
+        ({"CPU": 16.0, "GPU": 2.0}, None, (2, 8.0, 1.0)),
+        ({"CPU": 2.0, "GPU": 1.0}, 4, (4, 0.5, 0.25)),
+    ],
+)
+def test_one_actor_per_gpu_else_per_cpu(
+    monkeypatch: pytest.MonkeyPatch, resources: dict, actors: int | None, expected: tuple
+) -> None:
+    from fdpipe.job.ray_engine import actor_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    config = JobConfig(input=Path("."), output=Path("out"), actors=actors)
+    assert actor_resources(config) == expected

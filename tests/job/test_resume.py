@@ -1,0 +1,130 @@
+"""Resume: a SIGKILLed run continues without lost or duplicated rows; other parameters refused."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from click.testing import CliRunner
+from fdpipe.cli import main
+from fdpipe.job.parts import OutputDataset
+from image_files import write_images
+
+ROW_KEY = [("image_path", "ascending"), ("method", "ascending"), ("class_rank", "ascending")]
+FLOATS = ("logit", "probability", "map", "seconds")
+
+
+def command(images: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "explain", "--input", str(images), "--output", str(output), "--model", "squeezenet1_1",
+        "--method", "gradcam", "--batch-size", "2", "--part-size", "2", "--workers", "1",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def fdpipe_process(*args: str) -> subprocess.Popen:
+    code = "import sys; from fdpipe.cli import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.DEVNULL)
+
+
+def rows(output: Path) -> pa.Table:
+    """What readers see: complete parts only, hidden temp files ignored."""
+    return ds.dataset(output, format="parquet").to_table().sort_by(ROW_KEY)
+
+
+def assert_same_rows(resumed: pa.Table, uninterrupted: pa.Table) -> None:
+    assert resumed.num_rows == uninterrupted.num_rows
+    assert resumed.drop_columns(list(FLOATS)).equals(uninterrupted.drop_columns(list(FLOATS)))
+    for name in ("logit", "probability"):
+        np.testing.assert_allclose(resumed[name].to_numpy(), uninterrupted[name].to_numpy(), 1e-6)
+    for a, b in zip(resumed["map"].to_pylist(), uninterrupted["map"].to_pylist(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("resume") / "images"
+    write_images(directory, 20, size=(160, 120))
+    return directory
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(images: Path, tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
+    process = fdpipe_process(*command(images, killed))
+    deadline = time.monotonic() + 60
+    while not OutputDataset(killed).parts() and process.poll() is None:
+        assert time.monotonic() < deadline, "no part file appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = rows(killed)
+    assert 0 < partial.num_rows < 20  # killed mid-way; only complete parts are visible
+    assert partial.num_rows % 2 == 0
+
+    resumed = CliRunner().invoke(main, command(images, killed))
+    assert resumed.exit_code == 0, resumed.output
+    assert f"skipped {partial.num_rows} already in the output" in resumed.output
+    assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # stale temp files gone
+
+    fresh = CliRunner().invoke(main, command(images, tmp_path / "fresh"))
+    assert fresh.exit_code == 0, fresh.output
+    final = rows(killed)
+    assert len(set(final["image_path"].to_pylist())) == final.num_rows == 20  # no duplicates
+    assert_same_rows(final, rows(tmp_path / "fresh"))
+
+
+def test_rerun_of_a_finished_run_adds_nothing(images: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, command(images, tmp_path / "out")).exit_code == 0
+    parts = OutputDataset(tmp_path / "out").parts()
+    again = runner.invoke(main, command(images, tmp_path / "out"))
+    assert again.exit_code == 0
+    assert "done 0, failed 0, skipped 20" in again.output
+    assert OutputDataset(tmp_path / "out").parts() == parts
+
+
+def test_half_written_part_is_invisible_and_discarded(images: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    stale = output / ".part-000000.parquet.4242.tmp"
+    stale.write_bytes(b"PAR1 half a part")
+    assert ds.dataset(output, format="parquet").files == []  # readers skip hidden files
+    assert CliRunner().invoke(main, command(images, output)).exit_code == 0
+    assert not stale.exists()
+    assert rows(output).num_rows == 20
+
+
+def test_other_parameters_are_refused_and_overwrite_starts_over(
+    images: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    output = tmp_path / "out"
+    assert runner.invoke(main, command(images, output)).exit_code == 0
+    refused = runner.invoke(main, [*command(images, output), "--top-k", "2"])
+    assert refused.exit_code == 2
+    assert "other parameters (top_k: 1 -> 2)" in refused.output
+    assert "--overwrite" in refused.output
+    changed_method = [a if a != "gradcam" else "layercam" for a in command(images, output)]
+    assert "methods:" in runner.invoke(main, changed_method).output
+    overwritten = runner.invoke(main, [*changed_method, "--overwrite"])
+    assert overwritten.exit_code == 0, overwritten.output
+    assert set(rows(output)["method"].to_pylist()) == {"layercam"}
+    assert rows(output).num_rows == 20
+
+
+def test_only_this_shards_temp_files_are_discarded(tmp_path: Path) -> None:
+    names = [".part-000003.parquet.7.tmp", ".part-s0of2-000001.parquet.8.tmp",
+             ".part-s1of2-000000.parquet.9.tmp"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"half")
+    OutputDataset(tmp_path, (0, 2)).existing({})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], names[2]]
+    OutputDataset(tmp_path).existing({})
+    assert [p.name for p in tmp_path.iterdir()] == [names[2]]
