@@ -1,10 +1,21 @@
-"""The shape every CAM method shares: channel weights -> ReLU(sum_k w_k A^k) -> step 7."""
+"""The two method families and the shared post-processing (METHODS.md sections 0-3).
+
+- :class:`CAMMethod`, the raw-map family: a method overrides only ``raw_map(state) -> RawCAM``,
+  the map before ReLU and normalisation. Layer-CAM, Group-CAM and FG-CAM are in this family
+  directly: none of them ends in one weight per channel times its activation map.
+- :class:`ChannelWeightsCAM`, the channel-weights family (a subclass of the first): a method
+  overrides only ``channel_weights(state) -> (weights, scores)`` and its raw map is the weighted
+  sum ``sum_k w_k A^k``. Grad-CAM, Grad-CAM++, XGrad-CAM, Ablation-CAM, Score-CAM and FD-CAM.
+
+``CAMMethod.__call__`` applies METHODS.md section 1 step 7 to every raw map: ReLU, min-max at the
+layer's resolution (the native map), bilinear resize to the input size, min-max again.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, final
 
 import torch
 from fdpipe.kernels.postprocess import native_map, upsample_map
@@ -15,7 +26,7 @@ from torch import Tensor
 @dataclass
 class CAMResult:
     native: Tensor  # (B, T, h, w) min-max normalised map at the layer's resolution
-    maps: Tensor  # (B, T, H, W) the same map at input resolution (SPEC step 7)
+    maps: Tensor  # (B, T, H, W) the same map at input resolution (METHODS.md section 1 step 7)
     weights: Tensor | None = None  # (B, T, K) channel weights, where the method has them
     scores: Tensor | None = None  # (B, T, K or G) the perturbation scores behind the weights
 
@@ -28,13 +39,40 @@ class RawCAM:
 
 
 class CAMMethod(ABC):
-    name: ClassVar[str]
+    """Raw-map family, and the type of every method: override :meth:`raw_map` only.
 
+    ``final_at_input_size`` is a setting, not an override point: a method whose native map can
+    already have the input's size and is then final (FG-CAM at the input layer, METHODS.md
+    section 3) sets it, and skips the resize and the second min-max in that case. Every other
+    method always runs the full step 7, as the grad-cam library does.
+    """
+
+    name: ClassVar[str]
+    final_at_input_size: ClassVar[bool] = False
+
+    @final
     def __call__(self, state: LayerState) -> CAMResult:
         raw = self.raw_map(state)
         native = native_map(raw.raw)
-        return CAMResult(native, upsample_map(native, state.input_size), raw.weights, raw.scores)
+        if self.final_at_input_size and native.shape[-2:] == state.input_size:
+            maps = native  # already at input size: nothing to resample
+        else:
+            maps = upsample_map(native, state.input_size)
+        return CAMResult(native, maps, raw.weights, raw.scores)
 
+    @abstractmethod
+    def raw_map(self, state: LayerState) -> RawCAM:
+        """(B, T, h, w) map before ReLU and normalisation, with weights/scores where they exist."""
+
+    def options(self) -> dict[str, object]:
+        """The method's parameters, recorded with every output."""
+        return {}
+
+
+class ChannelWeightsCAM(CAMMethod):
+    """Channel-weights family: override :meth:`channel_weights` only; raw map = sum_k w_k A^k."""
+
+    @final
     def raw_map(self, state: LayerState) -> RawCAM:
         weights, scores = self.channel_weights(state)
         return RawCAM(weighted_sum(weights, state.activations), weights, scores)
@@ -42,10 +80,6 @@ class CAMMethod(ABC):
     @abstractmethod
     def channel_weights(self, state: LayerState) -> tuple[Tensor, Tensor | None]:
         """(B, T, K) weights and the (B, T, K) scores they came from (None for gradient methods)."""
-
-    def options(self) -> dict[str, object]:
-        """The method's parameters, recorded with every output."""
-        return {}
 
 
 def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:

@@ -1,4 +1,6 @@
-"""Exact fast masked-head scores (SPEC section 5): factorise the head's first channel-mixing op.
+"""Exact fast masked-head scores (METHODS.md section 5).
+
+The head's first channel-mixing op is factorised per channel.
 
 When only per-channel operations (ReLU, pooling, flatten, eval dropout) lie between the target
 layer and the first channel-mixing op L, masking channel k commutes with them and

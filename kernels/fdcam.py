@@ -1,4 +1,34 @@
-"""FD-CAM: Grad-CAM weights combined with switch-on/off scores of groups of similar channels."""
+"""FD-CAM, the main method (METHODS.md section 1, steps 1-6; step 7 is in ``postprocess``).
+
+Paper: H. Li, Z. Li, R. Ma, T. Wu, "FD-CAM: Improving Faithfulness and Discriminability of Visual
+Explanation for CNNs", ICPR 2022, arXiv:2206.08792. Authors' code: github.com/crishhh1998/FD-CAM.
+
+Formula, with A^k the target layer's channel k, v_k its flattened values, g = d f_c / d A, f_c the
+class logit as a function of the layer's activations (only the head is re-run), and m * A the
+activations with channel l multiplied by m_l::
+
+    alpha_k = mean_ij g^k_ij                                        (step 1, Grad-CAM)
+    cos(k, l) = v_k . v_l / (|v_k| |v_l|), 0 if either norm is 0    (step 2)
+    G_k = {l : cos(k, l) > q_k},  q_k = 0.95-quantile of row k      (step 3, linear interpolation)
+    s_k = f_c(1_{G_k} * A) + (f_c(A) - f_c((1 - 1_{G_k}) * A))      (step 4, switch-on + off)
+    w_k = minmax(alpha)_k * exp(minmax(s)_k) - b,  b = 0.5          (steps 5-6)
+    L = ReLU(sum_k w_k A^k)                                         (step 7)
+
+``scores`` holds the s_k, ``weights`` the w_k. :class:`FDCAMOptions` selects the paper's ablation
+variants (no grouping, switch-off only, other combinations, threshold, b, probabilities).
+
+Decisions where paper and authors' code leave a choice (METHODS.md section 1):
+
+- the paper averages the switch-on and switch-off scores; the /2 is dropped, because step 5's
+  min-max over the K channels removes any positive factor;
+- min-max of a vector with no span (all alpha or all scores equal) gives zeros, not the NaN
+  that a plain (x - min) / (max - min) gives;
+- group membership is strictly above the quantile, the quantile interpolating linearly between
+  order statistics as ``torch.quantile`` does; a channel that is all zero has a zero cosine row,
+  a quantile of 0 and so an empty group (switching it on scores f_c(0), off scores 0);
+- identical masks in an image (repeated groups, empty groups) are scored once: the scores are
+  the same as scoring every mask, only cheaper.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
-from fdpipe.kernels.base import CAMMethod
+from fdpipe.kernels.base import ChannelWeightsCAM
 from fdpipe.kernels.gradcam import gradient_weights
 from fdpipe.kernels.postprocess import minmax_vector
 from fdpipe.kernels.state import LayerState
@@ -67,7 +97,7 @@ class FDCAMOptions:
     probabilities: bool = False  # score softmax probabilities instead of logits
 
 
-class FDCAM(CAMMethod):
+class FDCAM(ChannelWeightsCAM):
     name = "fdcam"
 
     def __init__(self, **options: object) -> None:

@@ -1,20 +1,42 @@
-"""FG-CAM (SPEC 3): a base CAM's per-channel components pushed down to a finer layer or input."""
+"""FG-CAM (METHODS.md section 3): a base CAM's per-channel components pushed to a finer layer.
+
+Paper: C. Qiu et al., "Fine-Grained and High-Faithfulness Explanations for Convolutional Neural
+Networks", arXiv:2303.09171, 2023 (later versions are titled "Empowering CAM-Based Methods with
+Capability to Generate Fine-Grained and High-Faithfulness Explanations"). Authors' code:
+github.com/dongmo-qcq/FG-CAM.
+
+Formula: take a channel-weights base method's weights w_k and keep the K components separate::
+
+    I_k = w_k A^k                                     (B, T, K, h, w), not summed over k
+    I   = denoise(I)                                  optional, rank-d SVD of the (K, h*w) rows
+    R   = propagate(I) down to the requested layer    (rules in ``propagation``)
+    L   = ReLU(sum_channels R), min-max
+
+The rules are each linear in I, so the relevance that reaches the requested layer is a sum of the
+components' contributions.
+
+Decisions: the bases offered are Grad-CAM and Score-CAM, both used in the paper, and FD-CAM,
+which fdpipe adds (``BASES``; any channel-weights method would fit). Denoising centres each row
+and does not add the row means back, with d = floor(0.1 * min(K, h*w)); a rank of 0 is an error
+rather than an all-zero map. The output keeps the requested layer's resolution: at the input
+layer the native map is already input-sized and final (``final_at_input_size``) and is not
+resized or min-maxed a second time; at a hidden layer it gets the same resize as every method.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from fdpipe.kernels.base import CAMMethod, CAMResult, RawCAM
+from fdpipe.kernels.base import CAMMethod, ChannelWeightsCAM, RawCAM
 from fdpipe.kernels.fdcam import FDCAM
 from fdpipe.kernels.gradcam import GradCAM
-from fdpipe.kernels.postprocess import native_map, upsample_map
 from fdpipe.kernels.propagation import propagate
 from fdpipe.kernels.scorecam import ScoreCAM
 from fdpipe.kernels.state import LayerState
 from torch import Tensor
 
-BASES: dict[str, type[CAMMethod]] = {cls.name: cls for cls in (GradCAM, ScoreCAM, FDCAM)}
+BASES: dict[str, type[ChannelWeightsCAM]] = {cls.name: cls for cls in (GradCAM, ScoreCAM, FDCAM)}
 DENOISE_RANK_FRACTION = 0.1
 
 
@@ -39,6 +61,7 @@ def denoise(components: Tensor) -> Tensor:
 
 class FGCAM(CAMMethod):
     name = "fgcam"
+    final_at_input_size = True
 
     def __init__(
         self,
@@ -49,7 +72,7 @@ class FGCAM(CAMMethod):
     ) -> None:
         if base not in BASES:
             raise ValueError(f"unknown FG-CAM base {base!r}; choose from {', '.join(BASES)}")
-        self.base = BASES[base](**base_options)
+        self.base: ChannelWeightsCAM = BASES[base](**base_options)
         self.resolution = resolution
         self.denoise = denoise
 
@@ -61,18 +84,8 @@ class FGCAM(CAMMethod):
             "base_options": self.base.options(),
         }
 
-    def __call__(self, state: LayerState) -> CAMResult:
-        raw = self.raw_map(state)
-        native = native_map(raw.raw)
-        if native.shape[-2:] == state.input_size:  # already at input size: nothing to resample
-            return CAMResult(native, native, raw.weights, raw.scores)
-        return CAMResult(native, upsample_map(native, state.input_size), raw.weights, raw.scores)
-
-    def channel_weights(self, state: LayerState) -> tuple[Tensor, Tensor | None]:
-        return self.base.channel_weights(state)
-
     def raw_map(self, state: LayerState) -> RawCAM:
-        weights, scores = self.channel_weights(state)
+        weights, scores = self.base.channel_weights(state)
         components = weights[..., None, None] * state.activations[:, None]  # (B, T, K, h, w)
         if self.denoise:
             components = denoise(components)

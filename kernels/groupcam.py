@@ -1,4 +1,26 @@
-"""Group-CAM: 32 channel blocks, each scored by revealing the image through its map over a blur."""
+"""Group-CAM (METHODS.md section 2.7).
+
+Paper: Q. Zhang, L. Rao, Y. Yang, "Group-CAM: Group Score-Weighted Visual Explanations for Deep
+Convolutional Networks", arXiv:2103.13859, 2021.
+
+Formula, alpha_k the Grad-CAM weight (mean logit gradient), channels cut into G contiguous
+blocks g, x the preprocessed input, b = blur(x) (Gaussian, kernel 51, sigma 50), up() a bilinear
+resize to the input size and p_c the softmax probability of the whole network::
+
+    G_g = ReLU(sum_{k in g} alpha_k A^k)          M_g = minmax(up(G_g))    (constant map -> 0)
+    s_g = ReLU(p_c(x * M_g + b * (1 - M_g)) - p_c(b))
+    L   = ReLU(sum_g s_g G_g)
+
+``scores`` holds the s_g (B, T, G); there are no channel weights (``weights`` is None), which is
+why Group-CAM is a raw-map method.
+
+Decisions: the blocks are ``torch.chunk``'s: ceil(K / G) channels each, the last one possibly
+smaller, so there can be fewer than G blocks when G does not divide K (K = 512, G = 30 gives 29
+blocks); the default G = 32 divides K = 512 (VGG16 pool5, SqueezeNet 1.1's last Fire module).
+A group map that is constant over the image (for example all zero after the ReLU) has no
+min-max span; its mask is 0 rather than NaN, so the mixed input is the blur itself and the
+group scores 0. The mask min-max has no eps.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +30,6 @@ from fdpipe.kernels.base import CAMMethod, RawCAM
 from fdpipe.kernels.gradcam import gradient_weights
 from fdpipe.kernels.postprocess import minmax_vector
 from fdpipe.kernels.state import LayerState
-from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
 
@@ -59,6 +80,3 @@ class GroupCAM(CAMMethod):
         scores = (scores - base[..., None]).clamp_min(0)
         raw = (scores[..., None, None] * group_maps).sum(dim=2)
         return RawCAM(raw, None, scores)
-
-    def channel_weights(self, state: LayerState) -> tuple[Tensor, None]:
-        raise NotImplementedError("Group-CAM weights groups of channels, see raw_map")

@@ -1,5 +1,8 @@
 """Scores of the target classes for channel-masked activations, re-running only the head.
 
+METHODS.md section 1 step 4 and section 2.5 (Ablation-CAM) need these scores; this module is the
+plain, explicit evaluation that section 5's exact acceleration must reproduce.
+
 Every scorer has the same call: ``scorer(activations (B,K,h,w), masks (B,M,K), classes (B,T))``
 returns ``(B,T,M)``: the head output for class ``classes[b,t]`` on ``activations[b]`` with channel
 ``k`` multiplied by ``masks[b,m,k]``. ``probabilities=True`` scores softmax probabilities instead

@@ -1,4 +1,9 @@
-"""A classifier cut in two at the target layer: backbone (image -> activations) and head."""
+"""A classifier cut in two at the target layer: backbone (image -> activations) and head.
+
+METHODS.md section 1 (the target layer and "the head is everything after it"): the perturbation
+methods re-run only the head on masked activations, and the methods that mask the image
+(Score-CAM, Group-CAM, section 2) run the whole network on many inputs in chunks.
+"""
 
 from __future__ import annotations
 

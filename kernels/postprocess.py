@@ -1,4 +1,8 @@
-"""SPEC step 7, shared by all methods: raw map -> normalised native map -> input-size map."""
+"""METHODS.md section 1 step 7, shared by all methods: raw map -> native map -> input-size map.
+
+Also the zero-span rule of section 1 step 5 (:func:`minmax_vector`: a constant vector gives
+zeros, never NaN) and the eps'd min-max that Score-CAM's masks use (section 2.6).
+"""
 
 from __future__ import annotations
 

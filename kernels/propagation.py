@@ -1,4 +1,4 @@
-"""FG-CAM's relevance rules (SPEC 3) and their walk down a sequential CNN backbone.
+"""FG-CAM's relevance rules (METHODS.md section 3) and their walk down a sequential CNN backbone.
 
 Relevance tensors are (B, T, C, h, w): one map per image and target class. Layer inputs are
 (B, C, H, W) and shared by the T targets, so every rule computes its denominators once per image.
@@ -65,8 +65,8 @@ def bounded_input_rule(relevance: Tensor, inputs: Tensor, conv: nn.Conv2d) -> Te
     """First conv on the image: inputs bounded by L = min and H = max of each image.
 
     Z = I / (conv(X, W) - conv(L, W+) - conv(H, W-)); I_in = X W^T Z - L W+^T Z - H W-^T Z.
-    The bounds are taken per image (SPEC: of the input tensor), so a map does not depend on
-    which images share its batch.
+    The bounds are taken per image (METHODS.md section 3: of the input tensor), so a map does
+    not depend on which images share its batch.
     """
     weight = conv.weight
     positive, negative = weight.clamp_min(0), weight.clamp_max(0)

@@ -1,4 +1,10 @@
-"""Everything the methods share for one batch: activations, logits, targets, lazy gradients."""
+"""Everything the methods share for one batch: activations, logits, targets, lazy gradients.
+
+Implements the common ground of METHODS.md sections 0-2: one backbone pass per batch gives the
+target layer's activations A and the clean logits; the target classes default to the top-1
+logit (section 0); g = d f_c / d A is computed on demand through the head only, and is shared by
+every gradient method (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, Group-CAM, FD-CAM step 1).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain, slow reference implementations of SPEC sections 1-2, written apart from fdpipe.kernels.
+"""Plain, slow reference implementations of METHODS.md sections 1-2, apart from fdpipe.kernels.
 
 One image and one class at a time, loops over channels, groups and masks, float64 numpy for the
 formulas. The only thing shared with the code under test is the network cut by ``split_at``:
@@ -106,7 +106,7 @@ def minmax_map(values: np.ndarray, eps: float) -> np.ndarray:
 
 
 def minmax_or_zero(values: np.ndarray) -> np.ndarray:
-    """Min-max of a vector; a constant vector gives zeros (SPEC step 5)."""
+    """Min-max of a vector; a constant vector gives zeros (METHODS.md section 1 step 5)."""
     span = values.max() - values.min()
     return np.zeros_like(values) if span == 0 else (values - values.min()) / span
 
@@ -124,7 +124,7 @@ def finish(
     weights: np.ndarray | None = None,
     scores: np.ndarray | None = None,
 ) -> Reference:
-    """SPEC step 7: ReLU, min-max (eps 1e-7), bilinear upsample, min-max again."""
+    """METHODS.md section 1 step 7: ReLU, min-max (eps 1e-7), bilinear upsample, min-max again."""
     native = minmax_map(np.maximum(raw, 0), 1e-7)
     maps = minmax_map(upsample(native, p.size), 1e-7)
     return Reference(raw, native, maps, weights, scores)
@@ -227,7 +227,7 @@ def groupcam(p: Probe, c: int, groups: int = 32) -> Reference:
     return finish(p, raw, None, scores)
 
 
-# ---- FD-CAM (SPEC section 1) ---------------------------------------------------------------
+# ---- FD-CAM (METHODS.md section 1) ---------------------------------------------------------
 
 
 def cosine_matrix(acts: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Slow reference for FG-CAM (SPEC 3), written apart from fdpipe.kernels.propagation.
+"""Slow reference for FG-CAM (METHODS.md section 3), written apart from fdpipe.kernels.propagation.
 
 One image and one relevance map at a time, float64, explicit loops over output positions: each
 output unit hands its relevance to the inputs of its window in proportion to their contributions.

@@ -1,4 +1,4 @@
-"""The factorised masked head equals plain masked evaluation of the head (SPEC section 5)."""
+"""The factorised masked head equals plain masked evaluation of the head (METHODS.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FD-CAM's parts (SPEC section 1): similarity groups, degenerate inputs, variants, dedup."""
+"""FD-CAM's parts (METHODS.md section 1): similarity groups, degenerate inputs, variants, dedup."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FG-CAM (SPEC 3): each rule and the whole chain against tests/reference_fgcam.py, real photos."""
+"""FG-CAM (METHODS.md section 3): each rule and the whole chain vs reference_fgcam.py, photos."""
 
 from __future__ import annotations
 

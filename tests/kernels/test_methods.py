@@ -1,4 +1,4 @@
-"""Every method equals the plain reference of SPEC sections 1-2 (tests/reference.py).
+"""Every method equals the plain reference of METHODS.md sections 1-2 (tests/reference.py).
 
 Real SqueezeNet on two photos with the top-2 classes (B=2, T=2), random-weight VGG16 on one.
 Kernel results are computed once per method and batch, then checked against the reference one
@@ -12,9 +12,19 @@ import pytest
 import reference
 import torch
 from fdpipe.export.models import LoadedModel
-from fdpipe.kernels import CAMResult, LayerState, SplitNetwork, make_method, prepare
+from fdpipe.kernels import (
+    METHODS,
+    CAMMethod,
+    CAMResult,
+    LayerState,
+    SplitNetwork,
+    make_method,
+    prepare,
+)
+from fdpipe.kernels.base import ChannelWeightsCAM
+from fdpipe.kernels.fgcam import BASES
 
-ALL = list(reference.METHODS)  # SPEC sections 1-2
+ALL = list(reference.METHODS)  # METHODS.md sections 1-2
 # Score-CAM and Group-CAM re-run the whole network (512 and 32 times per image and class):
 # they are checked on 96 px inputs (SqueezeNet gives 5 x 5 activations there); the arithmetic
 # does not depend on the size.
@@ -137,3 +147,28 @@ def test_vgg16_matches_reference(
     result = make_method(method)(state)
     p = reference.probe(vgg16_net, inputs[0])
     assert_matches(result, 0, 0, reference.METHODS[method](p, int(state.classes[0, 0])))
+
+
+CHANNEL_WEIGHTS = {"fdcam", "gradcam", "gradcampp", "xgradcam", "ablationcam", "scorecam"}
+
+
+def test_one_override_point_per_family() -> None:
+    """Raw-map methods override raw_map only; channel-weights methods channel_weights only."""
+    for name, cls in METHODS.items():
+        assert issubclass(cls, CAMMethod)
+        assert issubclass(cls, ChannelWeightsCAM) == (name in CHANNEL_WEIGHTS), name
+        own = {"__call__", "raw_map", "channel_weights"} & set(vars(cls))
+        assert own == ({"channel_weights"} if name in CHANNEL_WEIGHTS else {"raw_map"}), name
+    assert all(issubclass(base, ChannelWeightsCAM) for base in BASES.values())
+
+
+def test_families_are_abstract() -> None:
+    class NoRawMap(CAMMethod):
+        name = "no-raw-map"
+
+    class NoWeights(ChannelWeightsCAM):
+        name = "no-weights"
+
+    for cls in (CAMMethod, ChannelWeightsCAM, NoRawMap, NoWeights):
+        with pytest.raises(TypeError):
+            cls()

@@ -3,19 +3,21 @@
 Where the two compute the same quantity, and how they differ (read off the library's source):
 
 - Channel weights: ``get_cam_weights`` of GradCAM, GradCAMPlusPlus, XGradCAM, AblationCAM and
-  ScoreCAM uses the SPEC formulas (same eps 1e-6 for Grad-CAM++, 1e-7 for XGrad-CAM, 1e-8 for
-  the Score-CAM masks, drop / clean logit for Ablation-CAM), in float32 numpy.
+  ScoreCAM uses the METHODS.md section 2 formulas (same eps 1e-6 for Grad-CAM++, 1e-7 for
+  XGrad-CAM, 1e-8 for the Score-CAM masks, drop / clean logit for Ablation-CAM), in float32 numpy.
 - Score-CAM upsamples the activations with ``nn.UpsamplingBilinear2d``, i.e. bilinear with
-  ``align_corners=True``; SPEC (and the Score-CAM authors' code) use ``align_corners=False``.
+  ``align_corners=True``; METHODS.md section 2.6 (and the Score-CAM authors' code) use
+  ``align_corners=False``.
   The test swaps that one module for the ``align_corners=False`` one; unswapped, the softmax
   weights (summing to 1) move by about 0.02 on the 96 px test image.
 - Raw map: ``get_cam_image`` is ``sum_k w_k A^k`` (Layer-CAM: ``sum_k ReLU(g^k) A^k``) before
   the ReLU, the same tensor as ``raw_map(state).raw``.
-- Final map: ``scale_cam_image`` does ``x -= min; x /= (1e-7 + max)``, which is SPEC step 7's
-  ``(x - min) / (max - min + 1e-7)``, then resizes with ``cv2.resize`` (INTER_LINEAR, half-pixel
-  centres, the same as ``align_corners=False``; cv2 differs from ``F.interpolate`` by < 1e-6 on
-  float32), and ``aggregate_multi_layers`` applies ReLU and the same min-max once more. So the
-  library's output map is SPEC step 7's input-size map; both maps are compared to 1e-5.
+- Final map: ``scale_cam_image`` does ``x -= min; x /= (1e-7 + max)``, which is METHODS.md
+  section 1 step 7's ``(x - min) / (max - min + 1e-7)``, then resizes with ``cv2.resize``
+  (INTER_LINEAR, half-pixel centres, the same as ``align_corners=False``; cv2 differs from
+  ``F.interpolate`` by < 1e-6 on float32), and ``aggregate_multi_layers`` applies ReLU and the
+  same min-max once more. So the library's output map is METHODS.md section 1 step 7's input-size
+  map; both maps are compared to 1e-5.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def test_agrees_with_pytorch_grad_cam(
 
     if weights is not None:
         torch.testing.assert_close(result.weights[:, 0].double(), weights, rtol=1e-4, atol=1e-6)
-    # The library's own ReLU + min-max of its raw map: SPEC step 7 at the layer's resolution.
+    # The library's own ReLU + min-max of its raw map: METHODS.md section 1 step 7 at the layer's
+    # resolution.
     library_native = torch.from_numpy(scale_cam_image(library_raw.clamp_min(0).numpy()))
     torch.testing.assert_close(result.native[:, 0].double(), library_native.double(), **CLOSE)
     torch.testing.assert_close(result.maps[:, 0].double(), library_final, **CLOSE)
@@ -132,4 +135,4 @@ def test_scorecam_upsampling_is_the_only_difference(
     weights, _, _ = run_library("scorecam", library_model, inputs, state.classes[:, 0].tolist())
     gap = (ours - weights).abs().max().item()
     # Softmax weights sum to 1; at 96 px the two upsamplings move them by about 0.02.
-    assert 1e-5 < gap < 0.1, "the library now upsamples like SPEC: compare unpatched above"
+    assert 1e-5 < gap < 0.1, "the library now upsamples like METHODS.md: compare unpatched above"
