@@ -53,7 +53,7 @@ class Normalisation:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """SPEC section 0: whole image, squash-resized (PIL bilinear, no crop), then normalised."""
+    """Whole image, squash-resized (PIL bilinear, no crop), then normalised (METHODS.md 0)."""
 
     size: tuple[int, int]  # (height, width)
     normalisation: Normalisation

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fdpipe.kernels.ablationcam import AblationCAM
-from fdpipe.kernels.base import CAMMethod, CAMResult
+from fdpipe.kernels.base import CAMMethod, CAMResult, ChannelWeightsCAM
 from fdpipe.kernels.fdcam import FDCAM, FDCAMOptions
 from fdpipe.kernels.fgcam import FGCAM
 from fdpipe.kernels.gradcam import GradCAM
@@ -45,6 +45,7 @@ __all__ = [
     "AblationCAM",
     "CAMMethod",
     "CAMResult",
+    "ChannelWeightsCAM",
     "ExplicitMaskedHead",
     "FDCAMOptions",
     "GradCAM",

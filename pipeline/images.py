@@ -1,5 +1,5 @@
-"""Decoding any image (file, PIL image, array) into the RGB picture SPEC section 0 starts from,
-and a batch of them into the model's preprocessed input tensor."""
+"""Decoding any image (file, PIL image, array) into the RGB picture METHODS.md section 0 starts
+from, and a batch of them into the model's preprocessed input tensor."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def as_batch(images: Images, preprocess: Callable[[Image.Image], Tensor]) -> Ten
         images = [images]
     tensors = []
     for item in images:
-        # In-memory images get the same decoding as files (SPEC section 0): EXIF orientation,
+        # In-memory images get the same decoding as files (METHODS.md section 0): EXIF orientation,
         # alpha over white, 16-bit scaled down.
         if isinstance(item, Image.Image):
             picture = to_rgb(ImageOps.exif_transpose(item))

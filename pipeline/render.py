@@ -25,7 +25,7 @@ def jet(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, native: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The map brought to the image's size (SPEC step 7 resize), coloured, blended over it."""
+    """The map brought to the image's size (METHODS.md section 1, step 7), coloured, blended."""
     full = upsample_map(torch.from_numpy(native), (image.height, image.width)).numpy()
     return Image.blend(image.convert("RGB"), Image.fromarray(jet(full)), alpha)
 

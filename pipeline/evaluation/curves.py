@@ -1,4 +1,4 @@
-"""Insertion and deletion (the RISE protocol, SPEC section 4).
+"""Insertion and deletion (the RISE protocol, METHODS.md section 4).
 
 Pixels are taken from the most to the least salient (stable sort: ties keep pixel order).
 Deletion starts from the image and swaps pixels for a substrate (zeros of the normalised input by
@@ -27,7 +27,7 @@ Classifier = Callable[[Tensor], Tensor]  # (N, C, H, W) inputs -> (N, classes) l
 
 @dataclass(frozen=True)
 class CurveProtocol:
-    """The protocol's open choices; the defaults are SPEC section 4's."""
+    """The protocol's open choices; the defaults are METHODS.md section 4's."""
 
     step_fraction: float = 0.0357  # pixels per step: 1,792 at 224 x 224 (RISE's 224 * 8)
     deletion_substrate: Substrate = "zero"

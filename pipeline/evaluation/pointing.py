@@ -1,4 +1,4 @@
-"""Pointing game (SPEC section 4): does the map's maximum land within 15 px of the object?
+"""Pointing game (METHODS.md section 4): does the map's maximum land within 15 px of the object?
 
 One map per (image, class present). Its point is the arg-max of the map resized to the original
 image. A hit is any ground-truth box pixel of that class closer than the tolerance (Euclidean,
