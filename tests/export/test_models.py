@@ -21,7 +21,7 @@ def test_unknown_model_names_the_choices() -> None:
         load_model("vgg17")
     message = str(error.value)
     assert "'vgg17'" in message
-    assert "registered: squeezenet1_1, vgg16" in message
+    assert "registered: efficientnet_lite0, squeezenet1_1, vgg16" in message
     assert "resnet18" in message  # any torchvision classifier, with --layer
 
 
@@ -122,3 +122,18 @@ def test_any_torchvision_model_splits_exactly(arch: str, layer: str) -> None:
     torch.testing.assert_close(network.head(activations, *extras), logits, rtol=0, atol=0)
     if layer == "layer3.1.conv1":
         assert len(extras) == 1  # the block's input, added back after conv2
+
+
+def test_efficientnet_lite0_real_weights_classify_bundled_photos(photos: dict) -> None:
+    """timm's tf_efficientnet_lite0 with the real ImageNet weights, loaded by position, TF-Lite
+    normalisation: the bundled cat and espresso are recognised, and FD-CAM runs on the exact
+    factorised head at bn2 (1280 x 7 x 7)."""
+    model = load_model("efficientnet_lite0")
+    assert model.preprocess.normalisation.kind == "tf-lite"
+    cat = fdpipe.explain(model, photos["cat"], "fdcam", top_k=3)
+    assert {"Egyptian cat", "tabby", "tiger cat"} & {
+        model.class_names[c] for c in cat.classes[0, :1].tolist()
+    }
+    assert cat.native.shape == (1, 3, 7, 7)
+    coffee = fdpipe.explain(model, photos["coffee"], "gradcam")
+    assert model.class_names[int(coffee.classes[0, 0])] == "espresso"
