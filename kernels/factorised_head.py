@@ -72,7 +72,8 @@ def _chain(head: fx.GraphModule) -> list[tuple[fx.Node, nn.Module]] | None:
     placeholders = [n for n in head.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         return None  # extra inputs (a residual over the cut): masking would not commute
-    chain, previous = [], placeholders[0]
+    chain: list[tuple[fx.Node, nn.Module]] = []
+    previous = placeholders[0]
     for node in head.graph.nodes:
         if node.op in ("placeholder", "get_attr"):
             continue
@@ -130,7 +131,9 @@ def plan_head(
         if not all(isinstance(m, (*ELEMENTWISE, nn.Linear)) for m in middle):
             return None, "an op after the first Linear is neither Linear nor elementwise"
         last = rest[-1][1] if rest else None
+        assert last is None or isinstance(last, nn.Linear)  # checked above
         return HeadPlan(nn.Sequential(*before), mix, nn.Sequential(*middle), last), "linear"
+    assert isinstance(mix, nn.Conv2d)  # not a Linear: a pointwise conv (mix_at)
     if flattened:
         return None, "the 1x1 conv reads flattened features"
     if probabilities:  # every logit of a 1x1 conv costs what explicit masking does
@@ -178,6 +181,7 @@ class FactorisedHead(nn.Module):
             logits = hidden if self.last is None else self.last(hidden)
             picked = select_scores(logits, classes[:, None, :].expand(-1, masks.shape[1], -1), True)
             return picked.transpose(1, 2)
+        assert self.last is not None  # a last Linear is all that is left
         rows, row_bias = self.last.weight[classes], self._bias(self.last)[classes]  # (B, T, H)
         return rows @ hidden.transpose(1, 2) + row_bias[..., None]
 

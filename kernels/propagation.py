@@ -7,6 +7,7 @@ Relevance tensors are (B, T, C, h, w): one map per image and target class. Layer
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any  # Fire modules are duck-typed: any module with its six children
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,7 @@ class FireInputs:
     squeezed: Tensor  # after the squeeze conv and its ReLU: the input of both expand convs
 
 
-def fire_forward(fire: nn.Module, inputs: Tensor) -> tuple[Tensor, FireInputs]:
+def fire_forward(fire: Any, inputs: Tensor) -> tuple[Tensor, FireInputs]:
     squeezed = fire.squeeze_activation(fire.squeeze(inputs))
     out = torch.cat(
         [
@@ -124,7 +125,7 @@ def fire_forward(fire: nn.Module, inputs: Tensor) -> tuple[Tensor, FireInputs]:
     return out, FireInputs(inputs, squeezed)
 
 
-def fire_rule(relevance: Tensor, saved: FireInputs, fire: nn.Module) -> Tensor:
+def fire_rule(relevance: Tensor, saved: FireInputs, fire: Any) -> Tensor:
     """Each expand branch gets its own channels of the concatenation; both add at the squeeze."""
     split = fire.expand1x1.out_channels
     squeezed = conv_rule(relevance[:, :, :split], saved.squeezed, fire.expand1x1) + conv_rule(

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from fdpipe.backends import Backend, select_backend
 from fdpipe.export.models import LoadedModel, load_model
@@ -86,7 +87,7 @@ class Explainer:
         artifacts: Path | None = None,
         classes: Classes = None,
         top_k: int = 1,
-        **method_options: object,
+        **method_options: Any,
     ) -> None:
         if isinstance(model, LoadedModel):
             if layer is not None or weights is not None:
@@ -172,7 +173,7 @@ def explain(
     top_k: int = 1,
     runtime: str = "auto",
     artifacts: Path | None = None,
-    **method_options: object,
+    **method_options: Any,
 ) -> Explanation | dict[str, Explanation]:
     """Explain ``images`` with one method (an Explanation) or several (a dict by method label).
 

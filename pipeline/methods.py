@@ -55,7 +55,9 @@ def build_methods(
     ``options`` go to a single named method (``explain(model, x, "fdcam", shift=0.3)``).
     """
     single = isinstance(methods, str | MethodSpec | CAMMethod)
-    items: list[str | MethodSpec | CAMMethod] = [methods] if single else list(methods)  # type: ignore[list-item]
+    items: list[str | MethodSpec | CAMMethod] = (
+        [methods] if isinstance(methods, str | MethodSpec | CAMMethod) else list(methods)
+    )
     if options and not (single and not isinstance(methods, CAMMethod)):
         raise ValueError(
             "keyword options apply to one named method; for several, use specs like "
@@ -64,10 +66,13 @@ def build_methods(
     built: dict[str, CAMMethod] = {}
     for item in items:
         if isinstance(item, CAMMethod):
-            built[item.name] = item
+            label, method = item.name, item
         else:
             spec = item if isinstance(item, MethodSpec) else MethodSpec.parse(item)
-            built[spec.label] = spec.build(**(options or {}))
+            label, method = spec.label, spec.build(**(options or {}))
+        if label in built:  # the second would silently replace the first
+            raise ValueError(f"method {label!r} is given twice")
+        built[label] = method
     return built
 
 

@@ -28,9 +28,6 @@ class Settings:
 
 
 Suite = Callable[[Settings], dict[str, object]]  # returns JSON data with a "rows" table
-
-
-Suite = Callable[[Settings], dict[str, object]]  # returns JSON data with a "rows" table
 SUITES: dict[str, Suite] = {"engine": engine_suite, "pipeline": pipeline_suite}
 
 

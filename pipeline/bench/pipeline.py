@@ -49,7 +49,7 @@ def write_dataset(directory: Path, count: int, size: tuple[int, int] = (320, 240
 
 
 def throughput(work: Path, engine: str) -> list[dict[str, object]]:
-    rows = []
+    rows: list[dict[str, object]] = []
     for model, pretrained, count, method in THROUGHPUT:
         config = JobConfig(
             input=write_dataset(work / f"images-{count}", count),

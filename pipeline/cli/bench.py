@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,7 +38,7 @@ def bench(output: Path, suites: tuple[str, ...], repeats: int, threads: int) -> 
     for name in suites or benchmarks.SUITES:
         click.echo(f"suite {name}:")
         started = time.perf_counter()
-        result = {
+        result: dict[str, Any] = {
             "suite": name,
             "machine": benchmarks.machine(threads),
             **benchmarks.SUITES[name](settings),

@@ -110,11 +110,13 @@ def evaluate(
         source: MapSource
         if maps is not None:
             explainer = Explainer(loaded, [])  # the model only: the maps are stored
-            stored = StoredMaps(select_rows(maps, methods=specs or None))
+            wanted = [spec.label for spec in specs] or None
+            stored = StoredMaps(select_rows(maps, methods=wanted))
             root = input_ or images_root(maps)
             items = [InputItem(key, root / key) for key in stored.image_paths]
             source = stored
         else:
+            assert input_ is not None  # one of --input and --maps, checked above
             items = collect_inputs(input_).items
             explainer = Explainer(loaded, specs or split_method_specs(ALL_METHODS))
             source = LiveMaps(explainer)

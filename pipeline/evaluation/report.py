@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from fdpipe.evaluation.comparison import Comparison
@@ -24,7 +25,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 # (summary key, header, which value is best, format)
-COLUMNS: tuple[tuple[str, str, Callable[..., float], str], ...] = (
+COLUMNS: tuple[tuple[str, str, Callable[..., str], str], ...] = (
     ("insertion", "Insertion ↑", max, "{:.4f}"),
     ("deletion", "Deletion ↓", min, "{:.4f}"),
     ("overall", "Overall ↑", max, "{:.4f}"),
@@ -39,7 +40,7 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
         "| Method | " + " | ".join(header for _, header, _, _ in columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    best = {}
+    best: dict[str, str] = {}
     for key, _, pick, fmt in columns:
         shown = [fmt.format(row[key]) for row in summary.values() if key in row]
         values = {text: float(text.rstrip("%")) for text in shown}
@@ -66,22 +67,25 @@ def _finite(value: object) -> object:
 
 def results_json(comparison: Comparison, *, model: str, command: str | None) -> dict[str, object]:
     games = comparison.games()
-    return _finite(
-        {
-            "model": model,
-            "command": command,
-            "protocol": asdict(comparison.protocol),
-            "tolerance": comparison.tolerance,
-            "methods": comparison.methods,
-            "summary": comparison.summary(),
-            "pointing_per_class": {
-                label: game.accuracy_per_class() for label, game in games.items() if game.trials
-            },
-            "images": [asdict(s) | {"overall": s.overall} for s in comparison.scores],
-            "pointing_trials": [asdict(t) for t in comparison.trials],
-            "unmapped_classes": dict(comparison.unmapped),
-            "skipped": comparison.skipped,
-        }
+    return cast(
+        dict[str, object],
+        _finite(
+            {
+                "model": model,
+                "command": command,
+                "protocol": asdict(comparison.protocol),
+                "tolerance": comparison.tolerance,
+                "methods": comparison.methods,
+                "summary": comparison.summary(),
+                "pointing_per_class": {
+                    label: game.accuracy_per_class() for label, game in games.items() if game.trials
+                },
+                "images": [asdict(s) | {"overall": s.overall} for s in comparison.scores],
+                "pointing_trials": [asdict(t) for t in comparison.trials],
+                "unmapped_classes": dict(comparison.unmapped),
+                "skipped": comparison.skipped,
+            }
+        ),
     )
 
 
