@@ -1,9 +1,4 @@
-"""``fdpipe explain``: every image of an input into a Parquet dataset; reruns resume.
-
-Exit codes: 0 every image explained; 1 at least one image of the input (this run or an earlier,
-resumed one) has a failed row; 2 invalid usage or parameters, including a refused resume. An
-unexpected crash prints a traceback and exits 1.
-"""
+"""``fdpipe explain``: every image of an input into a Parquet dataset; reruns add what is new."""
 
 from __future__ import annotations
 
@@ -18,6 +13,7 @@ from fdpipe.export.models import ModelError
 from fdpipe.job import ENGINES, ConfigError, JobConfig, run_job
 from fdpipe.job.inputs import InputError, parse_shard
 from fdpipe.job.parts import ResumeError
+from fdpipe.job.progress import EXIT_USAGE
 from fdpipe.kernels import METHODS
 
 USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
@@ -29,7 +25,7 @@ USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
     "--input",
     "input_",
     required=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=click.Path(path_type=Path),  # a missing input is exit 3, not a usage error
     help="Image directory (walked recursively), list file, or CSV/Parquet manifest.",
 )
 @click.option(
@@ -69,7 +65,20 @@ USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
     help="Images per part file (at most this much work is lost to a kill).",
 )
 @click.option("--shard", default="0/1", show_default=True, help="Explain shard i of n (i/n).")
-@click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
+@click.option("--overwrite", is_flag=True, help="Start over: remove this shard's parts first.")
+@click.option(
+    "--retry/--no-retry",
+    default=True,
+    show_default=True,
+    help="Explain again the images that failed in earlier runs.",
+)
+@click.option("--prune", is_flag=True, help="Hide the rows of inputs that no longer exist.")
+@click.option("--allow-empty", is_flag=True, help="An empty or missing input exits 0 instead of 3.")
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the run record (JSON) here; it is always in OUTPUT/_runs/.",
+)
 @click.option("--save-weights", is_flag=True, help="Store per-channel weights.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True)
 @click.option("--address", help="Ray cluster address (--engine ray); default: a local Ray.")
@@ -94,7 +103,20 @@ def explain(
     shard: str,
     **options: object,
 ) -> None:
-    """Explain every image of INPUT into a Parquet dataset at OUTPUT; reruns resume."""
+    """Explain every image of INPUT into a Parquet dataset at OUTPUT.
+
+    A rerun explains only what is new: new paths, files whose content changed, images that
+    failed before, methods or classes the output has no rows of; --prune hides removed inputs.
+    Each run writes a JSON record to OUTPUT/_runs/.
+
+    \b
+    Exit codes:
+      0  every image explained
+      1  some images failed (each is logged with its path and reason)
+      2  usage or configuration error (unknown model or method, bad weights file,
+         an output made with another model, layer or preprocessing)
+      3  nothing to do: the input is empty or missing (0 with --allow-empty)
+    """
     fd = {key[3:]: options.pop(key) for key in list(options) if key.startswith("fd_")}
     fg = {key: options.pop(key) for key in ("base", "resolution", "denoise")}
     if options["engine"] == "ray" and importlib.util.find_spec("ray") is None:
@@ -115,7 +137,12 @@ def explain(
         )
         summary = run_job(config)
     except USER_ERRORS as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise ConfigurationError(str(exc)) from exc
     click.echo(f"{output}: {summary}")
-    if summary.any_failed:
-        raise SystemExit(1)
+    raise SystemExit(summary.exit_code)
+
+
+class ConfigurationError(click.ClickException):
+    """One line, no usage text, exit 2: the command line was fine, its settings cannot work."""
+
+    exit_code = EXIT_USAGE

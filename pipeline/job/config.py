@@ -34,6 +34,10 @@ class JobConfig:
     part_size: int = 256  # images per part file: the most work a kill can lose
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False
+    retry: bool = True  # explain again the images whose newest rows failed
+    prune: bool = False  # mark the rows of inputs that no longer exist as pruned
+    allow_empty: bool = False  # an empty or missing input is not an error (exit 0, not 3)
+    summary: Path | None = None  # also write the run record here
     save_weights: bool = False
     engine: str = "local"
     address: str | None = None  # Ray cluster; None starts a local Ray

@@ -1,9 +1,10 @@
-"""The Parquet sink of a job: atomic part files and the resume bookkeeping.
+"""The Parquet sink of a job: atomic part files and what an output already holds.
 
 A job's output is a directory of part files. Each part holds the rows of a contiguous run of
 images of the (sorted) input list, is written to a hidden temp file, fsynced, then renamed: a
-part is either complete and final or invisible. Resuming means skipping every image that already
-has rows in a complete part.
+part is either complete and final or invisible. Parts are never edited: a rerun adds rows, and
+``fdpipe.job.current`` says which rows are current, so an output stays consistent whenever a run
+is killed. ``OutputDataset.images`` is what a rerun compares its input with.
 """
 
 from __future__ import annotations
@@ -19,14 +20,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fdpipe.job.current import KEY_COLUMNS, current_mask
 from fdpipe.job.schema import COMPRESSION, METADATA_KEY, SCHEMA
 
 PART_PATTERN = re.compile(r"^part-(?:s(\d+)of(\d+)-)?(\d+)\.parquet$")
 TEMP_PATTERN = re.compile(r"^\.(.+)\.\d+\.tmp$")  # ".<part name>.<pid>.tmp"
 
 
+# Run parameters that every run into one output must share; methods and classes may differ.
+FIXED_PARAMS = ("model", "weights_id", "layer", "preprocess")
+
+
 class ResumeError(ValueError):
-    """The output directory holds rows of a run with other parameters."""
+    """The output directory holds rows that a run with these parameters cannot join."""
 
 
 def part_name(shard: tuple[int, int], sequence: int) -> str:
@@ -36,9 +42,17 @@ def part_name(shard: tuple[int, int], sequence: int) -> str:
 
 
 @dataclass
-class ExistingRows:
-    done: set[str]  # image paths with rows in a complete part
-    failed: set[str]  # those of them that failed
+class ImageState:
+    """An image as the output holds it now (its current rows)."""
+
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    failed: bool  # its newest run failed on it
+    done: set[tuple[str, str]] = field(default_factory=set)  # (method, targets) with ok rows
+
+
+STATE_COLUMNS = [*KEY_COLUMNS, "file_size", "file_mtime_ns"]
 
 
 class OutputDataset:
@@ -83,19 +97,50 @@ class OutputDataset:
         for path in self.parts(own=not unsharded) + self.temp_files():
             path.unlink()
 
-    def existing(self, params: dict[str, object]) -> ExistingRows:
-        """Images already done; refuses a directory written with other parameters."""
+    def discard_temp_files(self) -> None:
         for stale in self.temp_files():  # left by a killed run: never part of the dataset
             stale.unlink()
-        done: set[str] = set()
-        failed: set[str] = set()
+
+    def check(self, params: dict[str, object]) -> None:
+        """Refuses to add rows made with other fixed parameters, or a method label reused with
+        other options, naming the differing fields."""
+        wanted = json.loads(json.dumps(params, default=str))
         for path in self.parts():
-            check_params(path, params)
-            table = pq.read_table(path, columns=["image_path", "status"])
-            done.update(table.column("image_path").to_pylist())
-            failures = table.filter(pc.equal(table.column("status"), "failed"))
-            failed.update(failures.column("image_path").to_pylist())
-        return ExistingRows(done, failed)
+            check_params(path, wanted)
+
+    def images(self) -> tuple[dict[str, ImageState], str]:
+        """Every image with current rows (pruned ones are gone), and the newest run id."""
+        tables = []
+        for path in self.parts():
+            names = pq.read_schema(path).names
+            if "run_id" not in names:
+                raise ResumeError(
+                    f"{path} was written by an older fdpipe (no run_id column): "
+                    "pass --overwrite to start over, or choose another --output"
+                )
+            tables.append(pq.read_table(path, columns=STATE_COLUMNS))
+        if not tables:
+            return {}, ""
+        table = pa.concat_tables(tables)
+        newest_run = pc.max(table["run_id"]).as_py() or ""
+        current = table.filter(current_mask(table))
+        states: dict[str, ImageState] = {}
+        newest: dict[str, str] = {}
+        columns = current.select(
+            ["image_path", "run_id", "image_sha256", "status", "method", "targets",
+             "file_size", "file_mtime_ns"]
+        ).to_pydict()  # fmt: skip
+        for key, run, sha, status, method, targets, size, mtime in zip(
+            *columns.values(), strict=True
+        ):
+            state = states.get(key)
+            if state is None or run > newest[key]:  # the newest run's file stat and status
+                newest[key] = run
+                done = state.done if state else set()
+                state = states[key] = ImageState(sha, size, mtime, status == "failed", done)
+            if status == "ok":
+                state.done.add((method, targets))
+        return states, newest_run
 
     def write(self, table: pa.Table, metadata: dict[str, object]) -> Path:
         """Atomically add ``table`` as the next part of this shard."""
@@ -131,22 +176,35 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, object]:
     return json.loads(raw)
 
 
-def check_params(path: Path, params: dict[str, object]) -> None:
+def check_params(path: Path, wanted: dict) -> None:
+    """``wanted`` (JSON-normalised run parameters) may join the rows of part ``path``."""
     stored = read_metadata(path).get("params", {})
-    wanted = json.loads(json.dumps(params, default=str))
-    if stored == wanted:
-        return
-    keys = sorted(set(stored) | set(wanted))
+    assert isinstance(stored, dict)
     changes = [
         f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}"
-        for k in keys
+        for k in FIXED_PARAMS
         if stored.get(k) != wanted.get(k)
     ]
-    raise ResumeError(
-        f"{path.parent} holds results of a run with other parameters ({'; '.join(changes)}). "
-        "Rerun with the same parameters to resume, pass --overwrite to start over, "
-        "or choose another --output."
-    )
+    if changes:
+        raise ResumeError(
+            f"{path.parent} holds maps of another model setup ({'; '.join(changes)}): pass "
+            "--overwrite to start over, or choose another --output"
+        )
+    stored_methods, wanted_methods = stored.get("methods", {}), wanted.get("methods", {})
+    for label, options in wanted_methods.items():
+        if label in stored_methods and stored_methods[label] != options:
+            before = stored_methods[label]
+            diff = [
+                f"{k}: {before.get(k)!r} -> {options.get(k)!r}"
+                for k in sorted(set(before) | set(options))
+                if before.get(k) != options.get(k)
+            ]
+            first = diff[0].split(":")[0]
+            raise ResumeError(
+                f"{path.parent} holds method {label!r} with other options ({'; '.join(diff)}): "
+                f"give the variant its own spec (e.g. --method '{label.split(':')[0]}:{first}="
+                f"{options.get(first)}') to add it, pass --overwrite, or choose another --output"
+            )
 
 
 @dataclass
@@ -185,8 +243,9 @@ def image_starts(rows: pa.Table) -> np.ndarray:
 
 
 __all__ = [
+    "FIXED_PARAMS",
     "PART_PATTERN",
-    "ExistingRows",
+    "ImageState",
     "OutputDataset",
     "PartSink",
     "ResumeError",

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import torch
 from fdpipe.job.config import JobConfig
-from fdpipe.job.decode import decode
+from fdpipe.job.decode import DecodedImage, decode
 from fdpipe.job.inputs import InputItem
 from fdpipe.job.parts import PartSink
 from fdpipe.job.progress import Progress
 from fdpipe.job.rows import explain_rows, job_explainer
+from fdpipe.job.run import Plan
+from fdpipe.job.schema import RunStamp
 
 log = logging.getLogger("fdpipe.ray")
 
@@ -30,10 +31,11 @@ log = logging.getLogger("fdpipe.ray")
 class ExplainActor:
     """Holds one model; decodes a batch of paths on a few threads and explains it."""
 
-    def __init__(self, config: JobConfig, threads: int) -> None:
+    def __init__(self, config: JobConfig, stamp: RunStamp, threads: int) -> None:
         torch.set_num_threads(threads)
         self.explainer = job_explainer(config)
         self.save_weights = config.save_weights
+        self.stamp = stamp
         self.pool = ThreadPoolExecutor(max_workers=config.workers)
         self.read = partial(decode, preprocess=self.explainer.model.preprocess)
 
@@ -41,8 +43,12 @@ class ExplainActor:
         items = [
             InputItem(str(k), Path(p)) for k, p in zip(batch["key"], batch["path"], strict=True)
         ]
-        decoded = list(self.pool.map(self.read, items))
-        return explain_rows(self.explainer, decoded, self.save_weights)
+        decoded: list[DecodedImage] = list(self.pool.map(self.read, items))
+        for image, size, mtime in zip(decoded, batch["size"], batch["mtime_ns"], strict=True):
+            image.info.size, image.info.mtime_ns = (
+                (int(size), int(mtime)) if size >= 0 else (None, None)
+            )
+        return explain_rows(self.explainer, decoded, self.stamp, self.save_weights)
 
 
 def actor_resources(config: JobConfig) -> tuple[int, float, float]:
@@ -59,9 +65,10 @@ def actor_resources(config: JobConfig) -> tuple[int, float, float]:
 
 
 def run_ray(
-    config: JobConfig, pending: list[InputItem], sink: PartSink, progress: Progress
+    config: JobConfig, plan: Plan, stamp: RunStamp, sink: PartSink, progress: Progress
 ) -> None:
-    if not pending:
+    """``config.methods``: the methods the pending images need."""
+    if not plan.pending:
         return
     if not ray.is_initialized():
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
@@ -70,10 +77,20 @@ def run_ray(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # parts must cover contiguous input runs
     context.enable_progress_bars = False
-    items = ray.data.from_items([{"key": item.key, "path": str(item.path)} for item in pending])
+    items = ray.data.from_items(
+        [
+            {
+                "key": item.key,
+                "path": str(item.path),
+                "size": plan.stats.get(item.key, (-1, -1))[0],
+                "mtime_ns": plan.stats.get(item.key, (-1, -1))[1],
+            }
+            for item in plan.pending
+        ]
+    )
     rows = items.map_batches(
         ExplainActor,
-        fn_constructor_kwargs={"config": config, "threads": max(1, int(cpus))},
+        fn_constructor_kwargs={"config": config, "stamp": stamp, "threads": max(1, int(cpus))},
         batch_size=config.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -82,9 +99,7 @@ def run_ray(
     )
     for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
         sink.add(table)
-        ok = pc.equal(table.column("status"), "ok")
-        failed = table.num_rows - (pc.sum(ok).as_py() or 0)  # one row per failed image
-        progress.update(pc.count_distinct(table.filter(ok).column("image_path")).as_py(), failed)
+        progress.record(table)
 
 
 __all__ = ["ExplainActor", "actor_resources", "run_ray"]

@@ -1,5 +1,5 @@
-"""Reading a job's output back: record batches of the complete parts, and the explained rows
-with their maps as numpy arrays."""
+"""Reading a job's output back: record batches of its current rows (``fdpipe.job.current``: rows
+superseded by a later run are hidden), and the explained rows with their maps as numpy arrays."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fdpipe.job.current import KEY_COLUMNS, current_mask
 from fdpipe.job.parts import OutputDataset, read_metadata
 
 ROW_COLUMNS = [
@@ -43,9 +44,18 @@ class MapRow:
 def iter_rows(
     directory: str | os.PathLike[str], columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Record batches of every complete part, in part order (rows of an image stay together)."""
-    for path in OutputDataset(directory).parts():
-        yield from pq.ParquetFile(path).iter_batches(columns=columns)
+    """Record batches of the current rows, in part order (rows of an image stay together)."""
+    parts = OutputDataset(directory).parts()
+    keys = [pq.read_table(path, columns=KEY_COLUMNS) for path in parts]
+    if not keys:
+        return
+    mask = current_mask(pa.concat_tables(keys))
+    start = 0
+    for path, part_keys in zip(parts, keys, strict=True):
+        keep = mask[start : start + part_keys.num_rows]
+        start += part_keys.num_rows
+        if keep.any():
+            yield from pq.read_table(path, columns=columns).filter(pa.array(keep)).to_batches()
 
 
 def select_rows(

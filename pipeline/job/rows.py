@@ -18,7 +18,7 @@ from fdpipe.api import Explainer
 from fdpipe.export.models import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.decode import DecodedImage
-from fdpipe.job.schema import TableBuilder
+from fdpipe.job.schema import RunStamp, TableBuilder
 
 
 def job_explainer(config: JobConfig) -> Explainer:
@@ -55,18 +55,32 @@ def run_params(explainer: Explainer, config: JobConfig) -> dict[str, object]:
     }
 
 
-def run_metadata(explainer: Explainer, config: JobConfig, root: Path) -> dict[str, object]:
+def targets_label(config: JobConfig) -> str:
+    """The ``targets`` column: which classes a run explains."""
+    if config.classes is not None:
+        return "classes=" + ",".join(str(c) for c in config.classes)
+    return f"top-{config.top_k}"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "fdpipe": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pyarrow": pa.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_metadata(
+    explainer: Explainer, config: JobConfig, root: Path, run_id: str
+) -> dict[str, object]:
     """Everything recorded in each part file under the ``fdpipe`` key."""
     return {
         "params": run_params(explainer, config),
-        "versions": {
-            "fdpipe": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "pyarrow": pa.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
         "run": {
+            "run_id": run_id,
             "backend": explainer.backend.description,
             "runtime": config.runtime,
             "engine": config.engine,
@@ -105,13 +119,13 @@ def method_arrays(
 
 
 def explain_rows(
-    explainer: Explainer, images: list[DecodedImage], save_weights: bool = False
+    explainer: Explainer, images: list[DecodedImage], stamp: RunStamp, save_weights: bool = False
 ) -> pa.Table:
     """Rows for ``images`` in their order: one per (image, method, class), one per failure."""
     usable = [image for image in images if image.error is None]
     results = method_arrays(explainer, usable, save_weights) if usable else {}
     model = explainer.model
-    builder = TableBuilder(model.name, model.layer)
+    builder = TableBuilder(model.name, model.layer, stamp)
     position = {id(image): b for b, image in enumerate(usable)}
     for image in images:
         if image.error is not None:
@@ -135,4 +149,12 @@ def explain_rows(
     return builder.build()
 
 
-__all__ = ["explain_rows", "job_explainer", "method_arrays", "run_metadata", "run_params"]
+__all__ = [
+    "explain_rows",
+    "job_explainer",
+    "method_arrays",
+    "run_metadata",
+    "run_params",
+    "targets_label",
+    "versions",
+]

@@ -2,75 +2,299 @@
 
 Decoding and preprocessing run on worker threads, a bounded number of images ahead of the model,
 so memory stays flat whatever the dataset size. Rows reach the output in input order, in parts of
-``part_size`` images; a rerun skips the images already in complete parts.
+``part_size`` images. A rerun explains only what is new: paths without rows, files whose content
+changed, images that failed (unless ``retry`` is off) and methods or classes an image has no rows
+of; ``prune`` marks inputs that are gone. Every run writes a record to ``OUTPUT/_runs/``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from functools import partial
+import os
+import secrets
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fdpipe.api import Explainer
 from fdpipe.job.config import JobConfig
-from fdpipe.job.decode import batches, decode, ordered_map
-from fdpipe.job.inputs import InputItem, collect_inputs, select_shard
-from fdpipe.job.parts import OutputDataset, PartSink
-from fdpipe.job.progress import Progress, Summary
-from fdpipe.job.rows import explain_rows, job_explainer, run_metadata, run_params
+from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
+from fdpipe.job.inputs import InputItem, collect_inputs, select_shard, shard_of
+from fdpipe.job.parts import ImageState, OutputDataset, PartSink
+from fdpipe.job.progress import Progress, Summary, peak_memory_bytes
+from fdpipe.job.rows import (
+    explain_rows,
+    job_explainer,
+    run_metadata,
+    run_params,
+    targets_label,
+    versions,
+)
+from fdpipe.job.schema import RunStamp, TableBuilder
+from fdpipe.methods import MethodSpec
 
 log = logging.getLogger("fdpipe.job")
+
+RUNS_DIR = "_runs"  # run records; readers of the parts skip "_" and "." names
+RUN_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+
+@dataclass
+class Plan:
+    """What a run will do with this shard's inputs."""
+
+    pending: list[InputItem]
+    stats: dict[str, tuple[int, int]]  # key -> (size, mtime_ns) of the pending files
+    labels: set[str]  # the method labels some pending image needs
+    new: int = 0
+    changed: int = 0
+    retried: int = 0
+    added: int = 0
+    skipped: int = 0
+    failed_before: int = 0
+
+
+def file_stat(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # decoding will report why
+    return stat.st_size, stat.st_mtime_ns
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def plan_run(
+    items: list[InputItem],
+    states: dict[str, ImageState],
+    labels: list[str],
+    targets: str,
+    *,
+    retry: bool,
+    workers: int,
+) -> Plan:
+    """Compare the input with the output: a file is rehashed only when its size or mtime moved."""
+
+    def look(item: InputItem) -> tuple[tuple[int, int] | None, str | None, bool]:
+        stat = file_stat(item.path)
+        state = states.get(item.key)
+        if state is None or stat is None:
+            return stat, None, True
+        if (state.size, state.mtime_ns) == stat and state.sha256 is not None:
+            return stat, state.sha256, False
+        sha = file_sha256(item.path)
+        return stat, sha, sha is None or sha != state.sha256
+
+    plan = Plan([], {}, set())
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fdpipe-stat") as pool:
+        for item, (stat, _, changed) in zip(items, pool.map(look, items), strict=True):
+            state = states.get(item.key)
+            missing = set(labels)
+            if state is None:
+                plan.new += 1
+            elif changed:
+                plan.changed += 1
+            else:
+                missing = {label for label in labels if (label, targets) not in state.done}
+                if not missing:
+                    plan.skipped += 1
+                    continue
+                if state.failed and not retry:
+                    plan.skipped += 1
+                    plan.failed_before += 1
+                    continue
+                if state.failed:
+                    plan.retried += 1
+                else:
+                    plan.added += 1
+            plan.pending.append(item)
+            plan.labels |= missing
+            if stat is not None:
+                plan.stats[item.key] = stat
+    return plan
+
+
+def method_label(method: str | MethodSpec) -> str:
+    return method.label if isinstance(method, MethodSpec) else MethodSpec.parse(method).label
+
+
+def next_run_id(newest: str) -> str:
+    """The UTC start time, later than every run already in the output (a machine whose clock is
+    behind must still supersede them), with a random tail for runs started at once."""
+    now = datetime.now(UTC)
+    if newest:
+        after = datetime.strptime(newest.split("-")[0], RUN_ID_FORMAT).replace(tzinfo=UTC)
+        now = max(now, after + timedelta(microseconds=1))
+    return f"{now.strftime(RUN_ID_FORMAT)}-{secrets.token_hex(3)}"
+
+
+def write_json(path: Path, record: dict[str, object]) -> None:
+    """Atomically (temp + fsync + rename), so a reader never sees half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temp.open("w") as fh:
+        fh.write(json.dumps(record, indent=2, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temp, path)
 
 
 def run_local(
     config: JobConfig,
     explainer: Explainer,
-    pending: list[InputItem],
+    plan: Plan,
+    stamp: RunStamp,
     sink: PartSink,
     progress: Progress,
 ) -> None:
-    read = partial(decode, preprocess=explainer.model.preprocess)
+    def read(item: InputItem) -> DecodedImage:
+        image = decode(item, explainer.model.preprocess)
+        image.info.size, image.info.mtime_ns = plan.stats.get(item.key, (None, None))
+        return image
+
     ahead = 2 * config.batch_size + config.workers  # bounded prefetch: memory independent of N
-    for group in batches(ordered_map(read, pending, config.workers, ahead), config.batch_size):
-        sink.add(explain_rows(explainer, group, config.save_weights))
-        failed = sum(image.error is not None for image in group)
-        progress.update(len(group) - failed, failed)
+    for group in batches(ordered_map(read, plan.pending, config.workers, ahead), config.batch_size):
+        rows = explain_rows(explainer, group, stamp, config.save_weights)
+        sink.add(rows)
+        progress.record(rows)
 
 
 def run_job(config: JobConfig) -> Summary:
-    """Explain every image of ``config.input`` (this shard) not yet in ``config.output``."""
-    inputs = collect_inputs(config.input)
+    """Explain what ``config.output`` lacks of ``config.input`` (this shard); write a run record."""
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    record: dict[str, object] = {
+        "command": shlex.join(["fdpipe", *sys.argv[1:]]) if sys.argv[0] else None,
+        "started": started.isoformat(),
+        "input": str(config.input),
+        "output": str(config.output),
+        "shard": list(config.shard),
+        "options": {
+            "retry": config.retry,
+            "prune": config.prune,
+            "overwrite": config.overwrite,
+            "engine": config.engine,
+            "batch_size": config.batch_size,
+            "part_size": config.part_size,
+        },
+        "versions": versions(),
+    }
+    inputs = collect_inputs(config.input) if config.input.exists() else None
+    if inputs is None or not inputs.items:
+        summary = Summary(0, 0, 0, 0, time.perf_counter() - clock, empty=True)
+        summary.allow_empty = config.allow_empty
+        log.warning("input %s is %s: nothing to do", config.input, "missing" if inputs is None
+                    else "empty")  # fmt: skip
+        run_id = next_run_id("")
+        finish(config, record | {"run_id": run_id}, summary, clock)
+        return summary
     selected = select_shard(inputs.items, *config.shard)
     explainer = job_explainer(config)
+    params = run_params(explainer, config)
     dataset = OutputDataset(config.output, config.shard)
     if config.overwrite:
         dataset.clear()
-    existing = dataset.existing(run_params(explainer, config))
-    pending = [item for item in selected if item.key not in existing.done]
-    skipped = len(selected) - len(pending)
-    failed_before = len(existing.failed.intersection(item.key for item in selected))
+    dataset.discard_temp_files()
+    dataset.check(params)
+    states, newest_run = dataset.images()
+    targets = targets_label(config)
+    labels = [method_label(m) for m in config.methods]
+    plan = plan_run(selected, states, labels, targets, retry=config.retry, workers=config.workers)
+    present = {item.key for item in inputs.items}
+    gone = sorted(
+        key
+        for key in states
+        if key not in present and shard_of(key, config.shard[1]) == config.shard[0]
+    )
+    run_id = next_run_id(newest_run)
+    stamp = RunStamp(run_id, targets)
+    metadata = run_metadata(explainer, config, inputs.root, run_id)
+    record |= {"run_id": run_id, "params": metadata["params"], "run": metadata["run"]}
+    write_json(config.output / RUNS_DIR / f"{run_id}.json", record | {"status": "running"})
     log.info(
-        "%d images in %s (shard %d/%d: %d), %d already done, %d to go; %s",
+        "%d images in %s (shard %d/%d: %d): %d new, %d changed, %d to retry, %d to add "
+        "methods or classes to, %d skipped, %d gone%s; %s",
         len(inputs.items),
         config.input,
         *config.shard,
         len(selected),
-        skipped,
-        len(pending),
+        plan.new,
+        plan.changed,
+        plan.retried,
+        plan.added,
+        plan.skipped,
+        len(gone),
+        "" if config.prune else " (kept: no --prune)",
         explainer.backend.description,
     )
-    sink = PartSink(dataset, config.part_size, run_metadata(explainer, config, inputs.root))
-    progress = Progress(len(pending), bar=config.progress)
+    # Only the methods some pending image lacks run; the rows of the others stay current.
+    explainer.methods = {k: m for k, m in explainer.methods.items() if k in plan.labels}
+    sink = PartSink(dataset, config.part_size, metadata)
+    progress = Progress(len(plan.pending), bar=config.progress)
     try:
+        if config.prune and gone:
+            tombstones = TableBuilder(explainer.model.name, explainer.model.layer, stamp)
+            for key in gone:
+                tombstones.add_pruned(key)
+            sink.add(tombstones.build())
         if config.engine == "ray":
             from fdpipe.job.ray_engine import run_ray  # optional dependency
 
-            run_ray(config, pending, sink, progress)
+            needed = tuple(m for m in config.methods if method_label(m) in plan.labels)
+            run_ray(replace(config, methods=needed), plan, stamp, sink, progress)
         else:
-            run_local(config, explainer, pending, sink, progress)
+            run_local(config, explainer, plan, stamp, sink, progress)
         sink.close()
     finally:
         seconds = progress.close()
-    return Summary(progress.done, progress.failed, skipped, failed_before, seconds)
+    summary = Summary(
+        progress.done,
+        progress.failed,
+        plan.skipped,
+        plan.failed_before,
+        seconds,
+        new=plan.new,
+        changed=plan.changed,
+        retried=plan.retried,
+        added=plan.added,
+        pruned=len(gone) if config.prune else 0,
+        failures=progress.failures,
+    )
+    record["parts"] = [path.name for path in sink.written]
+    finish(config, record, summary, clock)
+    return summary
 
 
-__all__ = ["run_job", "run_local"]
+def finish(config: JobConfig, record: dict[str, object], summary: Summary, clock: float) -> None:
+    """The run record: ``OUTPUT/_runs/<run id>.json`` and ``config.summary``."""
+    record |= {
+        "status": "empty" if summary.empty else "complete",
+        "finished": datetime.now(UTC).isoformat(),
+        "exit_code": summary.exit_code,
+        "counts": summary.counts(),
+        "failures": summary.failures,
+        "timings": {
+            "seconds": time.perf_counter() - clock,
+            "explain_seconds": summary.seconds,
+            "images_per_second": summary.images_per_second,
+        },
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    write_json(config.output / RUNS_DIR / f"{record['run_id']}.json", record)
+    if config.summary is not None:
+        write_json(config.summary, record)
+
+
+__all__ = ["RUNS_DIR", "Plan", "next_run_id", "plan_run", "run_job", "run_local"]

@@ -35,8 +35,15 @@ SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("seconds", pa.float32()),
+        pa.field("targets", pa.string()),
+        pa.field("file_size", pa.int64()),
+        pa.field("file_mtime_ns", pa.int64()),
+        pa.field("run_id", pa.string(), nullable=False),
     ]
 )
+# Rows of a run for one image: a later run's rows of the same (image_path, method, targets,
+# class_rank) supersede them (``fdpipe.job.current``); "pruned" rows mark a removed input.
+STATUSES = ("ok", "failed", "pruned")
 
 
 @dataclass
@@ -45,6 +52,16 @@ class ImageInfo:
     sha256: str | None
     width: int | None
     height: int | None
+    size: int | None = None  # the file's size and mtime when the run listed it: a later run
+    mtime_ns: int | None = None  # rehashes the file only when these changed
+
+
+@dataclass(frozen=True)
+class RunStamp:
+    """What every row of one run carries."""
+
+    run_id: str  # UTC start time, sortable: a later run's rows supersede an earlier run's
+    targets: str  # which classes were explained: "top-1", "top-3" or "classes=281,285"
 
 
 @dataclass
@@ -53,10 +70,15 @@ class TableBuilder:
 
     model: str
     layer: str
+    stamp: RunStamp
     columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in SCHEMA.names})
 
     def add_failed(self, image: ImageInfo, error: str, seconds: float) -> None:
         self._add(image, status="failed", error=error, seconds=seconds)
+
+    def add_pruned(self, key: str) -> None:
+        """A tombstone: ``key`` left the input; readers hide every earlier row of it."""
+        self._add(ImageInfo(key, None, None, None), status="pruned", targets=None)
 
     def add_explained(
         self,
@@ -89,7 +111,11 @@ class TableBuilder:
         )
 
     def _add(self, image: ImageInfo, **values: object) -> None:
+        values = {"targets": self.stamp.targets} | values
         values |= {
+            "run_id": self.stamp.run_id,
+            "file_size": image.size,
+            "file_mtime_ns": image.mtime_ns,
             "image_path": image.key,
             "image_sha256": image.sha256,
             "original_width": image.width,
@@ -123,4 +149,13 @@ def float_lists(values: list[np.ndarray | None]) -> pa.ListArray:
     )
 
 
-__all__ = ["COMPRESSION", "METADATA_KEY", "SCHEMA", "ImageInfo", "TableBuilder", "float_lists"]
+__all__ = [
+    "COMPRESSION",
+    "METADATA_KEY",
+    "SCHEMA",
+    "STATUSES",
+    "ImageInfo",
+    "RunStamp",
+    "TableBuilder",
+    "float_lists",
+]

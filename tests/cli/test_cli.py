@@ -44,7 +44,11 @@ def test_exit_code_is_one_when_an_image_failed(images: Path, tmp_path: Path) -> 
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 1
     assert "done 2, failed 1, skipped 0" in first.output
-    resumed = CliRunner().invoke(main, args)  # the failure is still in the output
+    retried = CliRunner().invoke(main, args)  # failed images are retried by default
+    assert retried.exit_code == 1
+    assert "done 0, failed 1, skipped 2" in retried.output
+    assert "retried 1" in retried.output
+    resumed = CliRunner().invoke(main, [*args, "--no-retry"])  # the failure is still there
     assert resumed.exit_code == 1
     assert "failed 0 (+1 in earlier runs), skipped 3" in resumed.output
 

@@ -1,4 +1,5 @@
-"""Resume: a SIGKILLed run continues without lost or duplicated rows; other parameters refused."""
+"""Resume: a SIGKILLed run continues without lost or duplicated rows; another model setup is
+refused, other methods or classes add rows."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from image_files import write_images
 
 ROW_KEY = [("image_path", "ascending"), ("method", "ascending"), ("class_rank", "ascending")]
 FLOATS = ("logit", "probability", "map", "seconds")
+PER_RUN = ("run_id",)
 
 
 def command(images: Path, output: Path, *extra: str) -> list[str]:
@@ -41,7 +43,8 @@ def rows(output: Path) -> pa.Table:
 
 def assert_same_rows(resumed: pa.Table, uninterrupted: pa.Table) -> None:
     assert resumed.num_rows == uninterrupted.num_rows
-    assert resumed.drop_columns(list(FLOATS)).equals(uninterrupted.drop_columns(list(FLOATS)))
+    varying = [*FLOATS, *PER_RUN]
+    assert resumed.drop_columns(varying).equals(uninterrupted.drop_columns(varying))
     for name in ("logit", "probability"):
         np.testing.assert_allclose(resumed[name].to_numpy(), uninterrupted[name].to_numpy(), 1e-6)
     for a, b in zip(resumed["map"].to_pylist(), uninterrupted["map"].to_pylist(), strict=True):
@@ -101,18 +104,18 @@ def test_half_written_part_is_invisible_and_discarded(images: Path, tmp_path: Pa
     assert rows(output).num_rows == 20
 
 
-def test_other_parameters_are_refused_and_overwrite_starts_over(
+def test_another_model_setup_is_refused_and_overwrite_starts_over(
     images: Path, tmp_path: Path
 ) -> None:
     runner = CliRunner()
     output = tmp_path / "out"
     assert runner.invoke(main, command(images, output)).exit_code == 0
-    refused = runner.invoke(main, [*command(images, output), "--top-k", "2"])
+    refused = runner.invoke(main, [*command(images, output), "--layer", "features.9"])
     assert refused.exit_code == 2
-    assert "other parameters (top_k: 1 -> 2)" in refused.output
+    assert "another model setup (layer: 'features.12' -> 'features.9')" in refused.output
     assert "--overwrite" in refused.output
+    assert "Usage:" not in refused.output and len(refused.output.strip().splitlines()) == 1
     changed_method = [a if a != "gradcam" else "layercam" for a in command(images, output)]
-    assert "methods:" in runner.invoke(main, changed_method).output
     overwritten = runner.invoke(main, [*changed_method, "--overwrite"])
     assert overwritten.exit_code == 0, overwritten.output
     assert set(rows(output)["method"].to_pylist()) == {"layercam"}
@@ -124,7 +127,7 @@ def test_only_this_shards_temp_files_are_discarded(tmp_path: Path) -> None:
              ".part-s1of2-000000.parquet.9.tmp"]  # fmt: skip
     for name in names:
         (tmp_path / name).write_bytes(b"half")
-    OutputDataset(tmp_path, (0, 2)).existing({})
+    OutputDataset(tmp_path, (0, 2)).discard_temp_files()
     assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], names[2]]
-    OutputDataset(tmp_path).existing({})
+    OutputDataset(tmp_path).discard_temp_files()
     assert [p.name for p in tmp_path.iterdir()] == [names[2]]
