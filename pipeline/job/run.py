@@ -104,19 +104,20 @@ def plan_run(
             missing = set(labels)
             if state is None:
                 plan.new += 1
-            elif changed:
-                plan.changed += 1
             else:
-                missing = {label for label in labels if (label, targets) not in state.done}
+                if not changed:
+                    missing = {label for label in labels if (label, targets) not in state.done}
                 if not missing:
                     plan.skipped += 1
                     continue
-                if state.failed and not retry:
+                if state.failed and retry:
+                    plan.retried += 1
+                elif state.failed and not changed:  # --no-retry: the same bytes failed before
                     plan.skipped += 1
                     plan.failed_before += 1
                     continue
-                if state.failed:
-                    plan.retried += 1
+                elif changed:
+                    plan.changed += 1
                 else:
                     plan.added += 1
             plan.pending.append(item)

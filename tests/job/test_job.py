@@ -148,7 +148,8 @@ def test_shards_together_equal_one_run(tmp_path: Path) -> None:
     ]
     assert sorted(counts) != [0, 6]  # both shards got work
     names = sorted(p.name for p in (tmp_path / "shared").iterdir())
-    assert names == ["part-s0of2-000000.parquet", "part-s1of2-000000.parquet"]
+    assert names == ["_runs", "part-s0of2-000000.parquet", "part-s1of2-000000.parquet"]
+    assert len(list((tmp_path / "shared" / "_runs").iterdir())) == 2  # one record per shard run
     order = [("image_path", "ascending")]
     whole = pq.read_table(tmp_path / "whole").sort_by(order).drop_columns(["seconds"])
     shared = pq.read_table(tmp_path / "shared").sort_by(order).drop_columns(["seconds"])

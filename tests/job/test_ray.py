@@ -7,16 +7,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fdpipe.job import JobConfig, run_job
 from fdpipe.job.parts import OutputDataset
+from fdpipe.job.reader import iter_rows
 from image_files import write_images
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from Ray internals
 
 ORDER = [("image_path", "ascending"), ("class_rank", "ascending")]
+
+
+def replace_content(path: Path) -> None:
+    pixels = np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +67,17 @@ def test_ray_rows_equal_local_rows_and_resume(local_ray: None, tmp_path: Path) -
     for a, b in zip(ray_maps, local_maps, strict=True):
         assert (a is None and b is None) or np.allclose(a, b, atol=1e-5)
 
-    again = run_job(config)  # resume: nothing left to do, nothing written
+    again = run_job(replace(config, retry=False))  # resume: nothing left to do, nothing written
     assert (again.done, again.skipped) == (0, 6)
     assert len(OutputDataset(config.output).parts()) == 3
+
+    replace_content(tmp_path / "images" / "img_000.jpg")  # same guarantees as the local engine
+    for output in (config.output, tmp_path / "local"):
+        rerun = run_job(replace(config, output=output, engine="ray"))
+        assert (rerun.changed, rerun.retried, rerun.done, rerun.failed) == (1, 1, 1, 1)
+    by_ray = pa.Table.from_batches(list(iter_rows(config.output))).sort_by(ORDER)
+    by_local = pa.Table.from_batches(list(iter_rows(tmp_path / "local"))).sort_by(ORDER)
+    assert by_ray.num_rows == 5 * 2 + 1 and by_ray.select(exact).equals(by_local.select(exact))
 
 
 @pytest.mark.parametrize(

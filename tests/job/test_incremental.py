@@ -1,0 +1,261 @@
+"""Incremental reruns: what changed is explained again, readers see only current rows, a SIGKILL at
+any point then a rerun equals the uninterrupted result; empty inputs, run records, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+from fdpipe.cli import main
+from fdpipe.job.parts import OutputDataset
+from fdpipe.job.reader import iter_rows
+from image_files import write_images
+from PIL import Image
+
+KEY = [("image_path", "ascending"), ("method", "ascending"), ("class_rank", "ascending")]
+VARYING = ["run_id", "seconds", "logit", "probability", "map", "file_mtime_ns", "file_size"]
+
+
+def command(images: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "explain", "-i", str(images), "-o", str(output), "--model", "squeezenet1_1",
+        "--method", "gradcam", "--batch-size", "2", "--part-size", "2", "--workers", "1",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def invoke(args: list[str]) -> Result:
+    return CliRunner().invoke(main, args)
+
+
+def current(output: Path) -> pa.Table:
+    """What fdpipe's readers see."""
+    return pa.Table.from_batches(list(iter_rows(output))).sort_by(KEY)
+
+
+def assert_same(a: pa.Table, b: pa.Table) -> None:
+    assert a.drop_columns(VARYING).equals(b.drop_columns(VARYING))
+    for x, y in zip(a["map"].to_pylist(), b["map"].to_pylist(), strict=True):
+        assert (x is None and y is None) or np.allclose(x, y, atol=1e-6)
+
+
+def one_row_per_key(table: pa.Table) -> None:
+    keys = list(zip(*(table[c].to_pylist() for c in ("image_path", "method", "class_rank"))))
+    assert len(keys) == len(set(keys))
+
+
+def replace_content(path: Path, seed: int) -> None:
+    """New bytes at the same path (a different picture)."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+
+
+def test_failed_image_fixed_between_runs_is_explained_and_exits_zero(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 3)
+    broken = tmp_path / "images" / "late.jpg"
+    broken.write_bytes(b"")  # e.g. a copy still in progress
+    args = command(tmp_path / "images", tmp_path / "out")
+    assert invoke(args).exit_code == 1
+    write_images(tmp_path / "spare", 4)
+    shutil.copy(tmp_path / "spare" / "img_003.jpg", broken)
+    fixed = invoke(args)
+    assert fixed.exit_code == 0, fixed.output
+    assert "done 1, failed 0, skipped 3" in fixed.output and "retried 1" in fixed.output
+    rows = current(tmp_path / "out")
+    assert set(rows["status"].to_pylist()) == {"ok"} and rows.num_rows == 4
+    assert invoke(args).exit_code == 0  # and a further rerun has nothing to do
+
+
+def test_replaced_image_is_explained_again_and_read_once(tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "images", 3)
+    args = command(tmp_path / "images", tmp_path / "out", "--top-k", "2")
+    assert invoke(args).exit_code == 0
+    before = current(tmp_path / "out")
+    replace_content(paths[0], seed=1)
+    again = invoke(args)
+    assert again.exit_code == 0, again.output
+    assert "done 1" in again.output and "changed 1" in again.output
+    after = current(tmp_path / "out")
+    one_row_per_key(after)
+    assert after.num_rows == before.num_rows == 6
+    key = paths[0].relative_to(tmp_path / "images").as_posix()
+    new_sha = hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    mine = after.filter(pa.compute.equal(after["image_path"], key))
+    assert set(mine["image_sha256"].to_pylist()) == {new_sha}
+    assert pq.read_table(tmp_path / "out").num_rows == 8  # the old rows stay, superseded
+    paths[1].touch()  # a new mtime with the same bytes: rehashed, not explained again
+    assert "done 0, failed 0, skipped 3" in invoke(args).output
+
+
+def test_deleted_image_is_pruned_only_with_prune(tmp_path: Path) -> None:
+    paths = write_images(tmp_path / "images", 3)
+    args = command(tmp_path / "images", tmp_path / "out")
+    assert invoke(args).exit_code == 0
+    paths[1].unlink()
+    assert current(tmp_path / "out").num_rows == 3
+    kept = invoke(args)
+    assert "pruned 0" in kept.output and current(tmp_path / "out").num_rows == 3
+    pruned = invoke([*args, "--prune"])
+    assert pruned.exit_code == 0 and "pruned 1" in pruned.output
+    rows = current(tmp_path / "out")
+    assert paths[1].name not in "".join(rows["image_path"].to_pylist())
+    assert rows.num_rows == 2
+    shutil.copy(paths[0], paths[1])  # it comes back: explained as new
+    back = invoke(args)
+    assert "new 1" in back.output and current(tmp_path / "out").num_rows == 3
+
+
+def test_second_method_and_class_set_add_rows(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 3)
+    args = command(tmp_path / "images", tmp_path / "out")
+    assert invoke(args).exit_code == 0
+    first = current(tmp_path / "out")
+    added = invoke([a if a != "gradcam" else "gradcam,layercam" for a in args])
+    assert added.exit_code == 0, added.output
+    assert "added 3" in added.output
+    rows = current(tmp_path / "out")
+    one_row_per_key(rows)
+    assert sorted(set(rows["method"].to_pylist())) == ["gradcam", "layercam"]
+    gradcam = rows.filter(pa.compute.equal(rows["method"], "gradcam"))
+    assert gradcam["run_id"].equals(first["run_id"])  # gradcam was not computed again
+    classes = invoke([*args, "--classes", "1,2"])
+    assert classes.exit_code == 0
+    rows = current(tmp_path / "out")
+    assert sorted(set(rows["targets"].to_pylist())) == ["classes=1,2", "top-1"]
+    assert rows.num_rows == 3 * 2 + 3 * 2
+    variant = invoke([*args, "--method", "fdcam", "--fd-threshold", "0.9"])
+    assert variant.exit_code == 0
+    refused = invoke([*args, "--method", "fdcam", "--fd-threshold", "0.8"])
+    assert refused.exit_code == 2
+    assert "method 'fdcam' with other options (threshold: 0.9 -> 0.8)" in refused.output
+
+
+def test_empty_or_missing_input_exits_three(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for source in (tmp_path / "empty", tmp_path / "unmounted"):
+        result = invoke(command(source, tmp_path / "out", "--prune"))
+        assert result.exit_code == 3, result.output
+        assert "nothing to do" in result.output
+        allowed = invoke(command(source, tmp_path / "out", "--allow-empty"))
+        assert allowed.exit_code == 0
+
+
+def test_empty_input_never_prunes(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 2)
+    assert invoke(command(tmp_path / "images", tmp_path / "out")).exit_code == 0
+    for path in (tmp_path / "images").rglob("*.jpg"):
+        path.unlink()
+    result = invoke(command(tmp_path / "images", tmp_path / "out", "--prune", "--allow-empty"))
+    assert result.exit_code == 0
+    assert current(tmp_path / "out").num_rows == 2  # an unmounted share must not wipe the output
+
+
+def test_run_record_lists_every_failure(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 2)
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "images" / name).write_bytes(b"garbage")
+    summary = tmp_path / "summary.json"
+    result = invoke(command(tmp_path / "images", tmp_path / "out", "--summary", str(summary)))
+    assert result.exit_code == 1
+    (path,) = (tmp_path / "out" / "_runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert json.loads(summary.read_text()) == record
+    assert path.stem == record["run_id"] and record["run_id"][:8].isdigit()
+    assert sorted(f["image_path"] for f in record["failures"]) == ["a.jpg", "b.png"]
+    assert all(f["error"] for f in record["failures"])
+    assert record["counts"] == {
+        "new": 4, "changed": 0, "retried": 0, "added": 0, "ok": 2, "failed": 2, "skipped": 0,
+        "pruned": 0, "failed_before": 0,
+    }  # fmt: skip
+    assert record["exit_code"] == 1 and record["status"] == "complete"
+    assert record["params"]["model"] == "squeezenet1_1" and record["versions"]["torch"]
+    assert record["peak_memory_bytes"] > 10**7 and record["timings"]["seconds"] > 0
+    assert record["parts"] == [p.name for p in OutputDataset(tmp_path / "out").parts()]
+
+
+def test_each_failure_is_logged_with_path_and_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_images(tmp_path / "images", 1)
+    (tmp_path / "images" / "bad.jpg").write_bytes(b"garbage")
+    invoke(command(tmp_path / "images", tmp_path / "out"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed: ")]
+    assert len(lines) == 1 and lines[0].startswith("failed: bad.jpg: ")
+
+
+# SIGKILL during each kind of rerun, then a rerun: the same as a run that was never killed.
+
+
+def fdpipe_process(args: list[str]) -> subprocess.Popen:
+    code = "import sys; from fdpipe.cli import main; sys.exit(main())"
+    return subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.DEVNULL)
+
+
+def kill_after_a_part(args: list[str], output: Path) -> None:
+    before = set(OutputDataset(output).parts())
+    process = fdpipe_process(args)
+    deadline = time.monotonic() + 60
+    while set(OutputDataset(output).parts()) == before and process.poll() is None:
+        assert time.monotonic() < deadline, "no part file appeared"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def change_all(images: Path) -> None:
+    for i, path in enumerate(sorted(images.rglob("*.jpg"))):
+        replace_content(path, seed=100 + i)
+    sorted(images.rglob("*.jpg"))[-1].unlink()
+
+
+def break_all(images: Path) -> None:
+    for path in images.rglob("*.jpg"):
+        path.write_bytes(b"")
+
+
+SCENARIOS: dict[str, tuple[Callable[[Path], None] | None, Callable[[Path], None] | None, list]] = {
+    # before the first run, between the runs, extra arguments of the second run
+    "changed and pruned": (None, change_all, ["--prune"]),
+    "retried": (break_all, None, []),
+    "method added": (None, None, ["--method", "layercam"]),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_sigkill_during_a_rerun_then_rerun_equals_uninterrupted(
+    tmp_path: Path, scenario: str
+) -> None:
+    spoil, change, extra = SCENARIOS[scenario]
+    outputs = {}
+    for name in ("killed", "uninterrupted"):
+        images = tmp_path / name / "images"
+        write_images(images, 10)
+        if spoil:
+            spoil(images)
+        output = tmp_path / name / "out"
+        invoke(command(images, output))
+        if spoil:
+            write_images(images, 10)  # the files are fixed
+        if change:
+            change(images)
+        second = command(images, output, *extra)
+        if name == "killed":
+            kill_after_a_part(second, output)
+        result = invoke(second)
+        assert result.exit_code == 0, result.output
+        outputs[name] = current(output)
+    killed, uninterrupted = outputs["killed"], outputs["uninterrupted"]
+    one_row_per_key(killed)
+    assert_same(killed, uninterrupted)
