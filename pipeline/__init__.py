@@ -19,12 +19,14 @@ _PUBLIC = {
     "available_models": "fdpipe.export.models",
     "load_model": "fdpipe.export.models",
     "split_at": "fdpipe.export.split",
+    "read_maps": "fdpipe.job.reader",
 }
 
 if TYPE_CHECKING:
     from fdpipe.api import Explainer, Explanation, explain
     from fdpipe.export.models import available_models, load_model
     from fdpipe.export.split import split_at
+    from fdpipe.job.reader import read_maps
     from fdpipe.kernels import METHODS
 
 
@@ -42,5 +44,6 @@ __all__ = [
     "available_models",
     "explain",
     "load_model",
+    "read_maps",
     "split_at",
 ]

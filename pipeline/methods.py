@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fdpipe.kernels import CAMMethod, make_method
+if TYPE_CHECKING:  # the kernels (torch) load when a method is built, not when a spec is parsed
+    from fdpipe.kernels import CAMMethod
 
 
 def parse_option_value(text: str) -> object:
@@ -40,6 +42,8 @@ class MethodSpec:
         return cls(text.strip(), name.strip(), options)
 
     def build(self, **extra: object) -> CAMMethod:
+        from fdpipe.kernels import make_method
+
         try:
             return make_method(self.name, **self.options, **extra)
         except TypeError as exc:
@@ -54,6 +58,8 @@ def build_methods(
 
     ``options`` go to a single named method (``explain(model, x, "fdcam", shift=0.3)``).
     """
+    from fdpipe.kernels import CAMMethod
+
     single = isinstance(methods, str | MethodSpec | CAMMethod)
     items: list[str | MethodSpec | CAMMethod] = (
         [methods] if isinstance(methods, str | MethodSpec | CAMMethod) else list(methods)

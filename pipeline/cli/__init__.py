@@ -1,8 +1,10 @@
-"""The ``fdpipe`` command line."""
+"""The ``fdpipe`` command line.
+
+The command modules import torch and the models inside their command functions, so that
+``fdpipe --help`` and ``--version`` answer at once; their choices come from ``cli/choices.py``.
+"""
 
 from __future__ import annotations
-
-import logging
 
 import click
 from fdpipe import __version__
@@ -11,17 +13,25 @@ from fdpipe.cli.demo import demo
 from fdpipe.cli.evaluate import evaluate
 from fdpipe.cli.explain import explain
 from fdpipe.cli.export import export
+from fdpipe.cli.options import ENV_PREFIX, common_options
 from fdpipe.cli.render import render
 
+COMMANDS = (explain, render, demo, evaluate, export, bench)
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX}
+)
 @click.version_option(__version__, prog_name="fdpipe")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
-    """Class activation maps (FD-CAM and baselines) for CNN classifiers, at dataset scale."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+@common_options
+def main() -> None:
+    """Class activation maps (FD-CAM and baselines) for CNN classifiers, at dataset scale.
+
+    Any option can also come from a TOML file (--config FILE, a table per command) or from an
+    environment variable FDPIPE_<COMMAND>_<OPTION> (e.g. FDPIPE_EXPLAIN_BATCH_SIZE=8); the
+    command line wins over the variables, and they over the file.
+    """
 
 
-for command in (explain, render, demo, evaluate, export, bench):
-    main.add_command(command)
+for command in COMMANDS:
+    main.add_command(common_options(command))

@@ -2,26 +2,78 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from fdpipe.api import Explainer
-from fdpipe.cli.options import method_specs, model_options
-from fdpipe.evaluation.boxes import BoxFormatError, read_boxes
-from fdpipe.evaluation.comparison import LiveMaps, MapSource, StoredMaps, compare
-from fdpipe.evaluation.curves import CurveProtocol
-from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET, load_class_map
-from fdpipe.evaluation.report import OverlayWriter, markdown_table, write_report
-from fdpipe.export.models import ModelError, load_model
-from fdpipe.job.inputs import InputError, InputItem, collect_inputs
-from fdpipe.job.reader import images_root, select_rows
-from fdpipe.kernels import FGCAM, METHODS
+from fdpipe.cli.choices import CAM_METHODS, POINTING_TOLERANCE, VOC_TO_IMAGENET
+from fdpipe.cli.options import ConfigurationError, method_specs, model_options
 from fdpipe.methods import split_method_specs
 
+if TYPE_CHECKING:
+    from fdpipe.export.models import LoadedModel
+
 # Every CAM method; FG-CAM refines one of them and is asked for by name with its base.
-ALL_METHODS = ",".join(name for name in METHODS if name != FGCAM.name)
+ALL_METHODS = ",".join(CAM_METHODS)
+# --fail-under gates on scores where higher is better.
+GATED_METRICS = ("insertion", "overall", "pointing")
+
+
+def parse_thresholds(texts: tuple[str, ...]) -> dict[str, float]:
+    """``--fail-under METRIC=VALUE`` (repeatable) -> {metric: value}."""
+    thresholds = {}
+    for text in texts:
+        metric, sep, value = text.partition("=")
+        metric = metric.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or metric not in GATED_METRICS or number != number:
+            raise click.BadParameter(
+                f"expected METRIC=VALUE with METRIC one of {', '.join(GATED_METRICS)} (higher "
+                f"is better; gate deletion through overall), got {text!r}",
+                param_hint="--fail-under",
+            )
+        thresholds[metric] = number
+    return thresholds
+
+
+def maps_model(
+    maps: Path, model: str | None, layer: str | None, weights: Path | None
+) -> LoadedModel:
+    """The model an explain output was made with, from its metadata; options may restate it but
+    never contradict it (other weights, layer or preprocessing would score foreign maps)."""
+    from fdpipe.export.models import load_model
+    from fdpipe.job.parts import OutputDataset, read_metadata
+
+    parts = OutputDataset(maps).parts()
+    if not parts:
+        raise ValueError(f"--maps {maps} holds no part files")
+    params = read_metadata(parts[0])["params"]
+    assert isinstance(params, dict)
+    loaded = load_model(model or params["model"], layer=layer or params["layer"], weights=weights)
+    mine = {
+        "model": loaded.name,
+        "weights_id": loaded.weights_id,
+        "layer": loaded.layer,
+        "preprocess": loaded.preprocess.describe(),
+    }
+    mine = json.loads(json.dumps(mine))
+    differ = [f"{k}: {params.get(k)!r} here {v!r}" for k, v in mine.items() if params.get(k) != v]
+    if differ:
+        hint = (
+            " (pass the --weights file the maps were made with)"
+            if any(d.startswith("weights_id") for d in differ)
+            else ""
+        )
+        raise ValueError(
+            f"--maps {maps} was made with another model setup ({'; '.join(differ)}){hint}"
+        )
+    return loaded
 
 
 @click.command()
@@ -45,7 +97,7 @@ ALL_METHODS = ",".join(name for name in METHODS if name != FGCAM.name)
     help=f"Comma-separated method specs, options after a colon, e.g. "
     f"fdcam:grouping=false,scoring=off (default: {ALL_METHODS}; with --maps: all stored).",
 )
-@model_options
+@model_options(default_model=None)
 @click.option(
     "--boxes",
     type=click.Path(exists=True, path_type=Path),
@@ -73,11 +125,20 @@ ALL_METHODS = ",".join(name for name in METHODS if name != FGCAM.name)
     "--score", type=click.Choice(["probability", "logit"]), default="probability", show_default=True
 )
 @click.option(
-    "--batch-size",
+    "--curve-batch-size",
+    "batch_size",
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
-    help="Perturbed inputs per forward pass.",
+    help="Perturbed inputs per forward pass of the insertion/deletion curves.",
+)
+@click.option(
+    "--fail-under",
+    "fail_under",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="Exit 1 when a method's mean insertion, overall or pointing is below VALUE "
+    "(repeatable; for CI gates).",
 )
 @click.option("--overlays", type=click.IntRange(min=0), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most this many images.")
@@ -87,7 +148,7 @@ def evaluate(
     maps: Path | None,
     output: Path,
     methods: tuple[str, ...],
-    model: str,
+    model: str | None,
     layer: str | None,
     weights: Path | None,
     boxes: Path | None,
@@ -97,33 +158,51 @@ def evaluate(
     overlays: int,
     limit: int | None,
     progress: bool | None,
+    fail_under: tuple[str, ...],
     **protocol_options: object,
 ) -> None:
-    """Score methods by insertion / deletion (and the pointing game with --boxes)."""
+    """Score methods by insertion / deletion (and the pointing game with --boxes).
+
+    With --maps, the model, layer and preprocessing come from the explain output's metadata.
+    Exit 1 when a --fail-under gate is missed; 2 on a usage or configuration error.
+    """
+    from fdpipe.api import Explainer
+    from fdpipe.evaluation.boxes import BoxFormatError, read_boxes
+    from fdpipe.evaluation.comparison import LiveMaps, MapSource, StoredMaps, compare
+    from fdpipe.evaluation.curves import CurveProtocol
+    from fdpipe.evaluation.pointing import load_class_map
+    from fdpipe.evaluation.report import OverlayWriter, markdown_table, write_report
+    from fdpipe.export.models import DEFAULT_MODEL, ModelError, load_model
+    from fdpipe.job.inputs import InputError, InputItem, collect_inputs
+    from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows
+
     if input_ is None and maps is None:
         raise click.UsageError("give the images with --input, or an explain output with --maps")
     if maps is not None and input_ is not None and not input_.is_dir():
         raise click.UsageError("with --maps, --input names the folder the images are in now")
     specs = method_specs(methods) if methods else []
+    thresholds = parse_thresholds(fail_under)
     try:
-        loaded = load_model(model, layer=layer, weights=weights)
         source: MapSource
         if maps is not None:
+            loaded = maps_model(maps, model, layer, weights)
+            labels = [spec.label for spec in specs] or None
+            check_filters(maps, methods=labels)
             explainer = Explainer(loaded, [])  # the model only: the maps are stored
-            wanted = [spec.label for spec in specs] or None
-            stored = StoredMaps(select_rows(maps, methods=wanted))
+            stored = StoredMaps(select_rows(maps, methods=labels))
             root = input_ or images_root(maps)
             items = [InputItem(key, root / key) for key in stored.image_paths]
             source = stored
         else:
             assert input_ is not None  # one of --input and --maps, checked above
+            loaded = load_model(model or DEFAULT_MODEL, layer=layer, weights=weights)
             items = collect_inputs(input_).items
             explainer = Explainer(loaded, specs or split_method_specs(ALL_METHODS))
             source = LiveMaps(explainer)
         ground_truth = read_boxes(boxes) if boxes is not None else None
         labels = load_class_map(class_map, loaded.class_names) if boxes is not None else None
-    except (InputError, ModelError, BoxFormatError, ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from exc
+    except (InputError, ModelError, BoxFormatError, FilterError, ValueError, OSError) as exc:
+        raise ConfigurationError(str(exc)) from exc
     writer = OverlayWriter(output / "overlays", loaded.class_names, overlays)
     comparison = compare(
         loaded,
@@ -143,3 +222,16 @@ def evaluate(
     write_report(output, comparison, model=loaded.name, command=command)
     click.echo(markdown_table(comparison.summary()), nl=False)
     click.echo(f"report: {output / 'report.md'} ({len(writer.written)} overlay(s))")
+    missed = [
+        f"{label}: {metric} {row[metric]:.4f} < {bound}"
+        for label, row in comparison.summary().items()
+        for metric, bound in thresholds.items()
+        if metric in row and row[metric] < bound
+    ]
+    missed += [
+        f"{label}: no {metric} score" for label, row in comparison.summary().items()
+        for metric in thresholds if metric not in row
+    ]  # fmt: skip
+    if missed:
+        click.echo("fail-under: " + "; ".join(missed), err=True)
+        raise SystemExit(1)

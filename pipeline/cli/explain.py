@@ -7,16 +7,8 @@ import os
 from pathlib import Path
 
 import click
-from fdpipe.backends import RUNTIMES
-from fdpipe.cli.options import method_specs, model_options, parse_classes
-from fdpipe.export.models import ModelError
-from fdpipe.job import ENGINES, ConfigError, JobConfig, run_job
-from fdpipe.job.inputs import InputError, parse_shard
-from fdpipe.job.parts import ResumeError
-from fdpipe.job.progress import EXIT_USAGE
-from fdpipe.kernels import METHODS
-
-USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
+from fdpipe.cli.choices import ENGINES, FGCAM_BASES, METHOD_NAMES, RUNTIMES
+from fdpipe.cli.options import ConfigurationError, method_specs, model_options, parse_classes
 
 
 @click.command()
@@ -45,11 +37,17 @@ USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
     default=("fdcam",),
     show_default=True,
     help=f"Method specs, repeatable or comma-separated, options after a colon "
-    f"(fdcam:threshold=0.9); all share one pass: {', '.join(METHODS)}.",
+    f"(fdcam:threshold=0.9); all share one pass: {', '.join(METHOD_NAMES)}.",
 )
 @click.option("--classes", help="Explain these class indices (e.g. 1,2,3) instead of the top-k.")
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images per forward pass.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -92,7 +90,7 @@ USER_ERRORS = (InputError, ModelError, ResumeError, ConfigError)
 @click.option("--fd-scoring", type=click.Choice(["both", "off"]), help="Switch-on+off or off only.")
 @click.option("--fd-combination", type=click.Choice(["product", "exp", "exp_shift"]))
 @click.option("--fd-probabilities", is_flag=True, default=None, help="Score probabilities.")
-@click.option("--base", type=click.Choice(["gradcam", "scorecam", "fdcam"]), help="FG-CAM base.")
+@click.option("--base", type=click.Choice(FGCAM_BASES), help="FG-CAM base.")
 @click.option("--resolution", help='FG-CAM target: "input" or a layer like features.5.')
 @click.option("--denoise", is_flag=True, default=None, help="FG-CAM SVD denoising.")
 def explain(
@@ -126,6 +124,11 @@ def explain(
         {k: v for k, v in fd.items() if v is not None},
         {k: v for k, v in fg.items() if v is not None},
     )
+    from fdpipe.export.models import ModelError
+    from fdpipe.job import ConfigError, JobConfig, run_job
+    from fdpipe.job.inputs import InputError, parse_shard
+    from fdpipe.job.parts import ResumeError
+
     try:
         config = JobConfig(
             input=input_,
@@ -136,13 +139,7 @@ def explain(
             **options,  # type: ignore[arg-type]
         )
         summary = run_job(config)
-    except USER_ERRORS as exc:
+    except (InputError, ModelError, ResumeError, ConfigError) as exc:
         raise ConfigurationError(str(exc)) from exc
     click.echo(f"{output}: {summary}")
     raise SystemExit(summary.exit_code)
-
-
-class ConfigurationError(click.ClickException):
-    """One line, no usage text, exit 2: the command line was fine, its settings cannot work."""
-
-    exit_code = EXIT_USAGE

@@ -6,10 +6,8 @@ from functools import partial
 from pathlib import Path
 
 import click
-from fdpipe.cli.options import model_options
-from fdpipe.export.models import ModelError, load_model
-from fdpipe.export.onnx import OPSET, ExportError, export_model
-from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
+from fdpipe.cli.choices import OPSET
+from fdpipe.cli.options import ConfigurationError, model_options
 
 
 @click.command("export")
@@ -42,6 +40,10 @@ def export(
     Each graph is checked against PyTorch with ONNX Runtime; OUTPUT is only replaced once
     everything, engines included, has been built.
     """
+    from fdpipe.export.models import ModelError, load_model
+    from fdpipe.export.onnx import ExportError, export_model
+    from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
+
     if fp16 and not trt:
         raise click.UsageError("--fp16 sets the precision of TensorRT engines: add --trt")
     if trt and (missing := tensorrt_missing()):
@@ -51,8 +53,8 @@ def export(
         engines = partial(build_engines, options=EngineOptions(fp16=fp16, max_batch=max_batch))
     try:
         loaded = load_model(model, layer=layer, weights=weights)
-    except ModelError as exc:  # a wrong model, layer or weights file: usage, exit 2 as elsewhere
-        raise click.UsageError(str(exc)) from exc
+    except ModelError as exc:  # a wrong model, layer or weights file: exit 2 as elsewhere
+        raise ConfigurationError(str(exc)) from exc
     try:
         manifest = export_model(loaded, output, opset=opset, engines=engines)
     except ExportError as exc:

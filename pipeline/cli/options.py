@@ -1,37 +1,135 @@
-"""What the commands share: the model options, and parsing of method and class lists."""
+"""What the commands share: model, logging and configuration options, and parsing of method and
+class lists. Torch-free (``fdpipe --help`` imports it)."""
 
 from __future__ import annotations
 
+import logging
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
-from fdpipe.export.models import DEFAULT_MODEL
-from fdpipe.kernels import METHODS
+from fdpipe.cli.choices import DEFAULT_MODEL, METHOD_NAMES
 from fdpipe.methods import MethodSpec, split_method_specs
 
 Command = TypeVar("Command", bound=Callable[..., object])
-
-_MODEL_OPTIONS = (
-    click.option(
-        "--model",
-        default=DEFAULT_MODEL,
-        show_default=True,
-        help="Registered model or torchvision classifier (offline: squeezenet1_1).",
-    ),
-    click.option("--layer", help="Target layer (dotted module path); default: the model's."),
-    click.option(
-        "--weights",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Weights file (a state dict) instead of the model's usual source.",
-    ),
-)
+ENV_PREFIX = "FDPIPE"  # FDPIPE_<COMMAND>_<OPTION>, e.g. FDPIPE_EXPLAIN_BATCH_SIZE=8
 
 
-def model_options(command: Command) -> Command:
-    """``--model``, ``--layer`` and ``--weights``."""
-    for option in reversed(_MODEL_OPTIONS):
+class ConfigurationError(click.ClickException):
+    """One line, no usage text, exit 2 as click's usage errors: the command line parsed, but its
+    settings cannot work (unknown model, bad weights file, an output made by another model)."""
+
+    exit_code = 2
+
+
+def model_options(
+    command: Command | None = None, *, default_model: str | None = DEFAULT_MODEL
+) -> Any:
+    """``--model``, ``--layer`` and ``--weights`` (``default_model=None``: taken from elsewhere)."""
+    options = (
+        click.option(
+            "--model",
+            default=default_model,
+            show_default=default_model is not None,
+            help="Registered model or torchvision classifier (offline: squeezenet1_1)."
+            + ("" if default_model else " Default: the one the maps were made with."),
+        ),
+        click.option("--layer", help="Target layer (dotted module path); default: the model's."),
+        click.option(
+            "--weights",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Weights file (a state dict) instead of the model's usual source.",
+        ),
+    )
+
+    def decorate(command: Command) -> Command:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate if command is None else decorate(command)
+
+
+# Logging: -v/--verbose and --quiet work before and after the subcommand and add up.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _set_log_level(ctx: click.Context, param: click.Parameter, value: int | bool) -> None:
+    meta = ctx.find_root().meta
+    key = "fdpipe.quiet" if param.name == "quiet" else "fdpipe.verbosity"
+    meta[key] = meta.get(key, 0) + int(value)
+    level = (
+        logging.WARNING
+        if meta.get("fdpipe.quiet")
+        else logging.INFO - 10 * meta.get("fdpipe.verbosity", 0)
+    )
+    logging.basicConfig(format=LOG_FORMAT)  # no-op where logging is already set up
+    logging.getLogger().setLevel(max(level, logging.DEBUG))
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
+    """``--config FILE``: TOML whose keys are option names, in a table per command
+    (``[explain]``) or at the top for every command that has the option. It sets click's
+    ``default_map``, so options on the command line and ``FDPIPE_*`` variables still win."""
+    if path is None:
+        return
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", ctx=ctx, param=param) from None
+    root = ctx.find_root().command
+    commands = root.commands if isinstance(root, click.Group) else {}
+    shared = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    sections = {k: v for k, v in table.items() if isinstance(v, dict)}
+
+    def fail(message: str) -> None:
+        raise click.BadParameter(f"{path}: {message}", ctx=ctx, param=param)
+
+    if unknown := [k for k in sections if k not in commands]:
+        fail(f"no command {unknown[0]!r}")
+    default_map: dict[str, dict[str, object]] = {}
+    for name, command in commands.items():
+        names = {p.name for p in command.params}
+        if bad := [k for k in sections.get(name, {}) if k not in names]:
+            fail(f"{name} has no option {bad[0]!r}")
+        default_map[name] = {k: v for k, v in shared.items() if k in names} | sections.get(name, {})
+    if orphans := [k for k in shared if not any(k in d for d in default_map.values())]:
+        fail(f"no command has an option {orphans[0]!r}")
+    if ctx.parent is None:
+        ctx.default_map = default_map
+    else:  # on a subcommand: its own table
+        ctx.default_map = default_map.get(ctx.info_name or "", {})
+
+
+def common_options(command: Command) -> Command:
+    """``-v/--verbose``, ``--quiet`` and ``--config FILE``: on the group and on every command."""
+    for option in (
+        click.option(
+            "--config",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            is_eager=True,
+            expose_value=False,
+            callback=_read_config,
+            help="TOML file of option values ([explain] batch_size = 8, ...).",
+        ),
+        click.option(
+            "--quiet",
+            is_flag=True,
+            expose_value=False,
+            callback=_set_log_level,
+            help="Warnings (failed images) and errors only.",
+        ),
+        click.option(
+            "-v",
+            "--verbose",
+            count=True,
+            expose_value=False,
+            callback=_set_log_level,
+            help="More log output (-vv for debug).",
+        ),
+    ):
         command = option(command)
     return command
 
@@ -67,9 +165,9 @@ def method_specs(
     for text in texts:
         for piece in split_method_specs(text):
             spec = MethodSpec.parse(piece)
-            if spec.name not in METHODS:
+            if spec.name not in METHOD_NAMES:
                 raise click.BadParameter(
-                    f"unknown method {spec.name!r}; choose from {', '.join(METHODS)}",
+                    f"unknown method {spec.name!r}; choose from {', '.join(METHOD_NAMES)}",
                     param_hint="--method",
                 )
             aliases: dict[str, object] = {}

@@ -5,13 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from fdpipe.cli.options import split_list
+from fdpipe.cli.options import ConfigurationError
+from fdpipe.methods import split_method_specs
 
 
 @click.command()
-@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--to", "to", required=True, type=click.Path(path_type=Path), help="PNG directory.")
-@click.option("--method", "methods", help="Comma-separated methods to render (default: all).")
+@click.argument("maps", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", "--to", "to", required=True, type=click.Path(path_type=Path),
+    help="PNG directory (--to is an alias).",
+)  # fmt: skip
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    help="Methods to render, repeatable or comma-separated (default: all).",
+)
 @click.option("--image", "images", multiple=True, help="Image path or glob (repeatable).")
 @click.option("--rank", "ranks", type=int, multiple=True, help="Class rank(s) (default: all).")
 @click.option("--sheet", is_flag=True, help="Contact sheets: methods side by side per image.")
@@ -23,9 +32,9 @@ from fdpipe.cli.options import split_list
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many images.")
 def render(
-    output: Path,
+    maps: Path,
     to: Path,
-    methods: str | None,
+    methods: tuple[str, ...],
     images: tuple[str, ...],
     ranks: tuple[int, ...],
     sheet: bool,
@@ -33,18 +42,21 @@ def render(
     alpha: float,
     limit: int | None,
 ) -> None:
-    """Heat-map overlays (PNG) of the rows of OUTPUT, or contact sheets with --sheet."""
-    from fdpipe import render as rendering
-    from fdpipe.job.reader import images_root as find_root
-    from fdpipe.job.reader import select_rows
+    """Heat-map overlays (PNG) of the maps in MAPS (an explain output), or contact sheets.
 
-    rows = select_rows(
-        output,
-        methods=split_list(methods) if methods else None,
-        images=images or None,
-        ranks=ranks or None,
-    )
-    root = images_root or find_root(output)
+    A method, rank or image filter that matches nothing in MAPS is an error (exit 2).
+    """
+    from fdpipe import render as rendering
+    from fdpipe.job.reader import FilterError, check_filters, select_rows
+    from fdpipe.job.reader import images_root as find_root
+
+    labels = [label for text in methods for label in split_method_specs(text)] or None
+    try:
+        check_filters(maps, methods=labels, images=images, ranks=ranks)
+    except FilterError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    rows = select_rows(maps, methods=labels, images=images or None, ranks=ranks or None)
+    root = images_root or find_root(maps)
     draw = rendering.render_sheets if sheet else rendering.render_overlays
     written = draw(rows, root, to, alpha=alpha, limit=limit)
     click.echo(f"wrote {len(written)} PNG file(s) to {to}")

@@ -90,6 +90,118 @@ def select_rows(
             )
 
 
+class FilterError(ValueError):
+    """A method, class, rank or image filter that matches nothing in the output."""
+
+
+def check_filters(
+    output: str | os.PathLike[str],
+    *,
+    methods: Iterable[str] | None = None,
+    images: Iterable[str] | None = None,
+    ranks: Iterable[int] | None = None,
+    classes: Iterable[int | str] | None = None,
+) -> None:
+    """Every filter value must match some explained row: a typo is an error, not empty output."""
+    columns = ["image_path", "method", "class_rank", "class_index", "class_name", "status"]
+    batches = list(iter_rows(output, columns=columns))
+    if not batches:
+        raise FilterError(f"{output} holds no rows (no part files)")
+    table = pa.Table.from_batches(batches)
+    table = table.filter(pc.equal(table["status"], "ok"))
+
+    def present(column: str) -> list:
+        return sorted(pc.unique(table[column]).to_pylist())
+
+    stored_methods = present("method")
+    for method in methods or ():
+        if method not in stored_methods:
+            raise FilterError(
+                f"method {method!r} is not in {output}; it holds {', '.join(stored_methods)}"
+            )
+    for rank in ranks or ():
+        if rank not in (stored := present("class_rank")):
+            raise FilterError(f"no class rank {rank} in {output}; it holds ranks {stored}")
+    indices, names = set(present("class_index")), set(present("class_name"))
+    for wanted in classes or ():
+        if wanted not in (indices if isinstance(wanted, int) else names):
+            raise FilterError(f"class {wanted!r} is not explained in {output}")
+    paths = present("image_path") if images else []
+    for pattern in images or ():
+        if not any(fnmatchcase(path, pattern) for path in paths):
+            raise FilterError(f"no image of {output} matches {pattern!r}")
+
+
+def read_maps(
+    output: str | os.PathLike[str],
+    method: str | Iterable[str] | None = None,
+    *,
+    classes: Iterable[int | str] | None = None,
+    images: str | Iterable[str] | None = None,
+    ranks: Iterable[int] | None = None,
+    size: str = "native",
+) -> tuple[np.ndarray | list[np.ndarray], pa.Table]:
+    """The current explained maps of an output and their rows: ``(maps, rows)``.
+
+    ``maps``: float32 ``(N, h, w)`` in [0, 1] at the layer's resolution (``size="native"``), or
+    with ``size="original"`` a list of ``(original_height, original_width)`` maps, each brought
+    to its image's size (bilinear, min-max again: what ``render`` overlays). ``rows``: a pyarrow
+    table of the same N rows, every column but ``map`` (integers stay integers). Filters:
+    method labels, class indices or names, image paths or globs, class ranks; a filter value
+    that matches nothing raises ``FilterError``.
+    """
+    if size not in {"native", "original"}:
+        raise ValueError(f"size must be 'native' or 'original', got {size!r}")
+    methods = [method] if isinstance(method, str) else method
+    patterns = [images] if isinstance(images, str) else images
+    wanted_classes = list(classes) if classes is not None else None
+    check_filters(output, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
+    tables = []
+    for batch in iter_rows(output):
+        keep = pc.equal(batch.column("status"), "ok")
+        if methods is not None:
+            keep = pc.and_(keep, pc.is_in(batch.column("method"), pa.array(list(methods))))
+        if ranks is not None:
+            wanted = pa.array(list(ranks), pa.int16())
+            keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
+        if wanted_classes is not None:
+            by_index = pa.array([c for c in wanted_classes if isinstance(c, int)], pa.int32())
+            by_name = pa.array([c for c in wanted_classes if isinstance(c, str)], pa.string())
+            either = pc.or_(
+                pc.is_in(batch.column("class_index"), value_set=by_index),
+                pc.is_in(batch.column("class_name"), value_set=by_name),
+            )
+            keep = pc.and_(keep, either)
+        table = pa.Table.from_batches([batch]).filter(keep)
+        if patterns is not None:
+            paths = table["image_path"].to_pylist()
+            hits = [any(fnmatchcase(path, p) for p in patterns) for path in paths]
+            table = table.filter(pa.array(hits, pa.bool_()))
+        tables.append(table)
+    rows = pa.concat_tables(tables)
+    shapes = set(zip(rows["map_height"].to_pylist(), rows["map_width"].to_pylist(), strict=True))
+    if len(shapes) > 1 and size == "native":
+        found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
+        raise ValueError(f"maps of several shapes ({found}): choose a method, or size='original'")
+    flat = rows["map"].combine_chunks().flatten().to_numpy()
+    counts = (rows["map_height"].to_numpy() * rows["map_width"].to_numpy()).astype(np.int64)
+    if size == "native":
+        (h, w) = shapes.pop() if shapes else (0, 0)
+        maps: np.ndarray | list[np.ndarray] = flat.reshape(rows.num_rows, h, w)
+    else:
+        import torch
+        from fdpipe.kernels.postprocess import upsample_map
+
+        maps = []
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        columns = ["map_height", "map_width", "original_height", "original_width"]
+        for i, row in enumerate(rows.select(columns).to_pylist()):
+            native = flat[starts[i] : starts[i + 1]].reshape(row["map_height"], row["map_width"])
+            full = (row["original_height"], row["original_width"])
+            maps.append(upsample_map(torch.from_numpy(native), full).numpy())
+    return maps, rows.drop_columns(["map"])
+
+
 def images_root(output: str | os.PathLike[str]) -> Path:
     """The directory image paths are relative to, as the job recorded it."""
     parts = OutputDataset(output).parts()
@@ -98,4 +210,13 @@ def images_root(output: str | os.PathLike[str]) -> Path:
     return Path(read_metadata(parts[0])["run"]["input_root"])
 
 
-__all__ = ["ROW_COLUMNS", "MapRow", "images_root", "iter_rows", "select_rows"]
+__all__ = [
+    "ROW_COLUMNS",
+    "FilterError",
+    "MapRow",
+    "check_filters",
+    "images_root",
+    "iter_rows",
+    "read_maps",
+    "select_rows",
+]

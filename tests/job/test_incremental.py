@@ -52,8 +52,8 @@ def assert_same(a: pa.Table, b: pa.Table) -> None:
 
 
 def one_row_per_key(table: pa.Table) -> None:
-    keys = list(zip(*(table[c].to_pylist() for c in ("image_path", "method", "class_rank"))))
-    assert len(keys) == len(set(keys))
+    keys = table.select(["image_path", "method", "targets", "class_rank"]).to_pylist()
+    assert len(keys) == len({tuple(key.values()) for key in keys})
 
 
 def replace_content(path: Path, seed: int) -> None:

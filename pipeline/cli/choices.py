@@ -1,0 +1,41 @@
+"""What the command line shows before it runs anything: choices and defaults, torch-free.
+
+``fdpipe --help`` must answer in a fraction of torch's import time, so the command modules take
+their choices from here; ``tests/cli/test_choices.py`` checks each against its source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+METHOD_NAMES = (  # fdpipe.kernels.METHODS
+    "fdcam",
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "ablationcam",
+    "scorecam",
+    "groupcam",
+    "fgcam",
+)
+CAM_METHODS = tuple(name for name in METHOD_NAMES if name != "fgcam")  # FG-CAM refines one
+FGCAM_BASES = ("gradcam", "scorecam", "fdcam")
+RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTIMES
+ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
+DEFAULT_MODEL = "vgg16"  # fdpipe.export.models.DEFAULT_MODEL
+OPSET = 18  # fdpipe.export.onnx.OPSET
+POINTING_TOLERANCE = 15.0  # fdpipe.evaluation.pointing.POINTING_TOLERANCE
+VOC_TO_IMAGENET = Path(__file__).parents[1] / "evaluation" / "data" / "voc_to_imagenet.json"
+
+__all__ = [
+    "CAM_METHODS",
+    "DEFAULT_MODEL",
+    "ENGINES",
+    "FGCAM_BASES",
+    "METHOD_NAMES",
+    "OPSET",
+    "POINTING_TOLERANCE",
+    "RUNTIMES",
+    "VOC_TO_IMAGENET",
+]
