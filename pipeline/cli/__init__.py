@@ -13,7 +13,7 @@ from fdpipe.cli.demo import demo
 from fdpipe.cli.evaluate import evaluate
 from fdpipe.cli.explain import explain
 from fdpipe.cli.export import export
-from fdpipe.cli.options import ENV_PREFIX, common_options
+from fdpipe.cli.options import ENV_PREFIX, bind_environment, common_options
 from fdpipe.cli.render import render
 
 COMMANDS = (explain, render, demo, evaluate, export, bench)
@@ -34,4 +34,4 @@ def main() -> None:
 
 
 for command in COMMANDS:
-    main.add_command(common_options(command))
+    main.add_command(bind_environment(common_options(command)))

@@ -69,6 +69,23 @@ def _set_log_level(ctx: click.Context, param: click.Parameter, value: int | bool
     logging.getLogger().setLevel(max(level, logging.DEBUG))
 
 
+def normal(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def option_names(command: click.Command) -> dict[str, str]:
+    """Config keys -> parameter names: ``input``, ``method``, ``fd_threshold``, ``input_``..."""
+    names = {}
+    for param in command.params:
+        if param.name is None:
+            continue
+        names[param.name] = param.name
+        for option in param.opts:
+            if option.startswith("--"):
+                names[normal(option[2:])] = param.name
+    return names
+
+
 def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
     """``--config FILE``: TOML whose keys are option names, in a table per command
     (``[explain]``) or at the top for every command that has the option. It sets click's
@@ -91,16 +108,30 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) 
         fail(f"no command {unknown[0]!r}")
     default_map: dict[str, dict[str, object]] = {}
     for name, command in commands.items():
-        names = {p.name for p in command.params}
-        if bad := [k for k in sections.get(name, {}) if k not in names]:
+        known = option_names(command)
+        if bad := [k for k in sections.get(name, {}) if normal(k) not in known]:
             fail(f"{name} has no option {bad[0]!r}")
-        default_map[name] = {k: v for k, v in shared.items() if k in names} | sections.get(name, {})
+        values = {k: v for k, v in shared.items() if normal(k) in known} | sections.get(name, {})
+        default_map[name] = {known[normal(k)]: v for k, v in values.items()}
     if orphans := [k for k in shared if not any(k in d for d in default_map.values())]:
         fail(f"no command has an option {orphans[0]!r}")
     if ctx.parent is None:
         ctx.default_map = default_map
     else:  # on a subcommand: its own table
         ctx.default_map = default_map.get(ctx.info_name or "", {})
+
+
+def bind_environment(command: click.Command) -> click.Command:
+    """``FDPIPE_<COMMAND>_<OPTION>`` after the option's own name (``FDPIPE_EXPLAIN_METHOD``,
+    ``FDPIPE_EXPLAIN_INPUT``), besides click's name after the parameter."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar is None:
+            param.envvar = [
+                f"{ENV_PREFIX}_{normal(command.name or '')}_{normal(opt[2:])}".upper()
+                for opt in param.opts
+                if opt.startswith("--")
+            ]
+    return command
 
 
 def common_options(command: Command) -> Command:
