@@ -183,7 +183,7 @@ def read_maps(
     if len(shapes) > 1 and size == "native":
         found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
         raise ValueError(f"maps of several shapes ({found}): choose a method, or size='original'")
-    flat = rows["map"].combine_chunks().flatten().to_numpy()
+    flat = rows["map"].combine_chunks().flatten().to_numpy().copy()  # writable, owned
     counts = (rows["map_height"].to_numpy() * rows["map_width"].to_numpy()).astype(np.int64)
     if size == "native":
         (h, w) = shapes.pop() if shapes else (0, 0)

@@ -259,3 +259,42 @@ def test_sigkill_during_a_rerun_then_rerun_equals_uninterrupted(
     killed, uninterrupted = outputs["killed"], outputs["uninterrupted"]
     one_row_per_key(killed)
     assert_same(killed, uninterrupted)
+
+
+def test_read_maps(tmp_path: Path) -> None:
+    import fdpipe
+    from fdpipe.job.reader import FilterError
+
+    paths = write_images(tmp_path / "images", 3)
+    (tmp_path / "images" / "bad.jpg").write_bytes(b"garbage")
+    args = command(tmp_path / "images", tmp_path / "out", "--method", "layercam", "--top-k", "2")
+    assert invoke(args).exit_code == 1
+    replace_content(paths[0], seed=5)
+    assert invoke(args).exit_code == 1
+    maps, rows = fdpipe.read_maps(tmp_path / "out")
+    assert maps.shape == (3 * 2 * 2, 13, 13) and maps.dtype == np.float32
+    one_row_per_key(rows)
+    assert "map" not in rows.column_names and set(rows["status"].to_pylist()) == {"ok"}
+    assert rows.schema.field("map_height").type == pa.int32()
+    assert rows.to_pandas()["class_index"].dtype == np.int32  # no failed row turns it to float
+    stored = current(tmp_path / "out").filter(
+        pa.compute.equal(current(tmp_path / "out")["status"], "ok")
+    )
+    for i, row in enumerate(rows.to_pylist()):
+        (match,) = [
+            r for r in stored.to_pylist()
+            if r["status"] == "ok" and (r["image_path"], r["method"], r["class_rank"])
+            == (row["image_path"], row["method"], row["class_rank"])
+        ]  # fmt: skip
+        np.testing.assert_array_equal(maps[i].ravel(), np.float32(match["map"]))
+    first = rows["class_name"][0].as_py()
+    some, chosen = fdpipe.read_maps(
+        tmp_path / "out", "layercam", classes=[first], images="img_00*", ranks=[0, 1]
+    )
+    assert set(chosen["method"].to_pylist()) == {"layercam"}
+    assert set(chosen["class_name"].to_pylist()) == {first} and len(some) == chosen.num_rows
+    full, full_rows = fdpipe.read_maps(tmp_path / "out", ["gradcam"], size="original")
+    assert [m.shape for m in full] == [(48, 64)] * full_rows.num_rows
+    for bad in ({"method": "typo"}, {"classes": [999]}, {"images": "zzz*"}):
+        with pytest.raises(FilterError):
+            fdpipe.read_maps(tmp_path / "out", **bad)  # type: ignore[arg-type]
