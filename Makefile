@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo nightly test lint typecheck format bench clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,13 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/fdpipe demo --output out/demo
+
+# An example scheduled job: nightly.toml on the bundled photos; rerun it and only what changed
+# is explained (exit 1: some images failed, 3: the input is empty or missing).
+nightly: setup
+	$(BIN)/python -c "from pathlib import Path; from fdpipe.demo import write_photos; write_photos(Path('out/nightly/images'))"
+	$(BIN)/fdpipe --quiet --config nightly.toml explain
+	@echo "run record: out/nightly/last-run.json"
 
 test: setup
 	$(BIN)/ruff check .

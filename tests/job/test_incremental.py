@@ -298,3 +298,32 @@ def test_read_maps(tmp_path: Path) -> None:
     for bad in ({"method": "typo"}, {"classes": [999]}, {"images": "zzz*"}):
         with pytest.raises(FilterError):
             fdpipe.read_maps(tmp_path / "out", **bad)  # type: ignore[arg-type]
+
+
+def test_readme_sql_sees_what_fdpipe_readers_see(tmp_path: Path) -> None:
+    """The DuckDB query in the README ("Current rows") against the reader, after every kind of
+    rerun: a retried, a replaced and a pruned image and an added method."""
+    import duckdb
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    sql = readme.split("```sql\n")[1].split("```")[0]
+    paths = write_images(tmp_path / "images", 4)
+    (tmp_path / "images" / "late.jpg").write_bytes(b"")
+    args = command(tmp_path / "images", tmp_path / "out")
+    invoke(args)
+    shutil.copy(paths[3], tmp_path / "images" / "late.jpg")
+    replace_content(paths[0], seed=9)
+    paths[1].unlink()
+    assert invoke([*args, "--prune"]).exit_code == 0
+    (tmp_path / "images" / "gone.jpg").write_bytes(b"")  # failing now
+    invoke([*args, "--method", "layercam"])
+    query = sql.replace("out/run/*.parquet", f"{tmp_path / 'out'}/*.parquet")
+    plain = (
+        duckdb.sql(query)
+        .fetch_arrow_table()
+        .sort_by(KEY)
+        .select(["image_path", "method", "run_id"])
+    )
+    ours = current(tmp_path / "out").select(["image_path", "method", "run_id"])
+    assert plain.num_rows == ours.num_rows == 4 * 2 + 1
+    assert plain.to_pylist() == ours.to_pylist()
