@@ -2,7 +2,7 @@
 
 "engine": FD-CAM seconds per image per runner against the plain masked-head loop and the grad-cam
 library (``engine.py``); "pipeline": end-to-end images/s of the dataset job and its peak memory
-(``pipeline.py``).
+(``pipeline.py``); "startup": ``fdpipe --help`` against importing torch (``startup.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 from fdpipe.bench.engine import BATCH, engine_suite
 from fdpipe.bench.pipeline import pipeline_suite
+from fdpipe.bench.startup import startup_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
 
@@ -28,7 +29,11 @@ class Settings:
 
 
 Suite = Callable[[Settings], dict[str, object]]  # returns JSON data with a "rows" table
-SUITES: dict[str, Suite] = {"engine": engine_suite, "pipeline": pipeline_suite}
+SUITES: dict[str, Suite] = {
+    "engine": engine_suite,
+    "pipeline": pipeline_suite,
+    "startup": startup_suite,
+}
 
 
 def machine(threads: int) -> dict[str, object]:
@@ -44,15 +49,20 @@ def machine(threads: int) -> dict[str, object]:
     }
 
 
+ENGINE_COLUMNS = [
+    "model",
+    "runner",
+    "seconds_per_image",
+    f"seconds_per_image_batch{BATCH}",
+    "head_evals_per_second",
+    "peak_rss_mb",
+]
+
+
 def table(rows: list[dict[str, object]]) -> str:
-    columns = [
-        "model",
-        "runner",
-        "seconds_per_image",
-        f"seconds_per_image_batch{BATCH}",
-        "head_evals_per_second",
-        "peak_rss_mb",
-    ]
+    """The engine columns where the rows have them, else the first row's keys."""
+    engine = any("runner" in r for r in rows)
+    columns = ENGINE_COLUMNS if engine or not rows else list(rows[0])
     cells = [
         [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
         for r in rows

@@ -23,7 +23,7 @@ import click
 @click.option(
     "--suite",
     "suites",
-    type=click.Choice(["engine", "pipeline"]),
+    type=click.Choice(["engine", "pipeline", "startup"]),
     multiple=True,
     help="Suites to run (repeatable); default: all.",
 )
