@@ -319,10 +319,7 @@ def test_readme_sql_sees_what_fdpipe_readers_see(tmp_path: Path) -> None:
     invoke([*args, "--method", "layercam"])
     query = sql.replace("out/run/*.parquet", f"{tmp_path / 'out'}/*.parquet")
     plain = (
-        duckdb.sql(query)
-        .fetch_arrow_table()
-        .sort_by(KEY)
-        .select(["image_path", "method", "run_id"])
+        duckdb.sql(query).to_arrow_table().sort_by(KEY).select(["image_path", "method", "run_id"])
     )
     ours = current(tmp_path / "out").select(["image_path", "method", "run_id"])
     assert plain.num_rows == ours.num_rows == 4 * 2 + 1
