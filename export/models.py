@@ -298,6 +298,19 @@ def _spec_for(name: str, layer: str | None) -> ModelSpec:
     return _torchvision_spec(name, layer)
 
 
+def _load_weights(spec: ModelSpec, module: nn.Module, path: Path) -> None:
+    """``spec.load_weights`` with every way a weights file can be wrong as one ModelError: not a
+    pickle, a refused pickle (code is never run), a tensor instead of a dict, missing keys."""
+    try:
+        spec.load_weights(module, path)
+    except ModelError:
+        raise
+    except (pickle.UnpicklingError, EOFError, RuntimeError, TypeError, ValueError,
+            KeyError, AttributeError, IndexError) as exc:  # fmt: skip
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"weights file {path} cannot be used for {spec.name}: {reason}") from None
+
+
 def check_layer(module: nn.Module, layer: str) -> None:
     names = dict(module.named_modules())
     if layer not in names or layer == "":
@@ -324,7 +337,7 @@ def load_model(
     if pretrained:
         path = spec.locate_weights(Path(weights) if weights is not None else None)
         module = spec.build()
-        spec.load_weights(module, path)
+        _load_weights(spec, module, path)
         weights_id = sha256_file(path)
     else:
         with torch.random.fork_rng():

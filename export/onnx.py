@@ -42,6 +42,10 @@ class ExportError(RuntimeError):
     """The model could not be exported faithfully (failed export or parity check)."""
 
 
+class ExportTargetError(ExportError):
+    """An export OUTPUT that holds something else than an earlier export: never replaced."""
+
+
 class ArtifactMismatch(ModelError):
     """Exported artifacts that belong to another model, weights or layer, or were modified."""
 
@@ -219,6 +223,7 @@ def export_model(
     what it returns is stored under the manifest's ``"tensorrt"`` key.
     """
     output = Path(output)
+    check_export_target(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
@@ -255,8 +260,34 @@ def export_model(
     return manifest
 
 
+def check_export_target(output: Path) -> None:
+    """Refuse an ``output`` that is not new, empty or an earlier fdpipe export: never delete
+    files that export did not write. Checked before any work and again before the swap."""
+    output = Path(output)
+    if not output.exists() and not output.is_symlink():
+        return
+    if not output.is_dir() or output.is_symlink():
+        raise ExportTargetError(f"{output} exists and is not a directory: not replaced")
+    names = {path.name for path in output.iterdir()}
+    if not names:
+        return
+    try:
+        manifest = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
+        listed = set(manifest["files"]) | {MANIFEST}
+    except (OSError, ValueError, TypeError, KeyError):
+        listed = set()
+    if not listed or names - listed:
+        strays = sorted(names - listed)[:3]
+        raise ExportTargetError(
+            f"{output} holds files that are not an fdpipe export ({', '.join(strays)}"
+            f"{', ...' if len(names - listed) > 3 else ''}): not replaced. "
+            "Choose a new or empty directory."
+        )
+
+
 def _replace(staging: Path, output: Path) -> None:
     if output.exists():
+        check_export_target(output)  # it may have changed while the export ran
         retired = output.with_name(f".{output.name}.old")
         shutil.rmtree(retired, ignore_errors=True)
         output.rename(retired)
@@ -271,7 +302,12 @@ def load_manifest(directory: Path, model: LoadedModel) -> dict[str, object]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ArtifactMismatch(f"{directory} has no {MANIFEST}: create it with `fdpipe export`")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactMismatch(f"{path} is not a valid manifest ({exc}): re-export") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactMismatch(f"{path} is not an fdpipe export manifest: re-export")
     wanted = identity(model)
     wrong = [
         f"{k} is {manifest.get(k)!r}, not {v!r}" for k, v in wanted.items() if manifest.get(k) != v
@@ -284,14 +320,32 @@ def load_manifest(directory: Path, model: LoadedModel) -> dict[str, object]:
     return manifest
 
 
+# (resolved path, device, inode, size, mtime) -> sha256 already checked in this process
+_verified: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def artifact(directory: Path, manifest: dict[str, object], name: str) -> Path:
-    """Path of file ``name`` of an export, after checking it against its manifest entry."""
+    """Path of file ``name`` of an export, after checking it against its manifest entry.
+
+    The whole file's sha256 must equal the manifest's: a modified graph of the same size is
+    refused. The hash is computed once per process per unchanged file.
+    """
     path = Path(directory) / name
     files = manifest.get("files", {})
-    if name not in files or not path.is_file():
+    entry = files.get(name) if isinstance(files, dict) else None
+    if not isinstance(entry, dict) or not path.is_file():
         raise ArtifactMismatch(f"{path} is missing: re-run `fdpipe export`")
-    if path.stat().st_size != files[name]["bytes"]:  # the full sha256 would cost seconds
-        raise ArtifactMismatch(f"{path} does not match its size in {MANIFEST}: re-export it")
+    expected = entry.get("sha256")
+    if not isinstance(expected, str):
+        raise ArtifactMismatch(f"{MANIFEST} in {directory} has no sha256 for {name}: re-export")
+    status = path.stat()
+    key = (str(path.resolve()), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    if _verified.get(key) != expected:
+        if sha256_file(path) != expected:
+            raise ArtifactMismatch(
+                f"{path} does not match the sha256 in {MANIFEST}: it was modified; re-export it"
+            )
+        _verified[key] = expected
     return path
 
 
@@ -300,7 +354,9 @@ __all__ = [
     "OPSET",
     "ArtifactMismatch",
     "ExportError",
+    "ExportTargetError",
     "artifact",
+    "check_export_target",
     "check_parity",
     "export_graph",
     "export_model",

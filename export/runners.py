@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 import torch
+from fdpipe.export.onnx import ArtifactMismatch
 from fdpipe.kernels.masked_head import MaskedHeadScorer
 from torch import Tensor, nn
 
@@ -56,7 +57,12 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle threads sleep instead of spinning: torch runs between calls on the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(self.path), options, providers=self.providers)
+        try:
+            return ort.InferenceSession(str(self.path), options, providers=self.providers)
+        except Exception as exc:  # ONNX Runtime raises its own types: all mean a bad graph here
+            raise ArtifactMismatch(
+                f"{self.path} cannot be loaded as an ONNX graph: {exc}"
+            ) from None
 
     @property
     def input_names(self) -> list[str]:

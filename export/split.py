@@ -42,6 +42,18 @@ def _is_free(node: fx.Node) -> bool:
     return node.op == "get_attr"
 
 
+def _out_of_place(head: fx.GraphModule) -> None:
+    """In-place ops in the head (``ReLU(inplace=True)`` right after the cut, as in SqueezeNet's
+    classifier) would overwrite the activations that gradients are taken against: make them
+    out of place. Same values; only the head, which is small, allocates a little more."""
+    for module in head.modules():
+        if getattr(module, "inplace", False) is True:
+            setattr(module, "inplace", False)  # noqa: B010 (typed as a Module attribute)
+    for node in head.graph.nodes:
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+
+
 def split_at(model: nn.Module, layer: str) -> SplitNetwork:
     """Split ``model`` at the output of module ``layer``.
 
@@ -92,6 +104,7 @@ def split_at(model: nn.Module, layer: str) -> SplitNetwork:
     head_graph.output(fx.map_arg(output.args[0], lookup))
     head = fx.GraphModule(model, head_graph, class_name="Head")
     head.graph.eliminate_dead_code()
+    _out_of_place(head)
     head.recompile()
     return SplitNetwork(backbone, head, layer)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar, final
 
 import torch
+from fdpipe.kernels.network import SplitNetwork
 from fdpipe.kernels.postprocess import native_map, upsample_map
 from fdpipe.kernels.state import LayerState
 from torch import Tensor
@@ -67,6 +68,10 @@ class CAMMethod(ABC):
     def options(self) -> dict[str, object]:
         """The method's parameters, recorded with every output."""
         return {}
+
+    def check(self, network: SplitNetwork) -> None:
+        """Raise ValueError when the options cannot work on ``network`` (before any image)."""
+        del network  # most methods run on any network; FG-CAM checks its resolution
 
 
 class ChannelWeightsCAM(CAMMethod):

@@ -32,6 +32,7 @@ Decisions where paper and authors' code leave a choice (METHODS.md section 1):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -95,6 +96,19 @@ class FDCAMOptions:
     scoring: Scoring = "both"  # "off": switch-off scores only
     combination: Combination = "exp_shift"
     probabilities: bool = False  # score softmax probabilities instead of logits
+
+    def __post_init__(self) -> None:
+        # Refused here so that the CLI, evaluate's specs and the API all refuse them alike.
+        if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"fdcam threshold must be a number in [0, 1], got {self.threshold!r}")
+        if not (isinstance(self.shift, int | float) and math.isfinite(self.shift)):
+            raise ValueError(f"fdcam shift must be a finite number, got {self.shift!r}")
+        if self.scoring not in ("both", "off"):
+            raise ValueError(f"fdcam scoring must be 'both' or 'off', got {self.scoring!r}")
+        if self.combination not in ("product", "exp", "exp_shift"):
+            raise ValueError(
+                f"fdcam combination must be product, exp or exp_shift, got {self.combination!r}"
+            )
 
 
 class FDCAM(ChannelWeightsCAM):

@@ -31,7 +31,8 @@ import torch
 from fdpipe.kernels.base import CAMMethod, ChannelWeightsCAM, RawCAM
 from fdpipe.kernels.fdcam import FDCAM
 from fdpipe.kernels.gradcam import GradCAM
-from fdpipe.kernels.propagation import propagate
+from fdpipe.kernels.network import SplitNetwork
+from fdpipe.kernels.propagation import backbone_layers, propagate, resolution_index
 from fdpipe.kernels.scorecam import ScoreCAM
 from fdpipe.kernels.state import LayerState
 from torch import Tensor
@@ -83,6 +84,9 @@ class FGCAM(CAMMethod):
             "denoise": self.denoise,
             "base_options": self.base.options(),
         }
+
+    def check(self, network: SplitNetwork) -> None:
+        resolution_index(backbone_layers(network), self.resolution)
 
     def raw_map(self, state: LayerState) -> RawCAM:
         weights, scores = self.base.channel_weights(state)

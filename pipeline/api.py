@@ -97,6 +97,8 @@ class Explainer:
             self.model = load_model(model, layer=layer, weights=weights, pretrained=pretrained)
         self.backend = backend_for(self.model, runtime, artifacts)
         self.methods: dict[str, CAMMethod] = build_methods(methods, method_options)
+        for method in self.methods.values():
+            method.check(self.network)  # e.g. an FG-CAM resolution that is not a layer
         self.classes = classes
         self.top_k = top_k
 

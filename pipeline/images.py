@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -43,25 +44,52 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
+# Decoded pixels allowed per image: ~120 MB of RGB, a few copies of it at most while converting.
+# JPEGs above it are decoded at a reduced scale (1/2, 1/4, 1/8); other formats are refused.
+MAX_PIXELS = 40_000_000
+
+
+def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open, apply EXIF orientation, convert to RGB. Raises ImageDecodeError with a reason."""
-    path = Path(path)
+    return load_image_sized(path, max_pixels)[0]
+
+
+def load_image_sized(
+    path: str | os.PathLike[str] | BinaryIO, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, tuple[int, int]]:
+    """``load_image`` and the file's full (width, height) after EXIF orientation.
+
+    At most ``max_pixels`` pixels are decoded: the header's size is checked before any pixel is
+    read, so memory per image stays bounded whatever the file claims. A JPEG decoded at a reduced
+    scale is smaller than the full size.
+    """
+    source = Path(path) if isinstance(path, str | os.PathLike) else path
     try:
-        if path.stat().st_size == 0:
+        if isinstance(source, Path):
+            size = source.stat().st_size
+        else:
+            size = os.fstat(source.fileno()).st_size
+        if size == 0:
             raise ImageDecodeError("empty file (0 bytes)")
-        # Image.open reads only the header; refuse what Pillow deems a decompression bomb
-        # (more than Image.MAX_IMAGE_PIXELS, ~89 Mpx) before decoding a single pixel. The check
-        # is ours, not a warnings filter, because images are decoded on worker threads.
-        with Image.open(path) as opened:
+        # Image.open reads only the header. The check is ours, not Pillow's decompression-bomb
+        # warning filter, because images are decoded on worker threads.
+        with Image.open(source) as opened:
             width, height = opened.size
-            if width * height > Image.MAX_IMAGE_PIXELS:
+            if width * height > max_pixels and opened.format == "JPEG":
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale: the mildest one within the bound
+                scale = next(
+                    (s for s in (2, 4, 8) if -(-width // s) * -(-height // s) <= max_pixels), 8
+                )
+                opened.draft("RGB", (width // scale, height // scale))
+            if opened.size[0] * opened.size[1] > max_pixels:
                 raise ImageDecodeError(
                     f"image too large: {width}x{height} pixels exceeds the limit of "
-                    f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)"
+                    f"{max_pixels} (--max-pixels)"
                 )
             opened.load()
             oriented = ImageOps.exif_transpose(opened)
-            return to_rgb(oriented)
+            turned = oriented.size != opened.size
+            return to_rgb(oriented), (height, width) if turned else (width, height)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from fdpipe.images import load_image
+from fdpipe.images import ImageDecodeError, load_image
+from fdpipe.job.inputs import OUTPUT_MARKER
 from fdpipe.job.reader import MapRow
 from fdpipe.kernels.postprocess import upsample_map
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+log = logging.getLogger("fdpipe.render")
 
 TILE = 224  # contact sheet cell, pixels
 LABEL = 18  # label strip above each cell, pixels
@@ -34,27 +38,68 @@ def file_stem(image_path: str) -> str:
     return Path(image_path.lstrip("/")).with_suffix("").as_posix().replace("/", "__")
 
 
+def overlay_path(image_path: str, method: str, rank: int) -> Path:
+    """Where an overlay goes, relative to ``--to``: the input tree mirrored, the image's whole
+    name kept (``a/b.jpg`` -> ``a/b.jpg.gradcam.rank0.png``), so no two rows share a file."""
+    parts = [
+        "_.." if part == ".." else part
+        for part in PurePosixPath(image_path).parts
+        if part not in ("/", ".")
+    ]
+    label = method.replace("/", "_")
+    return Path(*parts[:-1], f"{parts[-1]}.{label}.rank{rank}.png")
+
+
 def pictures_with_rows(
-    rows: Iterable[MapRow], root: Path, limit: int | None
+    rows: Iterable[MapRow], root: Path, limit: int | None, missing: list[str] | None = None
 ) -> Iterator[tuple[str, Image.Image, Iterator[MapRow]]]:
-    """Each image of ``rows`` (contiguous per image), decoded once; at most ``limit`` images."""
+    """Each image of ``rows`` (contiguous per image), decoded once; at most ``limit`` images.
+
+    An image that cannot be read any more (moved, deleted, damaged) is logged, added to
+    ``missing`` and skipped: the others are still rendered.
+    """
     grouped = itertools.groupby(rows, key=lambda row: row.image_path)
     for image_path, image_rows in itertools.islice(grouped, limit):
-        yield image_path, load_image(root / image_path), image_rows
+        try:
+            picture = load_image(root / image_path)
+        except (ImageDecodeError, OSError) as exc:
+            log.warning("cannot render %s: %s", image_path, exc)
+            if missing is not None:
+                missing.append(image_path)
+            continue
+        yield image_path, picture, image_rows
+
+
+def prepare_target(to: Path) -> None:
+    """Create ``to``, marked as fdpipe output so that a walk of the images never takes it in."""
+    to.mkdir(parents=True, exist_ok=True)
+    (to / OUTPUT_MARKER).touch()
 
 
 def render_overlays(
-    rows: Iterable[MapRow], root: Path, to: Path, *, alpha: float = 0.5, limit: int | None = None
+    rows: Iterable[MapRow],
+    root: Path,
+    to: Path,
+    *,
+    alpha: float = 0.5,
+    limit: int | None = None,
+    missing: list[str] | None = None,
 ) -> list[Path]:
-    """One PNG per row: ``<image>.<method>.rank<r>.png``; at most ``limit`` images."""
-    to.mkdir(parents=True, exist_ok=True)
-    written = []
-    for image_path, picture, image_rows in pictures_with_rows(rows, root, limit):
+    """One PNG per row at ``overlay_path`` under ``to``; at most ``limit`` images.
+
+    Returns the files written, each once (a row repeated in the output is not drawn twice).
+    """
+    prepare_target(to)
+    written: dict[Path, None] = {}
+    for image_path, picture, image_rows in pictures_with_rows(rows, root, limit, missing):
         for row in image_rows:
-            target = to / f"{file_stem(image_path)}.{row.method}.rank{row.class_rank}.png"
+            target = to / overlay_path(image_path, row.method, row.class_rank)
+            if target in written:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
             overlay(picture, row.native, alpha).save(target)
-            written.append(target)
-    return written
+            written[target] = None
+    return list(written)
 
 
 def render_sheets(
@@ -65,11 +110,12 @@ def render_sheets(
     alpha: float = 0.5,
     limit: int | None = None,
     per_sheet: int = 16,
+    missing: list[str] | None = None,
 ) -> list[Path]:
     """Contact sheets: one line per (image, class), the photo then each method's overlay."""
-    to.mkdir(parents=True, exist_ok=True)
+    prepare_target(to)
     lines = []
-    for _, picture, image_rows in pictures_with_rows(rows, root, limit):
+    for _, picture, image_rows in pictures_with_rows(rows, root, limit, missing):
         by_rank = itertools.groupby(
             sorted(image_rows, key=lambda r: r.class_rank), lambda r: r.class_rank
         )
@@ -113,4 +159,12 @@ def stack(lines: list[Image.Image]) -> Image.Image:
     return sheet
 
 
-__all__ = ["file_stem", "jet", "overlay", "render_overlays", "render_sheets", "sheet_line"]
+__all__ = [
+    "file_stem",
+    "jet",
+    "overlay",
+    "overlay_path",
+    "render_overlays",
+    "render_sheets",
+    "sheet_line",
+]

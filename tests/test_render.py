@@ -56,9 +56,9 @@ def test_select_rows_filters(output: Path) -> None:
 def test_overlays_and_sheet(output: Path, tmp_path: Path) -> None:
     root = images_root(output)
     written = render_overlays(select_rows(output, ranks=[0]), root, tmp_path / "png")
-    assert sorted(p.name for p in written) == sorted(
-        f"{stem}.{method}.rank0.png"
-        for stem in ("img_000", "img_001", "nested__img_002")
+    assert sorted(p.relative_to(tmp_path / "png").as_posix() for p in written) == sorted(
+        f"{image}.{method}.rank0.png"
+        for image in ("img_000.jpg", "img_001.jpg", "nested/img_002.jpg")
         for method in ("gradcam", "layercam")
     )
     assert Image.open(written[0]).size == (64, 48)  # the original image's size

@@ -13,14 +13,15 @@ from fdpipe.cli.demo import demo
 from fdpipe.cli.evaluate import evaluate
 from fdpipe.cli.explain import explain
 from fdpipe.cli.export import export
-from fdpipe.cli.options import ENV_PREFIX, bind_environment, common_options
+from fdpipe.cli.options import ENV_PREFIX, InterruptibleGroup, bind_environment, common_options
 from fdpipe.cli.render import render
 
 COMMANDS = (explain, render, demo, evaluate, export, bench)
 
 
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX}
+    cls=InterruptibleGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX},
 )
 @click.version_option(__version__, prog_name="fdpipe")
 @common_options

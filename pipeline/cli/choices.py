@@ -25,6 +25,7 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTI
 ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
 DEFAULT_MODEL = "vgg16"  # fdpipe.export.models.DEFAULT_MODEL
 OPSET = 18  # fdpipe.export.onnx.OPSET
+MAX_PIXELS = 40_000_000  # fdpipe.images.MAX_PIXELS
 POINTING_TOLERANCE = 15.0  # fdpipe.evaluation.pointing.POINTING_TOLERANCE
 VOC_TO_IMAGENET = Path(__file__).parents[1] / "evaluation" / "data" / "voc_to_imagenet.json"
 
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "ENGINES",
     "FGCAM_BASES",
+    "MAX_PIXELS",
     "METHOD_NAMES",
     "OPSET",
     "POINTING_TOLERANCE",

@@ -7,8 +7,14 @@ import os
 from pathlib import Path
 
 import click
-from fdpipe.cli.choices import ENGINES, FGCAM_BASES, METHOD_NAMES, RUNTIMES
-from fdpipe.cli.options import ConfigurationError, method_specs, model_options, parse_classes
+from fdpipe.cli.choices import ENGINES, FGCAM_BASES, MAX_PIXELS, METHOD_NAMES, RUNTIMES
+from fdpipe.cli.options import (
+    ConfigurationError,
+    FiniteFloat,
+    method_specs,
+    model_options,
+    parse_classes,
+)
 
 
 @click.command()
@@ -83,9 +89,16 @@ from fdpipe.cli.options import ConfigurationError, method_specs, model_options, 
 @click.option(
     "--actors", type=click.IntRange(min=1), help="Ray model actors (default: per GPU/CPU)."
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=MAX_PIXELS,
+    show_default=True,
+    help="Decoded pixels per image at most (bounds memory); larger JPEGs are decoded reduced.",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
-@click.option("--fd-threshold", type=float, help="FD-CAM grouping quantile (0.95).")
-@click.option("--fd-shift", type=float, help="FD-CAM b in a*exp(s) - b (0.5).")
+@click.option("--fd-threshold", type=FiniteFloat(0.0, 1.0), help="FD-CAM grouping quantile (0.95).")
+@click.option("--fd-shift", type=FiniteFloat(), help="FD-CAM b in a*exp(s) - b (0.5).")
 @click.option("--fd-grouping/--no-fd-grouping", default=None, help="FD-CAM channel grouping.")
 @click.option("--fd-scoring", type=click.Choice(["both", "off"]), help="Switch-on+off or off only.")
 @click.option("--fd-combination", type=click.Choice(["product", "exp", "exp_shift"]))

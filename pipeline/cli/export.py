@@ -41,13 +41,22 @@ def export(
     everything, engines included, has been built.
     """
     from fdpipe.export.models import ModelError, load_model
-    from fdpipe.export.onnx import ExportError, export_model
+    from fdpipe.export.onnx import (
+        ExportError,
+        ExportTargetError,
+        check_export_target,
+        export_model,
+    )
     from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
 
     if fp16 and not trt:
         raise click.UsageError("--fp16 sets the precision of TensorRT engines: add --trt")
     if trt and (missing := tensorrt_missing()):
         raise click.ClickException(f"--trt: {missing}. Nothing was written.")
+    try:
+        check_export_target(output)
+    except ExportTargetError as exc:  # files export did not write: never replaced
+        raise ConfigurationError(str(exc)) from None
     engines = None
     if trt:
         engines = partial(build_engines, options=EngineOptions(fp16=fp16, max_batch=max_batch))

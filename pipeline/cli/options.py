@@ -4,6 +4,7 @@ class lists. Torch-free (``fdpipe --help`` imports it)."""
 from __future__ import annotations
 
 import logging
+import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -165,6 +166,42 @@ def common_options(command: Command) -> Command:
     return command
 
 
+class FiniteFloat(click.ParamType):
+    """A float that is finite (``nan`` and ``inf`` refused), optionally within [low, high]."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low, self.high = low, high
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.low is not None and number < self.low) or (
+            self.high is not None and number > self.high
+        ):
+            self.fail(f"{number:g} is not in [{self.low:g}, {self.high:g}]", param, ctx)
+        return number
+
+
+class InterruptibleGroup(click.Group):
+    """Ctrl-C exits 130 (128 + SIGINT), as shells expect; click's default is 1, the code of
+    "an image failed"."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            raise SystemExit(130) from None
+
+
 def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -173,11 +210,14 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        return tuple(int(part) for part in split_list(text))
+        classes = tuple(int(part) for part in split_list(text))
     except ValueError:
-        raise click.BadParameter(
-            f"--classes takes class indices like 1,2,3, got {text!r}"
-        ) from None
+        classes = ()
+    if not classes:
+        raise click.BadParameter(f"--classes takes class indices like 1,2,3, got {text!r}")
+    if len(set(classes)) != len(classes):
+        raise click.BadParameter(f"--classes {text!r} repeats a class")
+    return classes
 
 
 def method_specs(
@@ -217,7 +257,12 @@ def method_specs(
                 )
             if any(done.label == spec.label for done in specs):
                 raise click.BadParameter(f"{spec.label!r} is given twice", param_hint="--method")
-            specs.append(MethodSpec(spec.label, spec.name, aliases | spec.options))
+            spec = MethodSpec(spec.label, spec.name, aliases | spec.options)
+            try:
+                spec.build()  # options are checked where they are defined: refused before work
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--method") from None
+            specs.append(spec)
     if not specs:
         raise click.BadParameter("no method given", param_hint="--method")
     return specs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from fdpipe.cli.options import ConfigurationError
+from fdpipe.cli.options import ConfigurationError, FiniteFloat
 from fdpipe.methods import split_method_specs
 
 
@@ -29,7 +29,7 @@ from fdpipe.methods import split_method_specs
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Where the images are now (default: the input root the job recorded).",
 )
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--alpha", type=FiniteFloat(0.0, 1.0), default=0.5, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many images.")
 def render(
     maps: Path,
@@ -44,19 +44,34 @@ def render(
 ) -> None:
     """Heat-map overlays (PNG) of the maps in MAPS (an explain output), or contact sheets.
 
-    A method, rank or image filter that matches nothing in MAPS is an error (exit 2).
+    A method, rank or image filter that matches nothing in MAPS is an error (exit 2). Overlays
+    mirror the input tree under the output (``a/b.jpg`` -> ``a/b.jpg.<method>.rank<r>.png``);
+    exit code 1 when some images could not be read any more (the others are rendered).
     """
     from fdpipe import render as rendering
+    from fdpipe.job.parts import PartFileError, ResumeError
     from fdpipe.job.reader import FilterError, check_filters, select_rows
     from fdpipe.job.reader import images_root as find_root
 
     labels = [label for text in methods for label in split_method_specs(text)] or None
+    draw = rendering.render_sheets if sheet else rendering.render_overlays
+    missing: list[str] = []
     try:
         check_filters(maps, methods=labels, images=images, ranks=ranks)
+        rows = select_rows(maps, methods=labels, images=images or None, ranks=ranks or None)
+        root = images_root or find_root(maps)
+        if to.resolve() == root.resolve():
+            raise ConfigurationError(f"--to {to} is the images' own folder: choose another")
+        written = draw(rows, root, to, alpha=alpha, limit=limit, missing=missing)
     except FilterError as exc:
         raise ConfigurationError(str(exc)) from exc
-    rows = select_rows(maps, methods=labels, images=images or None, ranks=ranks or None)
-    root = images_root or find_root(maps)
-    draw = rendering.render_sheets if sheet else rendering.render_overlays
-    written = draw(rows, root, to, alpha=alpha, limit=limit)
+    except (FileNotFoundError, ResumeError, KeyError) as exc:
+        raise ConfigurationError(f"{maps} is not an fdpipe explain output: {exc}") from None
+    except PartFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # the output cannot be written (a file, read-only)
+        raise ConfigurationError(f"--to {to}: {exc.strerror}") from None
     click.echo(f"wrote {len(written)} PNG file(s) to {to}")
+    if missing:
+        click.echo(f"{len(missing)} image(s) could not be read, e.g. {missing[0]}", err=True)
+        raise SystemExit(1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fdpipe.export.models import DEFAULT_MODEL
+from fdpipe.images import MAX_PIXELS
 from fdpipe.methods import MethodSpec
 
 ENGINES = ("local", "ray")
@@ -43,6 +44,7 @@ class JobConfig:
     address: str | None = None  # Ray cluster; None starts a local Ray
     actors: int | None = None  # Ray model actors; None: one per GPU, else one per CPU
     progress: bool | None = None  # progress bar; None: when stderr is a terminal
+    max_pixels: int = MAX_PIXELS  # decoded pixels per image: bounds decode memory
 
 
 __all__ = ["ENGINES", "ConfigError", "JobConfig"]

@@ -4,17 +4,23 @@ bounded number ahead of the model, then grouped into batches of decodable images
 from __future__ import annotations
 
 import hashlib
+import io
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 
 from fdpipe.export.models import Preprocess
-from fdpipe.images import ImageDecodeError, load_image
+from fdpipe.images import MAX_PIXELS, ImageDecodeError, load_image_sized
 from fdpipe.job.inputs import InputItem
 from fdpipe.job.schema import ImageInfo
 from torch import Tensor
+
+MAX_FILE_BYTES = 1 << 30  # an image file above 1 GiB is refused before it is hashed
 
 
 @dataclass
@@ -25,15 +31,43 @@ class DecodedImage:
     seconds: float
 
 
-def decode(item: InputItem, preprocess: Preprocess) -> DecodedImage:
+def open_regular(path: Path, max_bytes: int) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file of at most ``max_bytes`` bytes.
+
+    FIFOs, devices (a symlink to /dev/zero) and sockets would block or never end: they are refused
+    from their ``stat`` before a byte is read, and opened non-blocking in case one replaced the
+    file since.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageDecodeError("not a regular file (a FIFO, device or socket): not read")
+        if status.st_size > max_bytes:
+            raise ImageDecodeError(
+                f"file too large: {status.st_size} bytes exceeds the limit of {max_bytes}"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def decode(
+    item: InputItem,
+    preprocess: Preprocess,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES,
+) -> DecodedImage:
     """Hash, decode and preprocess one file; any problem with it becomes an error message."""
     start = perf_counter()
     info = ImageInfo(item.key, None, None, None)
     try:
-        with item.path.open("rb") as fh:
+        with open_regular(item.path, max_bytes) as fh:
             info.sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
-        picture = load_image(item.path)
-        info.width, info.height = picture.size
+            fh.seek(0)
+            picture, (info.width, info.height) = load_image_sized(fh, max_pixels)
         tensor = preprocess(picture)
     except ImageDecodeError as exc:
         return DecodedImage(info, None, str(exc), perf_counter() - start)
@@ -73,4 +107,4 @@ def batches(images: Iterable[DecodedImage], size: int) -> Iterator[list[DecodedI
         yield group
 
 
-__all__ = ["DecodedImage", "batches", "decode", "ordered_map"]
+__all__ = ["MAX_FILE_BYTES", "DecodedImage", "batches", "decode", "open_regular", "ordered_map"]

@@ -8,11 +8,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from fdpipe.images import IMAGE_EXTENSIONS
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 PATH_COLUMNS = ("image_path", "path", "file", "filename")
+OUTPUT_MARKER = ".fdpipe-output"  # in every directory fdpipe writes; never walked as input
 
 
 class InputError(ValueError):
@@ -39,41 +41,91 @@ def collect_inputs(source: str | os.PathLike[str]) -> InputList:
     source = Path(source)
     if source.is_dir():
         root = source.resolve()
-        keys = walk_images(root)
+        found = walk_images(root)
     elif source.is_file():
         root = source.resolve().parent
-        keys = read_manifest(source)
+        found = [(key, root / key) for key in read_manifest(source)]
     else:
         raise InputError(f"input {source} does not exist")
-    items = sorted({InputItem(key, root / key) for key in keys})
+    items = sorted({InputItem(key_text(key), path) for key, path in found})
     return InputList(root, items)
 
 
-def walk_images(root: Path) -> list[str]:
-    keys = []
+def key_text(name: str) -> str:
+    """A path as valid UTF-8 for the ``image_path`` column (Parquet strings must be UTF-8).
+
+    A name that is not UTF-8 (``os.fsdecode`` keeps its bytes as surrogates) is written with each
+    such byte as ``\\xNN``, e.g. ``latin1-\\xe9.jpg``; the file itself is read by its real name.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+def walk_images(root: Path) -> list[tuple[str, Path]]:
+    """(key, path) of the image files under ``root``; each real directory is walked once.
+
+    Symlinked directories are followed, but a directory reached again (a loop like ``ln -s .
+    loop``, or two links to one place) is skipped, and so are hidden entries and fdpipe's own
+    output directories (those holding ``OUTPUT_MARKER``, e.g. overlays rendered into the input).
+    """
+    found = []
+    seen: set[tuple[int, int]] = set()
     for directory, subdirs, files in os.walk(root, followlinks=True):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        status = os.stat(directory)
+        if (status.st_dev, status.st_ino) in seen or (
+            OUTPUT_MARKER in files and Path(directory) != root
+        ):
+            subdirs[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                keys.append(Path(directory, name).relative_to(root).as_posix())
-    return keys
+                path = Path(directory, name)
+                found.append((path.relative_to(root).as_posix(), path))
+    return found
 
 
 def read_manifest(path: Path) -> list[str]:
     """Paths from a list file (one per line, ``#`` comments) or a CSV / Parquet manifest."""
+    try:
+        return _read_manifest(path)
+    except InputError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"input {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except (OSError, ValueError, csv.Error, pa.ArrowException) as exc:
+        raise InputError(f"input {path} cannot be read as a manifest: {exc}") from None
+
+
+def _read_manifest(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     if suffix in LIST_SUFFIXES:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
         return [
             line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")
         ]
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            column = path_column(path, reader.fieldnames or [])
+            column = path_column(path, list(reader.fieldnames or []))
             return [row[column] for row in reader if row[column]]
     if suffix in {".parquet", ".pq"}:
-        column = path_column(path, pq.read_schema(path).names)
+        schema = pq.read_schema(path)
+        column = path_column(path, list(schema.names))
+        if not pa.types.is_string(schema.field(column).type) and not pa.types.is_large_string(
+            schema.field(column).type
+        ):
+            raise InputError(
+                f"manifest {path}: column {column!r} holds {schema.field(column).type}, "
+                "not strings (paths)"
+            )
         values = pq.read_table(path, columns=[column]).column(column).to_pylist()
         return [value for value in values if value]
     raise InputError(
@@ -113,10 +165,12 @@ def select_shard(items: list[InputItem], index: int, count: int) -> list[InputIt
 
 
 __all__ = [
+    "OUTPUT_MARKER",
     "InputError",
     "InputItem",
     "InputList",
     "collect_inputs",
+    "key_text",
     "parse_shard",
     "read_manifest",
     "select_shard",

@@ -10,6 +10,7 @@ is killed. ``OutputDataset.images`` is what a rerun compares its input with.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from fdpipe.job.current import KEY_COLUMNS, current_mask
 from fdpipe.job.schema import COMPRESSION, METADATA_KEY, SCHEMA
 
+log = logging.getLogger("fdpipe.job")
 PART_PATTERN = re.compile(r"^part-(?:s(\d+)of(\d+)-)?(\d+)\.parquet$")
 TEMP_PATTERN = re.compile(r"^\.(.+)\.\d+\.tmp$")  # ".<part name>.<pid>.tmp"
 
@@ -33,6 +35,14 @@ FIXED_PARAMS = ("model", "weights_id", "layer", "preprocess")
 
 class ResumeError(ValueError):
     """The output directory holds rows that a run with these parameters cannot join."""
+
+
+class PartFileError(ValueError):
+    """A part file that cannot be read (truncated, damaged, not Parquet); names the file."""
+
+    def __init__(self, path: Path, exc: Exception) -> None:
+        super().__init__(f"{path}: unreadable part file ({type(exc).__name__}: {exc})")
+        self.path = path
 
 
 def part_name(shard: tuple[int, int], sequence: int) -> str:
@@ -106,19 +116,22 @@ class OutputDataset:
         other options, naming the differing fields."""
         wanted = json.loads(json.dumps(params, default=str))
         for path in self.parts():
-            check_params(path, wanted)
+            try:
+                check_params(path, wanted)
+            except PartFileError as exc:  # its images have no rows now: this run redoes them
+                set_aside(path, exc)
 
     def images(self) -> tuple[dict[str, ImageState], str]:
         """Every image with current rows (pruned ones are gone), and the newest run id."""
         tables = []
         for path in self.parts():
-            names = pq.read_schema(path).names
+            names = read_schema(path).names
             if "run_id" not in names:
                 raise ResumeError(
                     f"{path} was written by an older fdpipe (no run_id column): "
                     "pass --overwrite to start over, or choose another --output"
                 )
-            tables.append(pq.read_table(path, columns=STATE_COLUMNS))
+            tables.append(read_part(path, columns=STATE_COLUMNS))
         if not tables:
             return {}, ""
         table = pa.concat_tables(tables)
@@ -167,13 +180,42 @@ class OutputDataset:
         return final
 
 
+def set_aside(path: Path, exc: Exception) -> Path:
+    """Rename an unreadable part to a hidden name (kept for inspection, ignored by readers)."""
+    n = 0
+    while (aside := path.with_name(f".{path.name}.unreadable{n or ''}")).exists():
+        n += 1
+    os.replace(path, aside)
+    log.warning("%s; set aside as %s, its images are explained again", exc, aside.name)
+    return aside
+
+
+def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A part file's rows; PartFileError naming the file when it cannot be read."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise PartFileError(path, exc) from None
+
+
+def read_schema(path: str | os.PathLike[str]) -> pa.Schema:
+    """A part file's schema; PartFileError naming the file when it cannot be read."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise PartFileError(Path(path), exc) from None
+
+
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, object]:
     """The run record stored in a part file (JSON under the ``fdpipe`` key)."""
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = read_schema(path).metadata or {}
     raw = metadata.get(METADATA_KEY.encode())
-    if raw is None:
-        raise ResumeError(f"{path} is not an fdpipe part file (no {METADATA_KEY!r} metadata)")
-    return json.loads(raw)
+    if raw is not None:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            pass
+    raise ResumeError(f"{path} is not an fdpipe part file (no {METADATA_KEY!r} metadata)")
 
 
 def check_params(path: Path, wanted: dict) -> None:
@@ -247,10 +289,13 @@ __all__ = [
     "PART_PATTERN",
     "ImageState",
     "OutputDataset",
+    "PartFileError",
     "PartSink",
     "ResumeError",
     "check_params",
     "image_starts",
     "part_name",
     "read_metadata",
+    "read_part",
+    "read_schema",
 ]

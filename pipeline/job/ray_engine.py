@@ -8,6 +8,7 @@ so the output layout and resume semantics are identical.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -37,11 +38,14 @@ class ExplainActor:
         self.save_weights = config.save_weights
         self.stamp = stamp
         self.pool = ThreadPoolExecutor(max_workers=config.workers)
-        self.read = partial(decode, preprocess=self.explainer.model.preprocess)
+        self.read = partial(
+            decode, preprocess=self.explainer.model.preprocess, max_pixels=config.max_pixels
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         items = [
-            InputItem(str(k), Path(p)) for k, p in zip(batch["key"], batch["path"], strict=True)
+            InputItem(str(k), Path(os.fsdecode(p)))
+            for k, p in zip(batch["key"], batch["path"], strict=True)
         ]
         decoded: list[DecodedImage] = list(self.pool.map(self.read, items))
         for image, size, mtime in zip(decoded, batch["size"], batch["mtime_ns"], strict=True):
@@ -81,7 +85,7 @@ def run_ray(
         [
             {
                 "key": item.key,
-                "path": str(item.path),
+                "path": os.fsencode(item.path),  # bytes: a name need not be UTF-8
                 "size": plan.stats.get(item.key, (-1, -1))[0],
                 "mtime_ns": plan.stats.get(item.key, (-1, -1))[1],
             }

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fdpipe.job.current import KEY_COLUMNS, current_mask
-from fdpipe.job.parts import OutputDataset, read_metadata
+from fdpipe.job.parts import OutputDataset, read_metadata, read_part
 
 ROW_COLUMNS = [
     "image_path",
@@ -46,7 +46,7 @@ def iter_rows(
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of the current rows, in part order (rows of an image stay together)."""
     parts = OutputDataset(directory).parts()
-    keys = [pq.read_table(path, columns=KEY_COLUMNS) for path in parts]
+    keys = [read_part(path, columns=KEY_COLUMNS) for path in parts]  # names a bad file
     if not keys:
         return
     mask = current_mask(pa.concat_tables(keys))
@@ -55,7 +55,7 @@ def iter_rows(
         keep = mask[start : start + part_keys.num_rows]
         start += part_keys.num_rows
         if keep.any():
-            yield from pq.read_table(path, columns=columns).filter(pa.array(keep)).to_batches()
+            yield from read_part(path, columns=columns).filter(pa.array(keep)).to_batches()
 
 
 def select_rows(

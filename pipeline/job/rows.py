@@ -17,6 +17,7 @@ from fdpipe import __version__
 from fdpipe.api import Explainer
 from fdpipe.export.models import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
+from fdpipe.job.contract import contract_violation
 from fdpipe.job.decode import DecodedImage
 from fdpipe.job.schema import RunStamp, TableBuilder
 
@@ -43,6 +44,8 @@ def job_explainer(config: JobConfig) -> Explainer:
     bad = [c for c in config.classes or () if not 0 <= c < n_classes]
     if bad:
         raise ConfigError(f"class index {bad[0]} out of range: valid are 0..{n_classes - 1}")
+    if config.classes is None and config.top_k > n_classes:
+        raise ConfigError(f"--top-k {config.top_k} exceeds the model's {n_classes} classes")
     return explainer
 
 
@@ -132,6 +135,10 @@ def explain_rows(
             builder.add_failed(image.info, image.error, image.seconds)
             continue
         b = position[id(image)]
+        broken = (contract_violation(label, arrays, b) for label, (arrays, _) in results.items())
+        if violation := next(filter(None, broken), None):
+            builder.add_failed(image.info, violation, image.seconds)
+            continue
         for label, (arrays, seconds) in results.items():
             for rank, class_index in enumerate(arrays["classes"][b]):
                 builder.add_explained(

@@ -25,7 +25,8 @@ from pathlib import Path
 from fdpipe.api import Explainer
 from fdpipe.job.config import JobConfig
 from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
-from fdpipe.job.inputs import InputItem, collect_inputs, select_shard, shard_of
+from fdpipe.job.inputs import InputItem, InputList, collect_inputs, select_shard, shard_of
+from fdpipe.job.lock import output_lock
 from fdpipe.job.parts import ImageState, OutputDataset, PartSink
 from fdpipe.job.progress import Progress, Summary, peak_memory_bytes
 from fdpipe.job.rows import (
@@ -161,7 +162,7 @@ def run_local(
     progress: Progress,
 ) -> None:
     def read(item: InputItem) -> DecodedImage:
-        image = decode(item, explainer.model.preprocess)
+        image = decode(item, explainer.model.preprocess, max_pixels=config.max_pixels)
         image.info.size, image.info.mtime_ns = plan.stats.get(item.key, (None, None))
         return image
 
@@ -201,8 +202,19 @@ def run_job(config: JobConfig) -> Summary:
         run_id = next_run_id("")
         finish(config, record | {"run_id": run_id}, summary, clock)
         return summary
-    selected = select_shard(inputs.items, *config.shard)
     explainer = job_explainer(config)
+    with output_lock(config.output, config.shard):  # one run per (output, shard)
+        return _run_locked(config, record, clock, inputs, explainer)
+
+
+def _run_locked(
+    config: JobConfig,
+    record: dict[str, object],
+    clock: float,
+    inputs: InputList,
+    explainer: Explainer,
+) -> Summary:
+    selected = select_shard(inputs.items, *config.shard)
     params = run_params(explainer, config)
     dataset = OutputDataset(config.output, config.shard)
     if config.overwrite:

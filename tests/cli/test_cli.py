@@ -126,8 +126,8 @@ def test_render_command(images: Path, tmp_path: Path) -> None:
         main, ["render", str(out), "--to", str(tmp_path / "png"), "--method", "layercam"]
     )
     assert overlays.exit_code == 0, overlays.output
-    assert len(list((tmp_path / "png").glob("*.layercam.rank0.png"))) == 3
-    assert not list((tmp_path / "png").glob("*gradcam*"))
+    assert len(list((tmp_path / "png").rglob("*.jpg.layercam.rank0.png"))) == 3
+    assert not list((tmp_path / "png").rglob("*gradcam*"))
     sheet = runner.invoke(main, ["render", str(out), "--to", str(tmp_path / "s"), "--sheet"])
     assert sheet.exit_code == 0, sheet.output
     assert "wrote 1 PNG file(s)" in sheet.output

@@ -165,6 +165,7 @@ def test_choices_match_their_sources() -> None:
     from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET
     from fdpipe.export.models import DEFAULT_MODEL
     from fdpipe.export.onnx import OPSET
+    from fdpipe.images import MAX_PIXELS
     from fdpipe.job.config import ENGINES
     from fdpipe.kernels import FGCAM, METHODS
 
@@ -174,6 +175,7 @@ def test_choices_match_their_sources() -> None:
         RUNTIMES, ENGINES, DEFAULT_MODEL,
     )  # fmt: skip
     assert (choices.OPSET, choices.POINTING_TOLERANCE) == (OPSET, POINTING_TOLERANCE)
+    assert choices.MAX_PIXELS == MAX_PIXELS
     assert choices.VOC_TO_IMAGENET == VOC_TO_IMAGENET and VOC_TO_IMAGENET.exists()
 
 

@@ -94,14 +94,15 @@ def test_modified_graph_is_refused(exported: Path, squeezenet: LoadedModel, tmp_
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "head.onnx").write_bytes((exported / "head.onnx").read_bytes()[:-10])
-    with pytest.raises(ArtifactMismatch, match="size"):
+    with pytest.raises(ArtifactMismatch, match="sha256"):
         artifact(copy, manifest, "head.onnx")
 
 
 def test_failed_export_leaves_previous_output_untouched(tmp_path: Path) -> None:
     output = tmp_path / "artifacts"
     output.mkdir()
-    (output / "keep.txt").write_text("previous export")
+    (output / "backbone.onnx").write_text("previous export")
+    (output / MANIFEST).write_text('{"files": {"backbone.onnx": {}}}')
 
     def failing_engines(directory: Path, manifest: dict) -> dict:
         assert (directory / "masked_head.onnx").is_file()  # graphs exist, engines fail
@@ -111,7 +112,8 @@ def test_failed_export_leaves_previous_output_untouched(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="engine build failed"):
         export_model(model, output, engines=failing_engines)
     assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging directory left
-    assert [p.name for p in output.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in output.iterdir()) == ["backbone.onnx", MANIFEST]
+    assert (output / "backbone.onnx").read_text() == "previous export"
 
 
 @pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present")

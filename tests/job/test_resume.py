@@ -74,7 +74,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(images: Path, tmp_path:
     resumed = CliRunner().invoke(main, command(images, killed))
     assert resumed.exit_code == 0, resumed.output
     assert f"skipped {partial.num_rows} already in the output" in resumed.output
-    assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # stale temp files gone
+    assert not list(killed.glob(".*.tmp"))  # stale temp files gone
 
     fresh = CliRunner().invoke(main, command(images, tmp_path / "fresh"))
     assert fresh.exit_code == 0, fresh.output
