@@ -49,7 +49,7 @@ def render(
     exit code 1 when some images could not be read any more (the others are rendered).
     """
     from fdpipe import render as rendering
-    from fdpipe.job.parts import PartFileError, ResumeError
+    from fdpipe.job.parts import OutputDataset, PartFileError, ResumeError, read_metadata
     from fdpipe.job.reader import FilterError, check_filters, select_rows
     from fdpipe.job.reader import images_root as find_root
 
@@ -57,6 +57,8 @@ def render(
     draw = rendering.render_sheets if sheet else rendering.render_overlays
     missing: list[str] = []
     try:
+        for part in OutputDataset(maps).parts():
+            read_metadata(part)  # a foreign or damaged file is named before any work
         check_filters(maps, methods=labels, images=images, ranks=ranks)
         rows = select_rows(maps, methods=labels, images=images or None, ranks=ranks or None)
         root = images_root or find_root(maps)

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from fdpipe.job.current import KEY_COLUMNS, current_mask
 from fdpipe.job.parts import OutputDataset, read_metadata, read_part
 
