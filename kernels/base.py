@@ -19,7 +19,7 @@ from typing import ClassVar, final
 
 import torch
 from fdpipe.kernels.network import SplitNetwork
-from fdpipe.kernels.postprocess import native_map, upsample_map
+from fdpipe.kernels.postprocess import native_map, raw_range, upsample_map
 from fdpipe.kernels.state import LayerState
 from torch import Tensor
 
@@ -30,6 +30,7 @@ class CAMResult:
     maps: Tensor  # (B, T, H, W) the same map at input resolution (METHODS.md section 1 step 7)
     weights: Tensor | None = None  # (B, T, K) channel weights, where the method has them
     scores: Tensor | None = None  # (B, T, K or G) the perturbation scores behind the weights
+    raw_range: Tensor | None = None  # (B, T, 2) min and max of the ReLU'd raw map (its scale)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class CAMMethod(ABC):
             maps = native  # already at input size: nothing to resample
         else:
             maps = upsample_map(native, state.input_size)
-        return CAMResult(native, maps, raw.weights, raw.scores)
+        return CAMResult(native, maps, raw.weights, raw.scores, raw_range(raw.raw))
 
     @abstractmethod
     def raw_map(self, state: LayerState) -> RawCAM:

@@ -6,6 +6,7 @@ zeros, never NaN) and the eps'd min-max that Score-CAM's masks use (section 2.6)
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -31,6 +32,13 @@ def minmax_vector(values: Tensor) -> Tensor:
 def native_map(raw: Tensor) -> Tensor:
     """ReLU then min-max at the layer's resolution (the map fdpipe stores)."""
     return minmax(raw.clamp_min(0))
+
+
+def raw_range(raw: Tensor) -> Tensor:
+    """(..., 2): min and max of the ReLU'd raw map, the scale that :func:`native_map` divides out
+    (``relu(raw) = native * (max - min + eps) + min``): maps compare in strength through it."""
+    flat = raw.clamp_min(0).flatten(-2)
+    return torch.stack([flat.amin(-1), flat.amax(-1)], dim=-1)
 
 
 def upsample_map(native: Tensor, size: tuple[int, int]) -> Tensor:

@@ -39,6 +39,7 @@ class Explanation:
     weights: Tensor | None  # (B, T, K) channel weights, where the method has them
     scores: Tensor | None  # (B, T, K or groups) perturbation scores, where the method has them
     options: dict[str, object]
+    raw_range: Tensor | None = None  # (B, T, 2) min, max of the ReLU'd raw map: its strength
 
 
 # Backends by model module, then (layer, runtime, artifacts): the fast scorer's per-model tables
@@ -146,6 +147,7 @@ class Explainer:
                     weights=result.weights,
                     scores=result.scores,
                     options=method.options(),
+                    raw_range=result.raw_range,
                 ),
             )
 

@@ -114,6 +114,8 @@ def method_arrays(
             "probabilities": explanation.probabilities.float().cpu().numpy(),
             "native": explanation.native.float().cpu().numpy(),
         }
+        if explanation.raw_range is not None:
+            arrays["raw_range"] = explanation.raw_range.float().cpu().numpy()
         if save_weights and explanation.weights is not None:
             arrays["weights"] = explanation.weights.float().cpu().numpy()
         results[label] = (arrays, (perf_counter() - start + shared) / len(images))
@@ -152,6 +154,9 @@ def explain_rows(
                     native_map=arrays["native"][b, rank],
                     weights=arrays["weights"][b, rank] if "weights" in arrays else None,
                     seconds=image.seconds + seconds,
+                    raw_range=ranges[b, rank]
+                    if (ranges := arrays.get("raw_range")) is not None
+                    else None,
                 )
     return builder.build()
 

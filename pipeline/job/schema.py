@@ -31,6 +31,8 @@ SCHEMA = pa.schema(
         pa.field("map", pa.list_(pa.float32())),
         pa.field("map_height", pa.int32()),
         pa.field("map_width", pa.int32()),
+        pa.field("raw_min", pa.float32()),
+        pa.field("raw_max", pa.float32()),
         pa.field("weights", pa.list_(pa.float32())),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
@@ -93,6 +95,7 @@ class TableBuilder:
         native_map: np.ndarray,
         weights: np.ndarray | None,
         seconds: float,
+        raw_range: np.ndarray | None = None,
     ) -> None:
         self._add(
             image,
@@ -105,6 +108,8 @@ class TableBuilder:
             map=np.ascontiguousarray(native_map, dtype=np.float32).ravel(),
             map_height=native_map.shape[0],
             map_width=native_map.shape[1],
+            raw_min=None if raw_range is None else float(raw_range[0]),
+            raw_max=None if raw_range is None else float(raw_range[1]),
             weights=None if weights is None else np.asarray(weights, dtype=np.float32).ravel(),
             status="ok",
             seconds=seconds,

@@ -76,12 +76,30 @@ def test_rows_equal_the_api(run: tuple[JobConfig, list[Path]], squeezenet: Loade
                 )
                 native = np.array(row["map"]).reshape(row["map_height"], row["map_width"])
                 np.testing.assert_allclose(native, result.native[0, rank].numpy(), atol=1e-5)
+                low, high = result.raw_range[0, rank].tolist()
+                assert (row["raw_min"], row["raw_max"]) == pytest.approx((low, high), rel=1e-5)
                 if result.weights is None:
                     assert row["weights"] is None
                 else:
                     np.testing.assert_allclose(row["weights"], result.weights[0, rank], atol=1e-6)
                 assert row["error"] is None
                 assert row["seconds"] > 0
+
+
+def test_raw_range_restores_the_raw_map(squeezenet: LoadedModel, photos: dict) -> None:
+    """``relu(raw) = native * (max - min + eps) + min``: maps compare in strength across images."""
+    from fdpipe.api import Explainer
+    from fdpipe.kernels import GradCAM
+    from fdpipe.kernels.postprocess import MAP_EPS
+
+    explainer = Explainer(squeezenet, "gradcam", top_k=2)
+    state = explainer.prepare([photos["cat"], photos["coffee"]])
+    result = explainer.methods["gradcam"](state)
+    relu = GradCAM().raw_map(state).raw.clamp_min(0)
+    low, high = result.raw_range[..., :1, None], result.raw_range[..., 1:, None]
+    restored = result.native * (high - low + MAP_EPS) + low
+    torch.testing.assert_close(restored, relu, rtol=1e-4, atol=1e-6 * float(relu.max()))
+    assert result.raw_range.shape == (2, 2, 2) and (result.raw_range[..., 1] > 0).all()
 
 
 def test_parts_schema_and_metadata(run: tuple[JobConfig, list[Path]]) -> None:
