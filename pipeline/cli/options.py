@@ -87,12 +87,30 @@ def option_names(command: click.Command) -> dict[str, str]:
     return names
 
 
+def config_value(param: click.Parameter, value: object) -> object:
+    """A TOML value as the option takes it: a list for repeatable options, a comma-joined string
+    for list-like text options (``classes = [1, 2]``), else one scalar."""
+    if isinstance(value, dict):
+        raise ValueError("expected a value, not a table")
+    if param.multiple:
+        return value if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        if isinstance(param.type, click.types.StringParamType) and all(
+            isinstance(v, str | int | float) for v in value
+        ):
+            return ",".join(str(v) for v in value)
+        raise ValueError("takes one value, not a list")
+    return value
+
+
 def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
     """``--config FILE``: TOML whose keys are option names, in a table per command
     (``[explain]``) or at the top for every command that has the option. It sets click's
     ``default_map``, so options on the command line and ``FDPIPE_*`` variables still win."""
     if path is None:
         return
+    if not path.is_file():  # a FIFO or device would block the read
+        raise click.BadParameter(f"{path} is not a regular file", ctx=ctx, param=param)
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -113,7 +131,14 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) 
         if bad := [k for k in sections.get(name, {}) if normal(k) not in known]:
             fail(f"{name} has no option {bad[0]!r}")
         values = {k: v for k, v in shared.items() if normal(k) in known} | sections.get(name, {})
-        default_map[name] = {known[normal(k)]: v for k, v in values.items()}
+        params = {p.name: p for p in command.params}
+        default_map[name] = {}
+        for key, value in values.items():
+            option = params[known[normal(key)]]
+            try:
+                default_map[name][known[normal(key)]] = config_value(option, value)
+            except ValueError as exc:
+                fail(f"{name}.{key}: {exc}")
     if orphans := [k for k in shared if not any(k in d for d in default_map.values())]:
         fail(f"no command has an option {orphans[0]!r}")
     if ctx.parent is None:

@@ -138,13 +138,34 @@ def test_config_file_and_environment(images: Path, tmp_path: Path) -> None:
         ("[explian]\n", "no command 'explian'"),
         ("colour = 1\n", "no command has an option 'colour'"),
         ("[explain\n", "job.toml"),
+        ("[explain]\ntop_k = [1, 2]\n", "explain.top_k: takes one value, not a list"),
+        ("[explain.method]\nx = 1\n", "explain.method: expected a value, not a table"),
     ],
 )
 def test_config_mistakes_are_usage_errors(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "job.toml").write_text(text)
     result = invoke(["--config", str(tmp_path / "job.toml"), "explain", "--help"])
     assert result.exit_code == 2
-    assert message in result.output
+    assert "Invalid value for '--config'" in result.output and message in result.output
+
+
+def test_config_that_is_not_a_file_is_refused_without_reading(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo")  # reading it would block forever
+    result = invoke(["--config", str(tmp_path / "fifo"), "explain", "--help"])
+    assert result.exit_code == 2 and "is not a regular file" in result.output
+
+
+def test_config_lists_become_what_the_option_takes(images: Path, tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text(
+        f'[explain]\ninput = "{images}"\nmodel = "squeezenet1_1"\nmethod = "gradcam"\n'
+        "classes = [1, 2]\nprogress = false\n"
+    )
+    result = invoke(["--config", str(tmp_path / "job.toml"), "explain", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert params(tmp_path / "o")["classes"] == [1, 2]
+    assert params(tmp_path / "o")["methods"] == {"gradcam": {}}
 
 
 @pytest.mark.parametrize(
