@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fdpipe.api import Explainer
-from fdpipe.job.config import JobConfig
+from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
 from fdpipe.job.inputs import InputItem, InputList, collect_inputs, select_shard, shard_of
 from fdpipe.job.lock import output_lock
@@ -199,8 +199,10 @@ def run_job(config: JobConfig) -> Summary:
         summary.allow_empty = config.allow_empty
         log.warning("input %s is %s: nothing to do", config.input, "missing" if inputs is None
                     else "empty")  # fmt: skip
-        run_id = next_run_id("")
-        finish(config, record | {"run_id": run_id}, summary, clock)
+        try:
+            finish(config, record | {"run_id": next_run_id("")}, summary, clock)
+        except OSError as exc:  # an unmounted output too: exit 3 stays the answer
+            log.warning("cannot write the run record: %s", exc)
         return summary
     explainer = job_explainer(config)
     with output_lock(config.output, config.shard):  # one run per (output, shard)
@@ -235,7 +237,13 @@ def _run_locked(
     stamp = RunStamp(run_id, targets)
     metadata = run_metadata(explainer, config, inputs.root, run_id)
     record |= {"run_id": run_id, "params": metadata["params"], "run": metadata["run"]}
-    write_json(config.output / RUNS_DIR / f"{run_id}.json", record | {"status": "running"})
+    running = record | {"status": "running"}
+    try:  # before any work: an output or --summary that cannot be written is a setting error
+        write_json(config.output / RUNS_DIR / f"{run_id}.json", running)
+        if config.summary is not None:
+            write_json(config.summary, running)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run record: {exc}") from exc
     log.info(
         "%d images in %s (shard %d/%d: %d): %d new, %d changed, %d to retry, %d to add "
         "methods or classes to, %d skipped, %d gone%s; %s",

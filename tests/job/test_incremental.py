@@ -324,3 +324,13 @@ def test_readme_sql_sees_what_fdpipe_readers_see(tmp_path: Path) -> None:
     ours = current(tmp_path / "out").select(["image_path", "method", "run_id"])
     assert plain.num_rows == ours.num_rows == 4 * 2 + 1
     assert plain.to_pylist() == ours.to_pylist()
+
+
+def test_unwritable_summary_is_a_setting_error_before_any_work(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 1)
+    (tmp_path / "file").write_text("")  # the record would go under a file, not a directory
+    summary = str(tmp_path / "file" / "run.json")
+    result = invoke(command(tmp_path / "images", tmp_path / "out", "--summary", summary))
+    assert result.exit_code == 2, result.output
+    assert "cannot write the run record" in result.output
+    assert not OutputDataset(tmp_path / "out").parts()
