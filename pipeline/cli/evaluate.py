@@ -186,10 +186,10 @@ def evaluate(
         source: MapSource
         if maps is not None:
             loaded = maps_model(maps, model, layer, weights)
-            labels = [spec.label for spec in specs] or None
-            check_filters(maps, methods=labels)
+            wanted = [spec.label for spec in specs] or None
+            check_filters(maps, methods=wanted)
             explainer = Explainer(loaded, [])  # the model only: the maps are stored
-            stored = StoredMaps(select_rows(maps, methods=labels))
+            stored = StoredMaps(select_rows(maps, methods=wanted))
             root = input_ or images_root(maps)
             items = [InputItem(key, root / key) for key in stored.image_paths]
             source = stored

@@ -10,6 +10,8 @@ only while it is from the image's newest run (a later success or a prune superse
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +23,7 @@ def current_mask(keys: pa.Table) -> np.ndarray:
     """Boolean mask over the rows of ``keys`` (at least ``KEY_COLUMNS``): the current rows."""
     n = keys.num_rows
     table = keys.select(KEY_COLUMNS).append_column("_row", pa.array(np.arange(n)))
-    table = table.append_column("_pruned", pc.equal(table["status"], "pruned"))
+    table = table.append_column("_pruned", pc.equal(table["status"], pa.scalar("pruned")))
     latest = table.group_by("image_path").aggregate([("run_id", "max")])
     table = table.join(latest, "image_path")
     at_latest = table.filter(pc.equal(table["run_id"], table["run_id_max"]))
@@ -31,13 +33,14 @@ def current_mask(keys: pa.Table) -> np.ndarray:
     table = table.join(heads, "image_path")
     sha, now = table["image_sha256"], table["image_sha256_max"]
     same_content = pc.fill_null(
-        pc.or_(pc.equal(sha, now), pc.and_(pc.is_null(sha), pc.is_null(now))), False
+        pc.or_(pc.equal(sha, now), pc.and_(pc.is_null(sha), pc.is_null(now))), pa.scalar(False)
     )
-    alive = pc.and_(same_content, pc.invert(table["_pruned_any"]))
+    alive = pc.and_(cast(pa.ChunkedArray, same_content), pc.invert(table["_pruned_any"]))
     failed_now = pc.and_(
-        pc.equal(table["status"], "failed"), pc.equal(table["run_id"], table["run_id_max"])
+        pc.equal(table["status"], pa.scalar("failed")),
+        pc.equal(table["run_id"], table["run_id_max"]),
     )
-    ok = table.filter(pc.and_(alive, pc.equal(table["status"], "ok")))
+    ok = table.filter(pc.and_(alive, pc.equal(table["status"], pa.scalar("ok"))))
     group = ["image_path", "method", "targets", "class_rank"]
     newest = ok.group_by(group).aggregate([("run_id", "max")])
     newest = newest.select([*group, "run_id_max"]).rename_columns([*group, "_newest"])

@@ -103,7 +103,7 @@ class Progress:
 
     def record(self, rows: pa.Table) -> None:
         """Count the images of a batch's rows (one row per failed image)."""
-        ok = pc.equal(rows.column("status"), "ok")
+        ok = pc.equal(rows.column("status"), pa.scalar("ok"))
         failed = rows.filter(pc.invert(ok)).select(["image_path", "error"]).to_pylist()
         for row in failed:
             log.warning("failed: %s: %s", row["image_path"], row["error"])

@@ -102,6 +102,7 @@ def run_ray(
         num_gpus=gpus,
     )
     for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+        assert isinstance(table, pa.Table)  # batch_format="pyarrow"
         sink.add(table)
         progress.record(table)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -67,10 +68,10 @@ def select_rows(
     """Explained rows of ``output`` in stored order; ``images`` are glob patterns on image_path."""
     patterns = list(images or [])
     for batch in iter_rows(output, columns=ROW_COLUMNS):
-        keep = pc.equal(batch.column("status"), "ok")
+        keep = pc.equal(batch.column("status"), pa.scalar("ok"))
         if methods is not None:
-            wanted = pa.array(list(methods), pa.string())
-            keep = pc.and_(keep, pc.is_in(batch.column("method"), value_set=wanted))
+            labels = pa.array(list(methods), pa.string())
+            keep = pc.and_(keep, pc.is_in(batch.column("method"), value_set=labels))
         if ranks is not None:
             wanted = pa.array(list(ranks), pa.int16())
             keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
@@ -107,7 +108,7 @@ def check_filters(
     if not batches:
         raise FilterError(f"{output} holds no rows (no part files)")
     table = pa.Table.from_batches(batches)
-    table = table.filter(pc.equal(table["status"], "ok"))
+    table = table.filter(pc.equal(table["status"], pa.scalar("ok")))
 
     def present(column: str) -> list:
         return sorted(pc.unique(table[column]).to_pylist())
@@ -157,7 +158,7 @@ def read_maps(
     check_filters(output, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
     tables = []
     for batch in iter_rows(output):
-        keep = pc.equal(batch.column("status"), "ok")
+        keep = pc.equal(batch.column("status"), pa.scalar("ok"))
         if methods is not None:
             keep = pc.and_(keep, pc.is_in(batch.column("method"), pa.array(list(methods))))
         if ranks is not None:
@@ -173,7 +174,7 @@ def read_maps(
             keep = pc.and_(keep, either)
         table = pa.Table.from_batches([batch]).filter(keep)
         if patterns is not None:
-            paths = table["image_path"].to_pylist()
+            paths = [str(path) for path in table["image_path"].to_pylist()]
             hits = [any(fnmatchcase(path, p) for p in patterns) for path in paths]
             table = table.filter(pa.array(hits, pa.bool_()))
         tables.append(table)
@@ -182,11 +183,13 @@ def read_maps(
     if len(shapes) > 1 and size == "native":
         found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
         raise ValueError(f"maps of several shapes ({found}): choose a method, or size='original'")
-    flat = rows["map"].combine_chunks().flatten().to_numpy().copy()  # writable, owned
+    flat = pc.list_flatten(rows["map"]).to_numpy().copy()  # writable, owned
     counts = (rows["map_height"].to_numpy() * rows["map_width"].to_numpy()).astype(np.int64)
     if size == "native":
-        (h, w) = shapes.pop() if shapes else (0, 0)
-        maps: np.ndarray | list[np.ndarray] = flat.reshape(rows.num_rows, h, w)
+        h, w = shapes.pop() if shapes else (0, 0)
+        maps: np.ndarray | list[np.ndarray] = flat.reshape(
+            rows.num_rows, cast(int, h), cast(int, w)
+        )
     else:
         import torch
         from fdpipe.kernels.postprocess import upsample_map
@@ -206,7 +209,9 @@ def images_root(output: str | os.PathLike[str]) -> Path:
     parts = OutputDataset(output).parts()
     if not parts:
         raise FileNotFoundError(f"{output} holds no part files")
-    return Path(read_metadata(parts[0])["run"]["input_root"])
+    run = read_metadata(parts[0])["run"]
+    assert isinstance(run, dict)
+    return Path(run["input_root"])
 
 
 __all__ = [
