@@ -178,7 +178,10 @@ def run_job(config: JobConfig) -> Summary:
     started = datetime.now(UTC)
     clock = time.perf_counter()
     record: dict[str, object] = {
-        "command": shlex.join(["fdpipe", *sys.argv[1:]]) if sys.argv[0] else None,
+        # the command line when run as ``fdpipe`` (not for API calls, whose argv is another's)
+        "command": shlex.join(["fdpipe", *sys.argv[1:]])
+        if Path(sys.argv[0]).name == "fdpipe"
+        else None,
         "started": started.isoformat(),
         "input": str(config.input),
         "output": str(config.output),

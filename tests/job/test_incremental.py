@@ -338,3 +338,24 @@ def test_unwritable_summary_is_a_setting_error_before_any_work(tmp_path: Path) -
     assert result.exit_code == 2, result.output
     assert "cannot write the run record" in result.output
     assert not OutputDataset(tmp_path / "out").parts()
+
+
+def test_sharded_reruns_equal_one_unsharded_run(tmp_path: Path) -> None:
+    from fdpipe.job.inputs import shard_of
+
+    paths = write_images(tmp_path / "images", 6)
+    keys = {p: p.relative_to(tmp_path / "images").as_posix() for p in paths}
+    shared = tmp_path / "shared"
+    for i in (0, 1):
+        assert invoke(command(tmp_path / "images", shared, "--shard", f"{i}/2")).exit_code == 0
+    in_shard_1 = [p for p in paths if shard_of(keys[p], 2) == 1]
+    in_shard_0 = [p for p in paths if shard_of(keys[p], 2) == 0]
+    replace_content(in_shard_0[0], seed=11)
+    in_shard_1[0].unlink()
+    only_0 = invoke(command(tmp_path / "images", shared, "--shard", "0/2", "--prune"))
+    assert "changed 1" in only_0.output and "pruned 0" in only_0.output  # not its image
+    only_1 = invoke(command(tmp_path / "images", shared, "--shard", "1/2", "--prune"))
+    assert "changed 0" in only_1.output and "pruned 1" in only_1.output
+    whole = tmp_path / "whole"
+    assert invoke(command(tmp_path / "images", whole)).exit_code == 0
+    assert_same(current(shared), current(whole))
