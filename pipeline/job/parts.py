@@ -201,7 +201,7 @@ def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
 def read_schema(path: str | os.PathLike[str]) -> pa.Schema:
     """A part file's schema; PartFileError naming the file when it cannot be read."""
     try:
-        return pq.read_schema(path)
+        return pq.read_schema(Path(path))
     except (pa.ArrowException, OSError) as exc:
         raise PartFileError(Path(path), exc) from None
 

@@ -7,15 +7,16 @@ column and builds one Arrow table per batch, maps staying numpy until then.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
 
 METADATA_KEY = "fdpipe"  # part-file metadata key holding the run record (JSON)
-COMPRESSION = "zstd"
+COMPRESSION: Final = "zstd"
 
 SCHEMA = pa.schema(
-    [
+    [  # type: ignore[arg-type]  # pyarrow-stubs type a list of fields of several types as object
         pa.field("image_path", pa.string(), nullable=False),
         pa.field("image_sha256", pa.string()),
         pa.field("original_width", pa.int32()),
@@ -150,7 +151,10 @@ def float_lists(values: list[np.ndarray | None]) -> pa.ListArray:
     flat = np.concatenate(present) if present else np.zeros(0, dtype=np.float32)
     mask = pa.array([v is None for v in values], type=pa.bool_())
     return pa.ListArray.from_arrays(
-        pa.array(offsets), pa.array(flat, type=pa.float32()), type=pa.list_(pa.float32()), mask=mask
+        pa.array(offsets, type=pa.int32()),
+        pa.array(flat, type=pa.float32()),
+        type=pa.list_(pa.float32()),
+        mask=mask,
     )
 
 
