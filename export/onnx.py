@@ -6,10 +6,17 @@ An export directory holds ``backbone.onnx`` (images -> activations, extras), ``h
 factorisation where it holds) and ``manifest.json``. Every graph has dynamic batch, mask and
 target dimensions and is checked against PyTorch with ONNX Runtime (CPU) before anything is
 written in place: the directory is built under a temporary name and renamed at the end.
+
+``precision="fp16"`` adds ``backbone.fp16.onnx``, ``masked_head.fp16.onnx`` and
+``masked_head_probabilities.fp16.onnx``: FP16 compute with FP32 inputs and outputs (the
+factorised heads keep their last, target-row product in FP32, as ``FactorisedHead`` does), for
+ONNX Runtime's CUDA provider and strongly typed TensorRT FP16 engines. Each is checked against
+the same FP16 module in PyTorch at ``PARITY_TOLERANCE_FP16``; the manifest records ``precision``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -36,6 +43,8 @@ OPSET = 18
 FORMAT = 1
 MANIFEST = "manifest.json"
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| relative to max |torch|
+PARITY_TOLERANCE_FP16 = 1e-2  # FP16 graphs: another summation order moves FP16 results ~1e-3
+EXPORT_PRECISIONS = ("fp32", "fp16")
 
 
 class ExportError(RuntimeError):
@@ -61,6 +70,56 @@ class Graph:
     outputs: list[str]
     dynamic_shapes: tuple[object, ...]
     num_classes: int  # for valid class indices in the parity check
+    tolerance: float = PARITY_TOLERANCE
+
+    @property
+    def kind(self) -> str:
+        """backbone, head, masked_head or masked_head_probabilities (without ``.fp16``)."""
+        return self.name.split(".")[0]
+
+
+class Float16Graph(nn.Module):
+    """A copy of ``module`` computing in FP16, with FP32 inputs and outputs (integers as given)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = copy.deepcopy(module).half()
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        cast = [t.half() if t.is_floating_point() else t for t in inputs]
+        outputs = self.module(*cast)
+        if isinstance(outputs, Tensor):
+            return outputs.float()
+        return tuple(out.float() for out in outputs)
+
+
+def fp16_graph(graph: Graph, network: SplitNetwork) -> Graph:
+    """The FP16 twin of a backbone or masked-head graph (same inputs, outputs and dims)."""
+    dynamic_shapes = graph.dynamic_shapes
+    if graph.kind == "backbone":
+        module: nn.Module = Float16Graph(graph.module)
+    else:
+        module = masked_head_module(
+            network.head,
+            tuple(graph.args[0].shape[1:]),
+            probabilities=graph.kind == "masked_head_probabilities",
+            dtype=torch.float16,
+        )
+        if not isinstance(module, FactorisedHead):
+            module = Float16Graph(module)
+    if isinstance(module, Float16Graph):  # forward(*inputs): one tuple of per-input dims
+        flat = [d for d in dynamic_shapes for d in (d if isinstance(d, tuple) else (d,))]
+        dynamic_shapes = (tuple(flat),)
+    return Graph(
+        f"{graph.name}.fp16",
+        module,
+        graph.args,
+        graph.inputs,
+        graph.outputs,
+        dynamic_shapes,
+        graph.num_classes,
+        PARITY_TOLERANCE_FP16,
+    )
 
 
 BATCH, MASKS, TARGETS = Dim("batch"), Dim("masks"), Dim("targets")
@@ -91,7 +150,9 @@ def masked_head_graph(
     )
 
 
-def _graphs(model: LoadedModel, example_batch: int = 2) -> tuple[list[Graph], dict[str, object]]:
+def _graphs(
+    model: LoadedModel, example_batch: int = 2, precision: str = "fp32"
+) -> tuple[list[Graph], dict[str, object]]:
     network = split_at(model.module, model.layer)
     images = torch.randn(example_batch, 3, *model.input_size, generator=torch.Generator())
     with torch.no_grad():
@@ -129,7 +190,10 @@ def _graphs(model: LoadedModel, example_batch: int = 2) -> tuple[list[Graph], di
             g.name: "factorised" if isinstance(g.module, FactorisedHead) else "explicit"
             for g in graphs[2:]
         },
+        "precision": precision,
     }
+    if precision == "fp16":
+        graphs += [fp16_graph(g, network) for g in graphs if g.kind != "head"]
     return graphs, info
 
 
@@ -173,11 +237,11 @@ def export_graph(graph: Graph, path: Path, opset: int = OPSET) -> float:
 def _parity_inputs(graph: Graph) -> tuple[Tensor, ...]:
     """Example inputs with other batch, mask and target counts than at export (dynamic dims)."""
     generator = torch.Generator().manual_seed(1)
-    if graph.name == "backbone":
+    if graph.kind == "backbone":
         return (torch.randn(3, *graph.args[0].shape[1:], generator=generator),)
     activations, *rest = graph.args
     tensors = [torch.rand(3, *activations.shape[1:], generator=generator)]
-    if graph.name == "head":
+    if graph.kind == "head":
         return (*tensors, *(torch.rand(3, *e.shape[1:], generator=generator) for e in rest))
     masks, _classes, *extras = rest
     tensors.append((torch.rand(3, 5, masks.shape[2], generator=generator) < 0.5).float())
@@ -197,10 +261,10 @@ def check_parity(graph: Graph, path: Path) -> float:
         float((torch.from_numpy(a) - e).abs().max() / e.abs().max().clamp_min(1e-12))
         for a, e in zip(actual, expected, strict=True)
     )
-    if not error <= PARITY_TOLERANCE:
+    if not error <= graph.tolerance:
         raise ExportError(
             f"{path.name}: ONNX Runtime differs from PyTorch by {error:.2e} (relative), "
-            f"above {PARITY_TOLERANCE:.0e}"
+            f"above {graph.tolerance:.0e}"
         )
     return error
 
@@ -216,8 +280,11 @@ def export_model(
     *,
     opset: int = OPSET,
     engines: Callable[[Path, dict[str, object]], dict[str, object]] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, object]:
     """Export ``model`` to ``output`` (replaced whole, only once everything succeeded).
+
+    ``precision="fp16"`` adds the FP16 graphs (module docstring).
 
     ``engines(directory, manifest)`` may add files (TensorRT engines) built from the ONNX graphs;
     what it returns is stored under the manifest's ``"tensorrt"`` key.
@@ -228,7 +295,9 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
-        graphs, info = _graphs(model)
+        if precision not in EXPORT_PRECISIONS:
+            raise ExportError(f"graphs are exported in {' or '.join(EXPORT_PRECISIONS)}")
+        graphs, info = _graphs(model, precision=precision)
         files, parity = {}, {}
         for graph in graphs:
             path = staging / f"{graph.name}.onnx"

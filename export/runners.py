@@ -30,16 +30,56 @@ class Runner(Protocol):
     def __call__(self, *inputs: Tensor) -> list[Tensor]: ...
 
 
+class RunnerError(RuntimeError):
+    """A graph or engine that cannot run as asked (wrong provider, shape outside a profile)."""
+
+
 def onnx_providers() -> list[str]:
     """CUDA first where both ONNX Runtime and torch see a GPU, the CPU provider always."""
     cuda = "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
+TORCH_TO_NUMPY = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.bool: np.bool_,
+}
+
+
+def output_shapes(
+    inputs: dict[str, tuple[int, ...]],
+    input_dims: dict[str, list[int | str | None]],
+    output_dims: dict[str, list[int | str | None]],
+) -> dict[str, tuple[int, ...]] | None:
+    """Concrete output shapes from the graph's named dynamic dims ("batch", "masks", ...).
+
+    None when an output has a dim no input names (ONNX Runtime then allocates it).
+    """
+    sizes: dict[str, int] = {}
+    for name, dims in input_dims.items():
+        for dim, size in zip(dims, inputs[name], strict=True):
+            if isinstance(dim, str):
+                sizes[dim] = size
+    shapes = {}
+    for name, dims in output_dims.items():
+        if any((isinstance(d, str) and d not in sizes) or d is None for d in dims):
+            return None
+        shapes[name] = tuple(sizes[d] if isinstance(d, str) else int(d or 0) for d in dims)
+    return shapes
+
+
 class OnnxRunner:
     """An ONNX Runtime session; inputs and outputs are torch tensors on the caller's device.
 
-    The session is created on first use, so a graph that is never run is never loaded.
+    The session is created on first use, so a graph that is never run is never loaded, and is
+    refused (``RunnerError``) when ONNX Runtime did not register the first provider asked for:
+    a CUDA provider whose libraries fail to load would otherwise run on the CPU, labelled CUDA.
+    On CUDA the session runs on its own stream with TF32 off (FP32 means IEEE FP32; VGG16 logits
+    move by ~2e-4 relative with TF32, past the export's 1e-4 parity bar), and inputs and outputs
+    stay on the GPU through IO binding.
     """
 
     def __init__(
@@ -48,7 +88,24 @@ class OnnxRunner:
         self.path = Path(path)
         self.providers = list(providers or onnx_providers())
         self.threads = threads or torch.get_num_threads()  # as many as torch uses
+        self.cuda = self.providers[0] == "CUDAExecutionProvider"
         self.name = f"onnxruntime({self.providers[0].removesuffix('ExecutionProvider')})"
+
+    @cached_property
+    def stream(self) -> torch.cuda.Stream:
+        """The session's own CUDA stream (ONNX Runtime's ``user_compute_stream``)."""
+        return torch.cuda.Stream()
+
+    def _provider_options(self) -> list[dict[str, str]]:
+        if not self.cuda:
+            return [{} for _ in self.providers]
+        cuda = {
+            "device_id": str(torch.cuda.current_device()),
+            "use_tf32": "0",
+            "has_user_compute_stream": "1",
+            "user_compute_stream": str(self.stream.cuda_stream),
+        }
+        return [cuda if p == "CUDAExecutionProvider" else {} for p in self.providers]
 
     @cached_property
     def session(self) -> ort.InferenceSession:
@@ -58,17 +115,31 @@ class OnnxRunner:
         # Idle threads sleep instead of spinning: torch runs between calls on the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            return ort.InferenceSession(str(self.path), options, providers=self.providers)
+            session = ort.InferenceSession(
+                str(self.path),
+                options,
+                providers=self.providers,
+                provider_options=self._provider_options(),
+            )
         except Exception as exc:  # ONNX Runtime raises its own types: all mean a bad graph here
             raise ArtifactMismatch(
                 f"{self.path} cannot be loaded as an ONNX graph: {exc}"
             ) from None
+        if self.providers[0] not in session.get_providers():
+            raise RunnerError(
+                f"ONNX Runtime could not use {self.providers[0]} for {self.path.name} "
+                f"(in use: {', '.join(session.get_providers())}); check the onnxruntime-gpu, "
+                "CUDA and cuDNN installation, or choose --runtime torch"
+            )
+        return session
 
     @property
     def input_names(self) -> list[str]:
         return [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *inputs: Tensor) -> list[Tensor]:
+        if self.cuda:
+            return self._run_bound(inputs)
         device = inputs[0].device
         feed = {
             name: np.ascontiguousarray(t.detach().cpu().numpy())
@@ -76,9 +147,62 @@ class OnnxRunner:
         }
         return [torch.from_numpy(out).to(device) for out in self.session.run(None, feed)]
 
+    def _run_bound(self, inputs: Sequence[Tensor]) -> list[Tensor]:
+        """IO binding on torch CUDA buffers: no copy through host memory."""
+        session, stream = self.session, self.stream
+        device = inputs[0].device
+        buffers = [t.detach().to("cuda").contiguous() for t in inputs]
+        binding = session.io_binding()
+        for name, buffer in zip(self.input_names, buffers, strict=True):
+            binding.bind_input(
+                name, "cuda", buffer.device.index or 0, TORCH_TO_NUMPY[buffer.dtype],
+                tuple(buffer.shape), buffer.data_ptr(),
+            )  # fmt: skip
+        shapes = output_shapes(
+            {n: tuple(b.shape) for n, b in zip(self.input_names, buffers, strict=True)},
+            {i.name: i.shape for i in session.get_inputs()},
+            {o.name: o.shape for o in session.get_outputs()},
+        )
+        outputs = []
+        if shapes is not None:
+            for name, shape in shapes.items():
+                out = torch.empty(shape, dtype=torch.float32, device=buffers[0].device)
+                binding.bind_output(
+                    name, "cuda", out.device.index or 0, np.float32, shape, out.data_ptr()
+                )
+                outputs.append(out)
+        else:
+            for output in session.get_outputs():
+                binding.bind_output(output.name, "cuda")
+        stream.wait_stream(torch.cuda.current_stream())  # inputs are written on torch's stream
+        session.run_with_iobinding(binding)  # runs on self.stream, synchronised at the end
+        if shapes is None:  # shapes only known after the run: ONNX Runtime's own buffers
+            outputs = [torch.from_numpy(v.numpy()) for v in binding.get_outputs()]
+        return [out.to(device) for out in outputs]
+
+
+def aligned(tensor: Tensor, alignment: int = 256) -> Tensor:
+    """``tensor``, copied when its address breaks TensorRT's I/O alignment (256 bytes).
+
+    A slice of a batch (``split``) starts inside its parent's storage: the engine would read
+    from a misaligned address, which TensorRT does not guarantee to handle.
+    """
+    if tensor.data_ptr() % alignment == 0:
+        return tensor
+    # Over-allocate and start at the first aligned element (CUDA's allocator aligns to 512
+    # bytes already; this holds for any allocator).
+    spare = alignment // tensor.element_size()
+    storage = torch.empty(tensor.numel() + spare, dtype=tensor.dtype, device=tensor.device)
+    offset = (-storage.data_ptr() % alignment) // tensor.element_size()
+    copy = storage[offset : offset + tensor.numel()].view(tensor.shape)
+    return copy.copy_(tensor)
+
 
 class TensorRTRunner:
-    """A serialized TensorRT 10 engine run on torch CUDA buffers (one optimisation profile)."""
+    """A serialized TensorRT 10/11 engine run on torch CUDA buffers (one optimisation profile).
+
+    Runs on its own CUDA stream, ordered after torch's current stream and before its later work.
+    """
 
     def __init__(self, path: Path) -> None:
         import tensorrt as trt  # optional extra: imported only when an engine is used
@@ -88,8 +212,11 @@ class TensorRTRunner:
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self.engine is None:
-            raise RuntimeError(f"TensorRT could not load {path} (built by another version?)")
+            raise RunnerError(f"TensorRT could not load {path} (built by another version or GPU?)")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RunnerError(f"TensorRT could not create an execution context for {path}")
+        self.stream = torch.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == mode]
@@ -121,22 +248,33 @@ class TensorRTRunner:
 
     def _run(self, *inputs: Tensor) -> list[Tensor]:
         device = inputs[0].device
-        stream = torch.cuda.current_stream()
         staged = []  # keeps the CUDA copies alive until the engine has run
         for name, tensor in zip(self.input_names, inputs, strict=True):
-            buffer = tensor.detach().to("cuda", self._dtype(name)).contiguous()
+            buffer = aligned(tensor.detach().to("cuda", self._dtype(name)).contiguous())
             staged.append(buffer)
-            self.context.set_input_shape(name, tuple(buffer.shape))
-            self.context.set_tensor_address(name, buffer.data_ptr())
+            if not self.context.set_input_shape(name, tuple(buffer.shape)):
+                raise RunnerError(
+                    f"TensorRT refused {name} of shape {tuple(buffer.shape)}: the engine's "
+                    f"profile allows up to {self.profile_max(name)}"
+                )
+            self._bind(name, buffer)
         outputs = []
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             buffer = torch.empty(shape, dtype=self._dtype(name), device="cuda")
             outputs.append(buffer)
-            self.context.set_tensor_address(name, buffer.data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        return [out.to(device) for out in outputs]  # ordered after the engine on this stream
+            self._bind(name, buffer)
+        self.stream.wait_stream(torch.cuda.current_stream())  # inputs staged on torch's stream
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RunnerError("TensorRT execution failed")
+        torch.cuda.current_stream().wait_stream(self.stream)  # later torch work sees outputs
+        for buffer in (*staged, *outputs):
+            buffer.record_stream(self.stream)  # not reused before the engine is done with it
+        return [out.to(device, torch.float32) for out in outputs]
+
+    def _bind(self, name: str, buffer: Tensor) -> None:
+        if not self.context.set_tensor_address(name, buffer.data_ptr()):
+            raise RunnerError(f"TensorRT refused the address of {name}")
 
 
 class RunnerBackbone(nn.Module):
@@ -174,8 +312,9 @@ class RunnerMaskedHead:
     """A ``MaskedHeadScorer`` over exported masked-head graphs (logits and probabilities).
 
     ``chunk`` bounds the masks per call for explicit-masking graphs (and a TensorRT profile's
-    maximum); the factorised graphs take all masks at once. Negative mask values, for which
-    the factorisation does not hold, go to ``fallback``.
+    maximum); the factorised graphs take all masks at once. ``max_targets`` bounds the classes
+    per call (a TensorRT profile's maximum). Negative mask values, for which the factorisation
+    does not hold, go to ``fallback``.
     """
 
     def __init__(
@@ -185,9 +324,11 @@ class RunnerMaskedHead:
         *,
         fallback: MaskedHeadScorer,
         chunks: tuple[int | None, int | None] = (None, None),
+        max_targets: tuple[int | None, int | None] = (None, None),
     ) -> None:
         self.runners = {False: logits, True: probabilities}
         self.chunks = {False: chunks[0], True: chunks[1]}
+        self.max_targets = {False: max_targets[0], True: max_targets[1]}
         self.fallback = fallback
         self.name = f"{logits.name}-masked-head"
 
@@ -208,8 +349,15 @@ class RunnerMaskedHead:
             )
         inputs = (activations, masks, classes, *extras)[: len(runner.input_names)]
         chunk = self.chunks[probabilities] or masks.shape[1]
-        parts = [runner(inputs[0], part, *inputs[2:])[0] for part in masks.split(chunk, dim=1)]
-        return torch.cat(parts, dim=2).to(activations.dtype)
+        targets = self.max_targets[probabilities] or classes.shape[1]
+        rows = [
+            torch.cat(
+                [runner(inputs[0], part, wanted, *inputs[3:])[0] for part in masks.split(chunk, 1)],
+                dim=2,
+            )
+            for wanted in classes.split(targets, dim=1)
+        ]
+        return torch.cat(rows, dim=1).to(activations.dtype)
 
 
 __all__ = [
@@ -217,7 +365,10 @@ __all__ = [
     "OnnxRunner",
     "Runner",
     "RunnerBackbone",
+    "RunnerError",
     "RunnerMaskedHead",
     "TensorRTRunner",
+    "aligned",
     "onnx_providers",
+    "output_shapes",
 ]

@@ -14,6 +14,7 @@ so the same module is the PyTorch runner and the source of the masked-head ONNX 
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -151,18 +152,40 @@ def plan_head(
 
 
 class FactorisedHead(nn.Module):
-    """``(activations, masks, classes) -> (B, T, M)`` by the exact factorisation of a plan."""
+    """``(activations, masks, classes) -> (B, T, M)`` by the exact factorisation of a plan.
 
-    def __init__(self, plan: HeadPlan, channels: int, probabilities: bool = False) -> None:
+    ``dtype`` (fp32, or bf16/fp16 on hardware with native support) is the type of the big
+    products of a Linear head: the per-channel contributions, the masked sums and the Linear
+    layers between them (on a low-precision copy of their weights, made once). The target rows
+    of the last layer (or all its rows, for probabilities) run in fp32 on the upcast hidden
+    features: FD-CAM's scores are differences of nearby logits, and a bf16 logit has an 8-bit
+    mantissa. Products with a fp32 result where the hardware allows it: oneDNN and cuBLAS
+    accumulate low-precision products in fp32, only their outputs are rounded.
+    """
+
+    def __init__(
+        self,
+        plan: HeadPlan,
+        channels: int,
+        probabilities: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.before, self.mix, self.after, self.last = plan.before, plan.mix, plan.after, plan.last
         self.channels = channels
         self.probabilities = probabilities
+        self.dtype = dtype
         if isinstance(self.mix, nn.Linear) and (self.last is not None or probabilities):
             # (K, s, O): per-channel blocks contiguous, so the contributions are one batched
             # matmul instead of a strided einsum that copies the whole weight on every call.
             weight = self.mix.weight.detach().view(self.mix.out_features, channels, -1)
-            self.register_buffer("blocks", weight.permute(1, 2, 0).contiguous(), persistent=False)
+            blocks = weight.permute(1, 2, 0).to(dtype).contiguous()
+            self.register_buffer("blocks", blocks, persistent=False)
+            mix_bias = self._bias(self.mix).detach().to(dtype)
+            self.register_buffer("mix_bias", mix_bias, persistent=False)
+            # The middle Linear layers in the compute type (a copy: the model keeps its weights).
+            self.middle = self.after if dtype == torch.float32 else copy.deepcopy(self.after)
+            self.middle.to(dtype)
 
     def forward(self, activations: Tensor, masks: Tensor, classes: Tensor) -> Tensor:
         features = self.before(activations)
@@ -175,8 +198,13 @@ class FactorisedHead(nn.Module):
             contributions = torch.einsum("bks,btks->bkt", per_channel, rows)  # rows (B,T,K,s)
             scores = masks @ contributions + bias[classes][:, None, :]
             return scores.transpose(1, 2)
+        if self.dtype != torch.float32:  # export and fp32 runs trace no casts
+            per_channel, masks = per_channel.to(self.dtype), masks.to(self.dtype)
+            bias = self.mix_bias
         contributions = (per_channel.transpose(0, 1) @ self.blocks).transpose(0, 1)  # (B, K, O)
-        hidden = self.after(masks @ contributions + bias)  # (B, M, H)
+        hidden = self.middle(masks @ contributions + bias)  # (B, M, H)
+        if self.dtype != torch.float32:
+            hidden = hidden.float()
         if self.probabilities:
             logits = hidden if self.last is None else self.last(hidden)
             picked = select_scores(logits, classes[:, None, :].expand(-1, masks.shape[1], -1), True)
@@ -225,15 +253,22 @@ class ExplicitHead(nn.Module):
 
 
 def masked_head_module(
-    head: fx.GraphModule, activation_shape: tuple[int, ...], *, probabilities: bool = False
+    head: fx.GraphModule,
+    activation_shape: tuple[int, ...],
+    *,
+    probabilities: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> FactorisedHead | ExplicitHead:
-    """The fastest exact masked-head module for this head: factorised where the plan holds."""
+    """The fastest exact masked-head module for this head: factorised where the plan holds.
+
+    ``dtype`` applies to a factorised Linear head's products; explicit masking stays fp32.
+    """
     plan, reason = plan_head(head, activation_shape, probabilities=probabilities)
     if plan is None:
         log.info("masked head: explicit masking (%s)", reason)
         return ExplicitHead(head, probabilities)
     log.info("masked head: exact factorisation (%s)", reason)
-    return FactorisedHead(plan, activation_shape[0], probabilities)
+    return FactorisedHead(plan, activation_shape[0], probabilities, dtype)
 
 
 class FactorisedMaskedHead:
@@ -244,10 +279,14 @@ class FactorisedMaskedHead:
     :class:`ExplicitMaskedHead`, which bounds memory by evaluating masks in chunks.
     """
 
-    name = "torch-factorised"
-
-    def __init__(self, head: fx.GraphModule, chunk: int = 128) -> None:
+    def __init__(
+        self, head: fx.GraphModule, chunk: int = 128, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.head = head
+        self.dtype = dtype
+        self.name = "torch-factorised" + (
+            "" if dtype == torch.float32 else f"({str(dtype).removeprefix('torch.')})"
+        )
         self.explicit = ExplicitMaskedHead(head, chunk)
         self._modules: dict[tuple[tuple[int, ...], bool], FactorisedHead | None] = {}
 
@@ -256,7 +295,9 @@ class FactorisedMaskedHead:
     ) -> FactorisedHead | None:
         key = (tuple(activation_shape), probabilities)
         if key not in self._modules:
-            module = masked_head_module(self.head, key[0], probabilities=probabilities)
+            module = masked_head_module(
+                self.head, key[0], probabilities=probabilities, dtype=self.dtype
+            )
             self._modules[key] = module if isinstance(module, FactorisedHead) else None
         return self._modules[key]
 

@@ -42,21 +42,27 @@ class Explanation:
     raw_range: Tensor | None = None  # (B, T, 2) min, max of the ReLU'd raw map: its strength
 
 
-# Backends by model module, then (layer, runtime, artifacts): the fast scorer's per-model tables
-# (411 MB of reordered fc1 weights for VGG16) are built once per model, not once per call.
-_BACKENDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, str | None], Backend]] = (
+# Backends by model module, then (layer, runtime, artifacts, precision): the fast scorer's
+# per-model tables (411 MB of reordered fc1 weights for VGG16) are built once per model.
+_BACKENDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, str | None, str], Backend]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def backend_for(
-    model: LoadedModel, runtime: str = "auto", artifacts: Path | None = None
+    model: LoadedModel,
+    runtime: str = "auto",
+    artifacts: Path | None = None,
+    precision: str = "fp32",
 ) -> Backend:
-    """The backend of ``model`` for ``runtime``: built on first use, then reused."""
+    """The backend of ``model`` for ``runtime`` and ``precision``: built on first use, reused."""
     per_model = _BACKENDS.setdefault(model.module, {})
-    key = (model.layer, runtime, None if artifacts is None else str(Path(artifacts).resolve()))
+    where = None if artifacts is None else str(Path(artifacts).resolve())
+    key = (model.layer, runtime, where, precision)
     if key not in per_model:
-        per_model[key] = select_backend(model, artifacts=artifacts, runtime=runtime)
+        per_model[key] = select_backend(
+            model, artifacts=artifacts, runtime=runtime, precision=precision
+        )
     return per_model[key]
 
 
@@ -73,7 +79,8 @@ class Explainer:
     ``LoadedModel``. ``methods`` are names, ``name:key=value`` specs, ``MethodSpec`` or
     ``CAMMethod`` objects; ``method_options`` apply to a single named method. ``classes`` (one list
     for every image, or one row per image) or ``top_k`` are the default targets of each call.
-    ``runtime`` and ``artifacts`` choose the engine (``fdpipe.backends``).
+    ``runtime`` and ``artifacts`` choose the engine, ``precision`` (fp32, bf16, fp16, auto) the
+    arithmetic of the backbone and the masked-head products (``fdpipe.backends``).
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class Explainer:
         pretrained: bool = True,
         runtime: str = "auto",
         artifacts: Path | None = None,
+        precision: str = "fp32",
         classes: Classes = None,
         top_k: int = 1,
         **method_options: Any,
@@ -96,7 +104,7 @@ class Explainer:
             self.model = model
         else:
             self.model = load_model(model, layer=layer, weights=weights, pretrained=pretrained)
-        self.backend = backend_for(self.model, runtime, artifacts)
+        self.backend = backend_for(self.model, runtime, artifacts, precision)
         self.methods: dict[str, CAMMethod] = build_methods(methods, method_options)
         for method in self.methods.values():
             method.check(self.network)  # e.g. an FG-CAM resolution that is not a layer
@@ -164,6 +172,7 @@ class Explainer:
             "weights_id": self.model.weights_id,
             "layer": self.model.layer,
             "preprocess": self.model.preprocess.describe(),
+            "precision": self.backend.precision,
             "methods": {label: m.options() for label, m in self.methods.items()},
         }
 
@@ -177,6 +186,7 @@ def explain(
     top_k: int = 1,
     runtime: str = "auto",
     artifacts: Path | None = None,
+    precision: str = "fp32",
     **method_options: Any,
 ) -> Explanation | dict[str, Explanation]:
     """Explain ``images`` with one method (an Explanation) or several (a dict by method label).
@@ -191,6 +201,7 @@ def explain(
         method,
         runtime=runtime,
         artifacts=artifacts,
+        precision=precision,
         classes=classes,
         top_k=top_k,
         **method_options,

@@ -2,11 +2,17 @@
 
 ``torch`` needs nothing; ``onnxruntime`` and ``tensorrt`` run the graphs of an ``fdpipe export``
 directory (``artifacts``), which must have been exported from the same model, weights and layer.
-``auto`` takes TensorRT where a CUDA GPU, the ``tensorrt`` package and engines are present, ONNX
-Runtime's CUDA provider on other GPU machines, and on a CPU times torch (also in channels-last
-layout for the backbone) against ONNX Runtime for the backbone and for the masked head
-separately and keeps the fastest of each. The head itself always stays a torch module:
-gradients come from autograd through the head only.
+``auto`` takes TensorRT where a CUDA GPU, the ``tensorrt`` package and engines built by this
+TensorRT on this GPU model are present, ONNX Runtime's CUDA provider on other GPU machines (when
+it really loads), and on a CPU times torch (also in channels-last layout for the backbone)
+against ONNX Runtime for the backbone and for the masked head separately and keeps the fastest of
+each. Whatever ``auto`` cannot use it logs and passes over; a forced runtime that cannot run is
+refused. The head itself always stays a torch module: gradients come from autograd through it.
+
+``precision`` (``fdpipe.kernels.precision``): ``fp32`` (default), ``bf16`` (torch on CPUs with
+native bf16, or CUDA), ``fp16`` (CUDA: torch autocast, ONNX Runtime on the export's FP16 graphs,
+TensorRT FP16 engines), ``auto`` (``AUTO_PRECISION``: reduced precision only where the fidelity
+benchmark showed FD-CAM maps at r >= 0.999 of fp32 and it is faster).
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ from fdpipe.export.runners import (
     OnnxRunner,
     Runner,
     RunnerBackbone,
+    RunnerError,
     RunnerMaskedHead,
     TensorRTRunner,
     onnx_providers,
 )
 from fdpipe.export.split import split_at
-from fdpipe.export.tensorrt import tensorrt_missing
+from fdpipe.export.tensorrt import EXPLICIT_CHUNK, engine_mismatch, graph_file, tensorrt_missing
 from fdpipe.kernels import ExplicitMaskedHead, MaskedHeadScorer, SplitNetwork
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead
+from fdpipe.kernels.precision import DTYPES, PRECISIONS, AutocastBackbone, precision_unsupported
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -41,7 +49,11 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")
 # Not a user choice: torch with the plain masked-head loop, the reference benchmarks compare with.
 REFERENCE_RUNTIME = "torch-explicit"
-EXPLICIT_CHUNK = 128  # masks per call for explicit-masking graphs (the authors' batch)
+# What ``precision="auto"`` picks per device kind: reduced precision only where the fidelity
+# suite (``fdpipe bench --suite fidelity``) showed FD-CAM maps at r >= 0.999 of fp32 on every
+# model AND the speed suite showed it faster. CPU bf16: fidelity holds (README, "Precision"),
+# speed not yet measured on a CPU with native bf16; CUDA: not yet run. Both stay fp32 until then.
+AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp32"}
 
 
 class BackendError(ModelError):
@@ -53,36 +65,74 @@ class Backend:
     network: SplitNetwork  # backbone may be ONNX Runtime-backed; the head stays torch (autograd)
     scorer: MaskedHeadScorer  # fastest exact scorer available
     description: str
+    precision: str = "fp32"  # as run (``auto`` resolved)
 
 
 def _runners(
-    kind: str, directory: Path, manifest: dict[str, object]
+    kind: str, directory: Path, manifest: dict[str, object], precision: str = "fp32"
 ) -> tuple[Runner, Runner, Runner]:
-    """Backbone, logit-scores and probability-scores runners of one kind."""
+    """Backbone, logit-scores and probability-scores runners of one kind and precision.
+
+    Raises ``BackendError`` with the reason when they cannot run here.
+    """
+    graphs = ("backbone", "masked_head", "masked_head_probabilities")
     if kind == "tensorrt":
         missing = tensorrt_missing()
         if missing:
             raise BackendError(f"--runtime tensorrt: {missing}")
-        if "tensorrt" not in manifest:
+        entry = manifest.get("tensorrt")
+        if not isinstance(entry, dict):
             raise BackendError(f"{directory} has no TensorRT engines: `fdpipe export --trt`")
-        names = ("backbone.engine", "masked_head.engine", "masked_head_probabilities.engine")
-        return tuple(TensorRTRunner(artifact(directory, manifest, n)) for n in names)
-    names = ("backbone.onnx", "masked_head.onnx", "masked_head_probabilities.onnx")
-    return tuple(OnnxRunner(artifact(directory, manifest, n)) for n in names)
+        built = entry.get("precision", "fp32")
+        if built != precision:
+            raise BackendError(
+                f"the engines in {directory} are {built}, not {precision}: "
+                f"`fdpipe export --trt --precision {precision}`"
+            )
+        mismatch = engine_mismatch(entry)
+        if mismatch:
+            raise BackendError(f"{mismatch}: re-run `fdpipe export --trt` on this machine")
+        try:
+            return tuple(
+                TensorRTRunner(artifact(directory, manifest, f"{g}.engine")) for g in graphs
+            )
+        except RunnerError as exc:
+            raise BackendError(str(exc)) from exc
+    names = [graph_file(g, precision) for g in graphs]
+    if precision != "fp32" and not all(n in manifest.get("files", {}) for n in names):
+        raise BackendError(
+            f"{directory} has no {precision} graphs: `fdpipe export --precision {precision}`"
+        )
+    runners = tuple(OnnxRunner(artifact(directory, manifest, n)) for n in names)
+    try:
+        for runner in runners:
+            runner.session  # noqa: B018 - load now: a provider that fails to load is refused here
+    except RunnerError as exc:
+        raise BackendError(str(exc)) from exc
+    return runners
 
 
 def _engine_scorer(
     runners: tuple[Runner, Runner, Runner], manifest: dict[str, object], fallback: MaskedHeadScorer
 ) -> RunnerMaskedHead:
-    chunks = []
+    chunks, targets = [], []
     for runner, graph in zip(
         runners[1:], ("masked_head", "masked_head_probabilities"), strict=True
     ):
         chunk = None if manifest["masked_head"][graph] == "factorised" else EXPLICIT_CHUNK
-        if isinstance(runner, TensorRTRunner):
+        most = None
+        if isinstance(runner, TensorRTRunner):  # send only what the engine's profile accepts
             chunk = min(chunk or 1 << 30, runner.profile_max("masks")[1])
+            most = runner.profile_max("classes")[1]
         chunks.append(chunk)
-    return RunnerMaskedHead(runners[1], runners[2], fallback=fallback, chunks=tuple(chunks))
+        targets.append(most)
+    return RunnerMaskedHead(
+        runners[1],
+        runners[2],
+        fallback=fallback,
+        chunks=(chunks[0], chunks[1]),
+        max_targets=(targets[0], targets[1]),
+    )
 
 
 def _best_seconds(call: Callable[[], object], repeats: int = 3) -> float:
@@ -137,8 +187,24 @@ def _name(backbone: nn.Module) -> str:
     return getattr(backbone, "name", "torch")
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision`` as run on ``device`` (``auto`` resolved); refused when it cannot run fast."""
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return AUTO_PRECISION[device.type]
+    reason = precision_unsupported(precision, device)
+    if reason:
+        raise BackendError(f"--precision {precision}: {reason}")
+    return precision
+
+
 def select_backend(
-    model: LoadedModel, *, artifacts: Path | None = None, runtime: str = "auto"
+    model: LoadedModel,
+    *,
+    artifacts: Path | None = None,
+    runtime: str = "auto",
+    precision: str = "fp32",
 ) -> Backend:
     """The network and scorer to explain ``model`` with; ``runtime`` forces an engine.
 
@@ -146,41 +212,87 @@ def select_backend(
     """
     if runtime not in (*RUNTIMES, REFERENCE_RUNTIME):
         raise BackendError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision, device)
     if torch.cuda.is_available():
         # The torch head (gradients, scores) runs where the runners' inputs and outputs live.
         model.module.to("cuda")
     network = split_at(model.module, model.layer)
     if runtime == REFERENCE_RUNTIME:
         scorer = ExplicitMaskedHead(network.head, chunk=EXPLICIT_CHUNK)
-        return Backend(network, scorer, "backbone=torch head-scores=explicit")
-    torch_scorer = FactorisedMaskedHead(network.head)
+        return Backend(network, scorer, "backbone=torch head-scores=explicit", "fp32")
+    dtype = DTYPES[precision]
+    torch_backbone = (
+        network.backbone if precision == "fp32" else AutocastBackbone(network.backbone, dtype)
+    )
+    torch_scorer = FactorisedMaskedHead(network.head, dtype=dtype)
     manifest = load_manifest(artifacts, model) if artifacts is not None else None
     if runtime in ("onnxruntime", "tensorrt") and manifest is None:
         raise BackendError(f"--runtime {runtime} runs exported graphs: give --artifacts DIR")
+    if device.type == "cpu" and precision != "fp32" and runtime == "onnxruntime":
+        raise BackendError(f"--precision {precision} on a CPU runs on torch: --runtime torch")
+    backbone, scorer = torch_backbone, torch_scorer
     if manifest is None or runtime == "torch":
-        backbone, scorer = network.backbone, torch_scorer
-    elif runtime == "tensorrt" or (
-        runtime == "auto" and "tensorrt" in manifest and tensorrt_missing() is None
-    ):
-        runners = _runners("tensorrt", artifacts, manifest)
-        backbone, scorer = (
-            RunnerBackbone(runners[0]),
-            _engine_scorer(runners, manifest, torch_scorer),
-        )
-    else:
-        runners = _runners("onnxruntime", artifacts, manifest)
-        if runtime == "onnxruntime" or "CUDAExecutionProvider" in onnx_providers():
+        pass
+    elif runtime == "tensorrt" or (runtime == "auto" and "tensorrt" in manifest):
+        try:
+            runners = _runners("tensorrt", artifacts, manifest, precision)
             backbone = RunnerBackbone(runners[0])
             scorer = _engine_scorer(runners, manifest, torch_scorer)
-        else:
-            backbone, scorer = _calibrate(model, network, torch_scorer, runners, manifest)
+        except BackendError as exc:
+            if runtime == "tensorrt":
+                raise
+            log.warning("runtime auto: not using TensorRT (%s)", exc)
+            backbone, scorer = _onnxruntime_or_torch(
+                model, network, (torch_backbone, torch_scorer), artifacts, manifest, precision
+            )
+    else:
+        backbone, scorer = _onnxruntime_or_torch(
+            model, network, (torch_backbone, torch_scorer), artifacts, manifest, precision,
+            forced=runtime == "onnxruntime",
+        )  # fmt: skip
     backend = Backend(
         SplitNetwork(backbone, network.head, network.layer),
         scorer,
         f"backbone={_name(backbone)} head-scores={scorer.name} gradients=torch-autograd(head)",
+        precision,
     )
-    log.info("runtime: %s", backend.description)
+    log.info("runtime: %s (precision %s)", backend.description, precision)
     return backend
 
 
-__all__ = ["REFERENCE_RUNTIME", "RUNTIMES", "Backend", "BackendError", "select_backend"]
+def _onnxruntime_or_torch(
+    model: LoadedModel,
+    network: SplitNetwork,
+    torch_parts: tuple[nn.Module, MaskedHeadScorer],
+    artifacts: Path,
+    manifest: dict[str, object],
+    precision: str,
+    *,
+    forced: bool = False,
+) -> tuple[nn.Module, MaskedHeadScorer]:
+    """ONNX Runtime on a GPU; on a CPU the fastest of torch and ONNX Runtime per component."""
+    torch_backbone, torch_scorer = torch_parts
+    if precision != "fp32" and "CUDAExecutionProvider" not in onnx_providers():
+        return torch_backbone, torch_scorer  # reduced precision on a CPU is torch's
+    try:
+        runners = _runners("onnxruntime", artifacts, manifest, precision)
+    except BackendError as exc:
+        if forced:
+            raise
+        log.warning("runtime auto: not using ONNX Runtime (%s)", exc)
+        return torch_backbone, torch_scorer
+    if forced or "CUDAExecutionProvider" in onnx_providers():
+        return RunnerBackbone(runners[0]), _engine_scorer(runners, manifest, torch_scorer)
+    return _calibrate(model, network, torch_scorer, runners, manifest)
+
+
+__all__ = [
+    "AUTO_PRECISION",
+    "REFERENCE_RUNTIME",
+    "RUNTIMES",
+    "Backend",
+    "BackendError",
+    "resolve_precision",
+    "select_backend",
+]

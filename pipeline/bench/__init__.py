@@ -2,7 +2,9 @@
 
 "engine": FD-CAM seconds per image per runner against the plain masked-head loop and the grad-cam
 library (``engine.py``); "pipeline": end-to-end images/s of the dataset job and its peak memory
-(``pipeline.py``); "startup": ``fdpipe --help`` against importing torch (``startup.py``).
+(``pipeline.py``); "startup": ``fdpipe --help`` against importing torch (``startup.py``);
+"fidelity": bf16/fp16 maps against fp32 per model and method (``fidelity.py``); "precision":
+FD-CAM seconds per image per precision beside the fp32 floor, API and job (``precision.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 from fdpipe.bench.engine import BATCH, engine_suite
+from fdpipe.bench.fidelity import fidelity_suite
 from fdpipe.bench.pipeline import pipeline_suite
+from fdpipe.bench.precision import precision_suite
 from fdpipe.bench.startup import startup_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
@@ -33,6 +37,8 @@ SUITES: dict[str, Suite] = {
     "engine": engine_suite,
     "pipeline": pipeline_suite,
     "startup": startup_suite,
+    "fidelity": fidelity_suite,
+    "precision": precision_suite,
 }
 
 
@@ -59,14 +65,19 @@ ENGINE_COLUMNS = [
 ]
 
 
-def table(rows: list[dict[str, object]]) -> str:
-    """The engine columns where the rows have them, else the first row's keys."""
+def _cell(value: object) -> str:
+    """Floats to 3 decimals, or 5 significant digits for fidelity figures near 1 or 0."""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) >= 1 else f"{value:.5g}"
+    return "" if value is None else str(value)
+
+
+def table(rows: list[dict[str, object]], columns: list[str] | None = None) -> str:
+    """``columns`` (a suite's own), else the engine columns where the rows have them, else the
+    first row's keys."""
     engine = any("runner" in r for r in rows)
-    columns = ENGINE_COLUMNS if engine or not rows else list(rows[0])
-    cells = [
-        [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
-        for r in rows
-    ]
+    columns = columns or (ENGINE_COLUMNS if engine or not rows else list(rows[0]))
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = [" ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += [" ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]

@@ -23,7 +23,7 @@ import click
 @click.option(
     "--suite",
     "suites",
-    type=click.Choice(["engine", "pipeline", "startup"]),
+    type=click.Choice(["engine", "pipeline", "startup", "fidelity", "precision"]),
     multiple=True,
     help="Suites to run (repeatable); default: all.",
 )
@@ -46,7 +46,7 @@ def bench(output: Path, suites: tuple[str, ...], repeats: int, threads: int) -> 
         result["wall_seconds"] = time.perf_counter() - started
         result["machine"]["load_average_at_end"] = os.getloadavg()
         (output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        click.echo(benchmarks.table(result["rows"]))
+        click.echo(benchmarks.table(result["rows"], result.get("columns")))
         for key in ("vgg16", "targets_met"):
             if key in result:
                 click.echo(f"{key}: {json.dumps(result[key])}")

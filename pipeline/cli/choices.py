@@ -22,6 +22,7 @@ METHOD_NAMES = (  # fdpipe.kernels.METHODS
 CAM_METHODS = tuple(name for name in METHOD_NAMES if name != "fgcam")  # FG-CAM refines one
 FGCAM_BASES = ("gradcam", "scorecam", "fdcam")
 RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTIMES
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fdpipe.kernels.precision.PRECISIONS
 ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
 DEFAULT_MODEL = "vgg16"  # fdpipe.export.models.DEFAULT_MODEL
 OPSET = 18  # fdpipe.export.onnx.OPSET
@@ -38,6 +39,7 @@ __all__ = [
     "METHOD_NAMES",
     "OPSET",
     "POINTING_TOLERANCE",
+    "PRECISIONS",
     "RUNTIMES",
     "VOC_TO_IMAGENET",
 ]

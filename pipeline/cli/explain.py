@@ -7,7 +7,14 @@ import os
 from pathlib import Path
 
 import click
-from fdpipe.cli.choices import ENGINES, FGCAM_BASES, MAX_PIXELS, METHOD_NAMES, RUNTIMES
+from fdpipe.cli.choices import (
+    ENGINES,
+    FGCAM_BASES,
+    MAX_PIXELS,
+    METHOD_NAMES,
+    PRECISIONS,
+    RUNTIMES,
+)
 from fdpipe.cli.options import (
     ConfigurationError,
     FiniteFloat,
@@ -36,6 +43,13 @@ from fdpipe.cli.options import (
 @model_options
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Exported model artifacts.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Backbone and masked-head arithmetic: bf16 (CPUs with native bf16, CUDA), fp16 (CUDA).",
+)
 @click.option(
     "--method",
     "methods",

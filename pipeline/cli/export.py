@@ -17,7 +17,15 @@ from fdpipe.cli.options import ConfigurationError, model_options
 )
 @click.option("--opset", type=click.IntRange(min=18), default=OPSET, show_default=True)
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (CUDA GPU + tensorrt).")
-@click.option("--fp16", is_flag=True, help="FP16 TensorRT engines (default FP32).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16: also write FP16 graphs (*.fp16.onnx, for ONNX Runtime CUDA) and, with --trt, "
+    "build FP16 engines from them.",
+)
+@click.option("--fp16", is_flag=True, help="Same as --precision fp16.")
 @click.option(
     "--max-batch",
     type=click.IntRange(min=1),
@@ -32,6 +40,7 @@ def export(
     output: Path,
     opset: int,
     trt: bool,
+    precision: str,
     fp16: bool,
     max_batch: int,
 ) -> None:
@@ -49,8 +58,7 @@ def export(
     )
     from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
 
-    if fp16 and not trt:
-        raise click.UsageError("--fp16 sets the precision of TensorRT engines: add --trt")
+    precision = "fp16" if fp16 else precision
     if trt and (missing := tensorrt_missing()):
         raise click.ClickException(f"--trt: {missing}. Nothing was written.")
     try:
@@ -59,13 +67,14 @@ def export(
         raise ConfigurationError(str(exc)) from None
     engines = None
     if trt:
-        engines = partial(build_engines, options=EngineOptions(fp16=fp16, max_batch=max_batch))
+        options = EngineOptions(precision=precision, max_batch=max_batch)
+        engines = partial(build_engines, options=options)
     try:
         loaded = load_model(model, layer=layer, weights=weights)
     except ModelError as exc:  # a wrong model, layer or weights file: exit 2 as elsewhere
         raise ConfigurationError(str(exc)) from exc
     try:
-        manifest = export_model(loaded, output, opset=opset, engines=engines)
+        manifest = export_model(loaded, output, opset=opset, engines=engines, precision=precision)
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     kinds = ", ".join(f"{k}: {v}" for k, v in manifest["masked_head"].items())

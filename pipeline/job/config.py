@@ -27,6 +27,7 @@ class JobConfig:
     pretrained: bool = True  # False: seeded random weights (benchmarks, shape tests)
     artifacts: Path | None = None
     runtime: str = "auto"
+    precision: str = "fp32"  # fp32, bf16, fp16, auto (fdpipe.backends)
     methods: tuple[str | MethodSpec, ...] = ("fdcam",)  # specs: name or name:key=value
     classes: tuple[int, ...] | None = None  # explicit target classes, else the top_k logits
     top_k: int = 1

@@ -33,6 +33,7 @@ def job_explainer(config: JobConfig) -> Explainer:
             pretrained=config.pretrained,
             runtime=config.runtime,
             artifacts=config.artifacts,
+            precision=config.precision,
             classes=list(config.classes) if config.classes is not None else None,
             top_k=config.top_k,
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 from fdpipe.cli import main
 from fdpipe.cli.options import method_specs
@@ -62,6 +63,11 @@ def test_exit_code_is_one_when_an_image_failed(images: Path, tmp_path: Path) -> 
         (["--model", "alexnett"], "unknown model 'alexnett'"),
         (["--layer", "features.99"], "layer 'features.99' is not a module"),
         (["--shard", "2/2"], "need 0 <= i < n"),
+        pytest.param(
+            ["--precision", "fp16"],
+            "--precision fp16: fp16 needs a CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on a GPU"),
+        ),
     ],
 )
 def test_bad_usage_exits_two_with_a_clear_message(
@@ -92,6 +98,7 @@ def test_options_reach_the_methods_and_the_metadata(images: Path, tmp_path: Path
     assert (fdcam["threshold"], fdcam["grouping"], fdcam["combination"]) == (0.9, False, "product")
     assert record["params"]["methods"]["gradcam"] == {}
     assert record["params"]["classes"] == [281, 285]
+    assert record["params"]["precision"] == "fp32"  # the maps depend on it: resume checks it
 
 
 def test_fd_flags_go_to_fdcam_and_an_fdcam_based_fgcam_only() -> None:

@@ -126,7 +126,18 @@ def test_trt_without_gpu_fails_clearly_and_writes_nothing(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-def test_fp16_needs_trt(tmp_path: Path) -> None:
-    args = ["export", "--model", "squeezenet1_1", "-o", str(tmp_path / "x"), "--fp16"]
+def test_fp16_export_adds_fp16_graphs_within_their_tolerance(tmp_path: Path) -> None:
+    """FP16 graphs (FP32 inputs/outputs) for ONNX Runtime CUDA and strongly typed TensorRT."""
+    output = tmp_path / "x"
+    args = ["export", "--model", "squeezenet1_1", "-o", str(output), "--precision", "fp16"]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2 and "--trt" in result.output
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16"
+    parity = manifest["parity_max_relative_error"]
+    for name in ("backbone", "masked_head", "masked_head_probabilities"):
+        assert 0 < parity[f"{name}.fp16.onnx"] <= 1e-2  # FP16 rounding, bounded
+        assert parity[f"{name}.onnx"] <= 1e-4
+        assert f"{name}.fp16.onnx" in manifest["files"]
+    session = ort.InferenceSession(str(output / "backbone.fp16.onnx"))
+    assert session.get_inputs()[0].type == "tensor(float)"  # FP32 at the edges
