@@ -65,10 +65,13 @@ ENGINE_COLUMNS = [
 ]
 
 
-def _cell(value: object) -> str:
-    """Floats to 3 decimals, or 5 significant digits for fidelity figures near 1 or 0."""
+FINE = ("map_r", "spearman", "auc_change")  # fidelity figures: differences near 1 or 0
+
+
+def _cell(column: str, value: object) -> str:
+    """Floats to 3 decimals, fidelity figures to 5."""
     if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) >= 1 else f"{value:.5g}"
+        return f"{value:.5f}" if any(k in column for k in FINE) else f"{value:.3f}"
     return "" if value is None else str(value)
 
 
@@ -77,7 +80,7 @@ def table(rows: list[dict[str, object]], columns: list[str] | None = None) -> st
     first row's keys."""
     engine = any("runner" in r for r in rows)
     columns = columns or (ENGINE_COLUMNS if engine or not rows else list(rows[0]))
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = [" ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += [" ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]

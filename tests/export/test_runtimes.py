@@ -252,10 +252,11 @@ def test_output_shapes_follow_the_named_dynamic_dims() -> None:
 
 
 def test_aligned_copies_only_misaligned_slices() -> None:
-    classes = torch.arange(48, dtype=torch.int64).view(16, 3)
-    whole = aligned(classes)
-    assert whole is classes and classes.data_ptr() % 256 == 0
-    part = classes.split(5)[1]  # starts 5 rows (120 bytes) into the storage
+    shifted = torch.arange(49, dtype=torch.int64)[1:].view(16, 3)  # 8 bytes into its storage
+    classes = aligned(shifted)
+    assert classes.data_ptr() % 256 == 0 and torch.equal(classes, shifted)
+    assert aligned(classes) is classes  # aligned already: no copy
+    part = classes.split(5)[1]  # starts 5 rows (120 bytes) after an aligned address
     assert part.data_ptr() % 256 != 0
     copied = aligned(part)
     assert copied.data_ptr() % 256 == 0
