@@ -153,8 +153,8 @@ def masked_head_graph(
 def _graphs(
     model: LoadedModel, example_batch: int = 2, precision: str = "fp32"
 ) -> tuple[list[Graph], dict[str, object]]:
-    network = split_at(model.module, model.layer)
-    images = torch.randn(example_batch, 3, *model.input_size, generator=torch.Generator())
+    network = split_at(model.module, model.layer, model.input_shape)
+    images = torch.randn(example_batch, *model.input_shape, generator=torch.Generator())
     with torch.no_grad():
         activations, extras = network.features(images)
         num_classes = network.head(activations, *extras).shape[1]
@@ -182,7 +182,7 @@ def _graphs(
         *(masked_head_graph(network, activations, extras, probabilities=p) for p in (False, True)),
     ]
     info = {
-        "input_shape": [3, *model.input_size],
+        "input_shape": list(model.input_shape),
         "activation_shape": list(activations.shape[1:]),
         "extra_shapes": [list(e.shape[1:]) for e in extras],
         "num_classes": num_classes,
@@ -269,9 +269,16 @@ def check_parity(graph: Graph, path: Path) -> float:
     return error
 
 
-def identity(model: LoadedModel) -> dict[str, str]:
+def identity(model: LoadedModel) -> dict[str, object]:
     """The fields an artifact directory must share with the model it is used for."""
-    return {"model": model.name, "weights": model.weights_id, "layer": model.layer}
+    return {
+        "model": model.name,
+        "source": model.source,
+        "weights": model.weights_id,
+        "layer": model.layer,
+        "num_classes": model.num_classes,
+        "preprocessing": model.preprocess.describe(),
+    }
 
 
 def export_model(
@@ -289,6 +296,12 @@ def export_model(
     ``engines(directory, manifest)`` may add files (TensorRT engines) built from the ONNX graphs;
     what it returns is stored under the manifest's ``"tensorrt"`` key.
     """
+    if any(isinstance(m, torch.jit.ScriptModule) for m in model.module.modules()):
+        raise ModelError(
+            f"{model.source}: TorchScript modules cannot be exported to ONNX by fdpipe (the "
+            f"exporter needs an eager module): give the model as module:factory or file.py:factory "
+            f"to export it; TorchScript models are explained with --runtime torch"
+        )
     output = Path(output)
     check_export_target(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +321,6 @@ def export_model(
             "format": FORMAT,
             **identity(model),
             **info,
-            "preprocessing": model.preprocess.describe(),
             "opset": opset,
             "fdpipe_version": version("fdpipe"),
             "torch_version": torch.__version__,
@@ -384,7 +396,7 @@ def load_manifest(directory: Path, model: LoadedModel) -> dict[str, object]:
     if wrong:
         raise ArtifactMismatch(
             f"artifacts in {directory} were exported for another model: {'; '.join(wrong)}. "
-            f"Re-run `fdpipe export --model {model.name} --layer {model.layer}`."
+            f"Re-run `fdpipe export --model {model.source} --layer {model.layer}`."
         )
     return manifest
 

@@ -39,6 +39,10 @@ PER_CHANNEL = (
 )
 ELEMENTWISE = (nn.ReLU, nn.Dropout, nn.Identity)  # also fine on flattened features
 RELU_FUNCTIONS = (torch.relu, F.relu)
+POOL_FUNCTIONS: dict[object, type[nn.Module]] = {
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+    F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,9 @@ def _as_module(node: fx.Node, head: fx.GraphModule) -> nn.Module | None:
         return nn.Flatten() if (start, end) == (1, -1) else None
     if node.op == "call_function" and node.target in RELU_FUNCTIONS and len(node.args) == 1:
         return nn.ReLU()
+    pool = node.op == "call_function" and node.target in POOL_FUNCTIONS
+    if pool and len(node.args) == 2 and not node.kwargs:  # DenseNet's F.adaptive_avg_pool2d
+        return POOL_FUNCTIONS[node.target](node.args[1])
     return None
 
 
@@ -105,8 +112,9 @@ def plan_head(
     chain = _chain(head)
     if chain is None:
         return None, "the head is not a single chain of known ops from the activations"
-    device = next(head.parameters(), torch.empty(0)).device
-    ShapeProp(head).propagate(torch.zeros(1, *activation_shape, device=device))
+    parameter = next(head.parameters(), torch.empty(0))
+    probe = torch.zeros(1, *activation_shape, device=parameter.device, dtype=parameter.dtype)
+    ShapeProp(head).propagate(probe)
     mix_at = next(
         (i for i, (_, m) in enumerate(chain) if isinstance(m, nn.Linear) or _is_pointwise_conv(m)),
         None,

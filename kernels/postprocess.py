@@ -47,3 +47,26 @@ def upsample_map(native: Tensor, size: tuple[int, int]) -> Tensor:
     flat = native.reshape(-1, 1, *native.shape[-2:])
     up = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
     return minmax(up.reshape(*lead, *size))
+
+
+def place_map(
+    native: Tensor, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> Tensor:
+    """A (h, w) map on an image of ``size`` (H, W) when the model saw only ``box`` (left, top,
+    right, bottom in image pixels: a centre crop): bilinear inside the box as step 7 does, then
+    min-max there; zero outside. Without a box (or the whole image) it is ``upsample_map``."""
+    height, width = size
+    if box is None or tuple(box) == (0, 0, width, height):
+        return upsample_map(native, size)
+    left, top, right, bottom = box
+    ys = ((torch.arange(height, dtype=native.dtype) + 0.5 - top) / (bottom - top)) * 2 - 1
+    xs = ((torch.arange(width, dtype=native.dtype) + 0.5 - left) / (right - left)) * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+    sampled = F.grid_sample(
+        native[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False
+    )[0, 0]
+    inside = (grid[0].abs() <= 1).all(-1)
+    values = sampled[inside]
+    low, high = values.amin(), values.amax()
+    scaled = (sampled - low) / (high - low + MAP_EPS)
+    return torch.where(inside, scaled, torch.zeros_like(scaled))

@@ -18,13 +18,14 @@ _PUBLIC = {
     "METHODS": "fdpipe.kernels",
     "available_models": "fdpipe.export.models",
     "load_model": "fdpipe.export.models",
+    "PreprocessOptions": "fdpipe.export.models",
     "split_at": "fdpipe.export.split",
     "read_maps": "fdpipe.job.reader",
 }
 
 if TYPE_CHECKING:
     from fdpipe.api import Explainer, Explanation, explain
-    from fdpipe.export.models import available_models, load_model
+    from fdpipe.export.models import PreprocessOptions, available_models, load_model
     from fdpipe.export.split import split_at
     from fdpipe.job.reader import read_maps
     from fdpipe.kernels import METHODS
@@ -40,6 +41,7 @@ __all__ = [
     "METHODS",
     "Explainer",
     "Explanation",
+    "PreprocessOptions",
     "__version__",
     "available_models",
     "explain",

@@ -8,22 +8,35 @@ method from that shared state. Backends are cached per model module, so building
 
 from __future__ import annotations
 
+import copy
+import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
 from fdpipe.backends import Backend, select_backend
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.models import (
+    AnyPreprocess,
+    LoadedModel,
+    PreprocessOptions,
+    class_indices,
+    from_module,
+    load_model,
+)
 from fdpipe.images import Images, as_batch
 from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
 from fdpipe.methods import MethodSpec, build_methods
+from PIL import Image
 from torch import Tensor, device, nn
 
 MethodsArg = str | MethodSpec | CAMMethod | Sequence[str | MethodSpec | CAMMethod]
-Classes = Tensor | Sequence[int] | Sequence[Sequence[int]] | int | None
+Classes = Tensor | Sequence[int | str] | Sequence[Sequence[int]] | int | str | None
+PreprocessArg = PreprocessOptions | AnyPreprocess | Callable[[Image.Image], Tensor] | None
+ClassNames = str | os.PathLike[str] | Sequence[str] | None
 
 
 @dataclass
@@ -54,16 +67,53 @@ def backend_for(
     runtime: str = "auto",
     artifacts: Path | None = None,
     precision: str = "fp32",
+    device: torch.device | str | None = None,
 ) -> Backend:
     """The backend of ``model`` for ``runtime`` and ``precision``: built on first use, reused."""
     per_model = _BACKENDS.setdefault(model.module, {})
     where = None if artifacts is None else str(Path(artifacts).resolve())
-    key = (model.layer, runtime, where, precision)
+    key = (model.layer, runtime, where, precision, None if device is None else str(device))
     if key not in per_model:
         per_model[key] = select_backend(
-            model, artifacts=artifacts, runtime=runtime, precision=precision
+            model, artifacts=artifacts, runtime=runtime, precision=precision, device=device
         )
     return per_model[key]
+
+
+# A caller's module is explained through a copy, so that its train/eval mode, requires_grad,
+# device and in-place ops stay as they were. The copy is kept while the caller's parameters are
+# the same tensors at the same versions (an optimiser step bumps them: a fresh copy is made).
+_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple[int, ...], LoadedModel]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _fingerprint(module: nn.Module) -> tuple[int, ...]:
+    return tuple(
+        v for t in module.state_dict(keep_vars=True).values() for v in (t.data_ptr(), t._version)
+    )
+
+
+def wrap_module(
+    module: nn.Module,
+    *,
+    layer: str | None = None,
+    preprocess: PreprocessArg = None,
+    class_names: ClassNames = None,
+    score: str = "softmax",
+) -> LoadedModel:
+    """A ``LoadedModel`` on a private copy of ``module``, cached while its weights are unchanged."""
+    key = repr((layer, id(preprocess), class_names, score))
+    per_module = _COPIES.setdefault(module, {})
+    fingerprint = _fingerprint(module)
+    if key in per_module and per_module[key][0] == fingerprint:
+        return per_module[key][1]
+    private = copy.deepcopy(module)
+    loaded = from_module(
+        private, layer=layer, preprocess=preprocess, class_names=class_names, score=score
+    )
+    per_module[key] = (fingerprint, loaded)
+    return loaded
 
 
 @lru_cache(maxsize=2)
@@ -75,22 +125,34 @@ def _registered(name: str) -> LoadedModel:
 class Explainer:
     """From a model to maps: built once, then called on batch after batch.
 
-    ``model`` is a registry name (loaded with ``layer``/``weights``/``pretrained``) or a
-    ``LoadedModel``. ``methods`` are names, ``name:key=value`` specs, ``MethodSpec`` or
-    ``CAMMethod`` objects; ``method_options`` apply to a single named method. ``classes`` (one list
-    for every image, or one row per image) or ``top_k`` are the default targets of each call.
-    ``runtime`` and ``artifacts`` choose the engine, ``precision`` (fp32, bf16, fp16, auto) the
-    arithmetic of the backbone and the masked-head products (``fdpipe.backends``).
+    ``model`` is any ``nn.Module`` classifier (explained through a private copy: the caller's
+    module is never changed), a model source for ``load_model`` (a registry or torchvision name,
+    ``timm:NAME``, ``module:factory``, a TorchScript file; with ``weights``/``pretrained``), or a
+    ``LoadedModel``. ``target_layer`` (alias ``layer``) is the dotted module path to explain;
+    default: the model's registered layer, else the last module giving a (B, K, h, w) map.
+    ``preprocess``: ``PreprocessOptions``, a ``Preprocess``, or any callable PIL image -> (C, H, W)
+    tensor such as torchvision's ``weights.transforms()``. ``class_names``: a list or a file (one
+    per line, JSON list or dict). ``score``: what the probability is (softmax, sigmoid, logit).
+    ``methods`` are names, ``name:key=value`` specs, ``MethodSpec`` or ``CAMMethod`` objects;
+    ``method_options`` apply to a single named method. ``classes`` (indices or names, one list for
+    every image, or one row per image) or ``top_k`` are the default targets of each call.
+    ``runtime``, ``artifacts`` and ``device`` choose the engine, ``precision`` (fp32, bf16, fp16,
+    auto) the arithmetic of the backbone and the masked-head products (``fdpipe.backends``).
     """
 
     def __init__(
         self,
-        model: LoadedModel | str,
+        model: LoadedModel | str | nn.Module,
         methods: MethodsArg = "fdcam",
         *,
+        target_layer: str | None = None,
         layer: str | None = None,
         weights: str | Path | None = None,
         pretrained: bool = True,
+        preprocess: PreprocessArg = None,
+        class_names: ClassNames = None,
+        score: str = "softmax",
+        device: torch.device | str | None = None,
         runtime: str = "auto",
         artifacts: Path | None = None,
         precision: str = "fp32",
@@ -98,18 +160,52 @@ class Explainer:
         top_k: int = 1,
         **method_options: Any,
     ) -> None:
+        if target_layer is not None and layer is not None and target_layer != layer:
+            raise ValueError("give target_layer or layer, not both")
+        layer = target_layer or layer
         if isinstance(model, LoadedModel):
-            if layer is not None or weights is not None:
-                raise ValueError("layer and weights apply when the model is given by name")
+            given = (layer, weights, preprocess, class_names)
+            if any(v is not None for v in given) or score != "softmax":
+                raise ValueError(
+                    "layer, weights, preprocess, class_names and score apply when the model is "
+                    "given by name or as a module, not to a LoadedModel"
+                )
             self.model = model
+        elif isinstance(model, nn.Module):
+            if weights is not None:
+                raise ValueError("weights apply to a model given by name: load them into it")
+            self.model = wrap_module(
+                model, layer=layer, preprocess=preprocess, class_names=class_names, score=score
+            )
         else:
-            self.model = load_model(model, layer=layer, weights=weights, pretrained=pretrained)
-        self.backend = backend_for(self.model, runtime, artifacts, precision)
+            options = preprocess
+            if options is not None and not isinstance(options, PreprocessOptions):
+                raise ValueError("for a model given by name, preprocess is a PreprocessOptions")
+            self.model = load_model(
+                model,
+                layer=layer,
+                weights=weights,
+                pretrained=pretrained,
+                class_names=class_names,
+                preprocess=options,
+                score=score,
+            )
+        if classes is not None and top_k != 1:
+            raise ValueError("give classes or top_k, not both: classes are explained as given")
+        self.backend = backend_for(self.model, runtime, artifacts, precision, device)
         self.methods: dict[str, CAMMethod] = build_methods(methods, method_options)
         for method in self.methods.values():
             method.check(self.network)  # e.g. an FG-CAM resolution that is not a layer
-        self.classes = classes
+        self.classes = self.class_targets(classes)
         self.top_k = top_k
+
+    def class_targets(self, classes: Classes) -> Classes:
+        """``classes`` with class names replaced by their indices."""
+        if isinstance(classes, str):
+            return class_indices([classes], self.model.class_names)
+        if isinstance(classes, Sequence) and any(isinstance(c, str) for c in classes):
+            return class_indices(list(classes), self.model.class_names)  # type: ignore[arg-type]
+        return classes
 
     @property
     def network(self) -> SplitNetwork:
@@ -131,16 +227,19 @@ class Explainer:
         self, images: Images, *, classes: Classes = None, top_k: int | None = None
     ) -> LayerState:
         """One backbone pass: the state every method works from."""
+        if classes is not None and top_k is not None:
+            raise ValueError("give classes or top_k, not both: classes are explained as given")
         return prepare(
             self.backend.network,
             self.batch(images),
-            classes=self.classes if classes is None else classes,  # type: ignore[arg-type]
+            classes=self.classes if classes is None else self.class_targets(classes),  # type: ignore[arg-type]
             top_k=self.top_k if top_k is None else top_k,
             scorer=self.backend.scorer,
         )
 
     def explanations(self, state: LayerState) -> Iterator[tuple[str, Explanation]]:
         """(label, explanation) of each method in turn, all from ``state``."""
+        probabilities = self.model.scores(state.logits).gather(1, state.classes)
         for label, method in self.methods.items():
             result = method(state)
             yield (
@@ -149,7 +248,7 @@ class Explainer:
                     method=method.name,
                     classes=state.classes,
                     logits=state.target_logits,
-                    probabilities=state.target_probabilities,
+                    probabilities=probabilities,
                     maps=result.maps,
                     native=result.native,
                     weights=result.weights,
@@ -169,8 +268,11 @@ class Explainer:
         """What the maps depend on (recorded with every output)."""
         return {
             "model": self.model.name,
+            "source": self.model.source,
             "weights_id": self.model.weights_id,
             "layer": self.model.layer,
+            "num_classes": self.model.num_classes,
+            "score": self.model.score,
             "preprocess": self.model.preprocess.describe(),
             "precision": self.backend.precision,
             "methods": {label: m.options() for label, m in self.methods.items()},
@@ -178,10 +280,15 @@ class Explainer:
 
 
 def explain(
-    model: LoadedModel | str,
+    model: LoadedModel | str | nn.Module,
     images: Images,
     method: MethodsArg = "fdcam",
     *,
+    target_layer: str | None = None,
+    preprocess: PreprocessArg = None,
+    class_names: ClassNames = None,
+    score: str = "softmax",
+    device: torch.device | str | None = None,
     classes: Classes = None,
     top_k: int = 1,
     runtime: str = "auto",
@@ -191,14 +298,21 @@ def explain(
 ) -> Explanation | dict[str, Explanation]:
     """Explain ``images`` with one method (an Explanation) or several (a dict by method label).
 
-    A thin wrapper over ``Explainer``: the model's backend is built on the first call and reused
-    by later calls on the same model, so calling this in a loop is cheap. Several methods share
-    one backbone pass and one set of gradients.
+    A thin wrapper over ``Explainer`` (same model arguments): the model's backend is built on the
+    first call and reused by later calls on the same model (a module's private copy too, while
+    its weights are unchanged), so calling this in a loop is cheap. Several methods share one
+    backbone pass and one set of gradients.
     """
-    loaded = _registered(model) if isinstance(model, str) else model
+    plain = (target_layer, preprocess, class_names) == (None, None, None) and score == "softmax"
+    loaded = _registered(model) if isinstance(model, str) and plain else model
     explainer = Explainer(
         loaded,
         method,
+        target_layer=target_layer,
+        preprocess=preprocess,
+        class_names=class_names,
+        score=score,
+        device=device,
         runtime=runtime,
         artifacts=artifacts,
         precision=precision,
@@ -211,4 +325,4 @@ def explain(
     return next(iter(results.values())) if single else results
 
 
-__all__ = ["Explainer", "Explanation", "backend_for", "explain"]
+__all__ = ["Explainer", "Explanation", "backend_for", "explain", "wrap_module"]

@@ -160,7 +160,7 @@ def _calibrate(
     manifest: dict[str, object],
 ) -> tuple[nn.Module, MaskedHeadScorer]:
     """Per component, the fastest engine on one image and on FD-CAM's 2K masks."""
-    images = torch.randn(1, 3, *model.input_size)
+    images = torch.randn(1, *model.input_shape)
     backbones = {
         "torch": torch_network.backbone,
         "torch(channels-last)": ChannelsLastBackbone(torch_network.backbone),
@@ -205,6 +205,7 @@ def select_backend(
     artifacts: Path | None = None,
     runtime: str = "auto",
     precision: str = "fp32",
+    device: torch.device | str | None = None,
 ) -> Backend:
     """The network and scorer to explain ``model`` with; ``runtime`` forces an engine.
 
@@ -212,12 +213,11 @@ def select_backend(
     """
     if runtime not in (*RUNTIMES, REFERENCE_RUNTIME):
         raise BackendError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The torch head (gradients, scores) runs where the runners' inputs and outputs live.
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(precision, device)
-    if torch.cuda.is_available():
-        # The torch head (gradients, scores) runs where the runners' inputs and outputs live.
-        model.module.to("cuda")
-    network = split_at(model.module, model.layer)
+    model.module.to(device)
+    network = split_at(model.module, model.layer, model.input_shape)
     if runtime == REFERENCE_RUNTIME:
         scorer = ExplicitMaskedHead(network.head, chunk=EXPLICIT_CHUNK)
         return Backend(network, scorer, "backbone=torch head-scores=explicit", "fp32")

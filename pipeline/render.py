@@ -12,7 +12,7 @@ import torch
 from fdpipe.images import ImageDecodeError, load_image
 from fdpipe.job.inputs import OUTPUT_MARKER
 from fdpipe.job.reader import MapRow
-from fdpipe.kernels.postprocess import upsample_map
+from fdpipe.kernels.postprocess import place_map
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 log = logging.getLogger("fdpipe.render")
@@ -28,10 +28,23 @@ def jet(values: np.ndarray) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
-def overlay(image: Image.Image, native: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The map brought to the image's size (METHODS.md section 1, step 7), coloured, blended."""
-    full = upsample_map(torch.from_numpy(native), (image.height, image.width)).numpy()
-    return Image.blend(image.convert("RGB"), Image.fromarray(jet(full)), alpha)
+def overlay(
+    image: Image.Image,
+    native: np.ndarray,
+    alpha: float = 0.5,
+    box: tuple[float, float, float, float] | None = None,
+) -> Image.Image:
+    """The map brought to the image's size (METHODS.md section 1, step 7) over the part the
+    model saw (``box``: a centre crop; default the whole image), coloured, blended."""
+    full = place_map(torch.from_numpy(native), (image.height, image.width), box).numpy()
+    picture = image.convert("RGB")
+    blended = Image.blend(picture, Image.fromarray(jet(full)), alpha)
+    if box is None:
+        return blended
+    left, top = max(0, round(box[0])), max(0, round(box[1]))  # outside the crop: the photo
+    right, bottom = min(picture.width, round(box[2])), min(picture.height, round(box[3]))
+    picture.paste(blended.crop((left, top, right, bottom)), (left, top))
+    return picture
 
 
 def file_stem(image_path: str) -> str:
@@ -97,7 +110,7 @@ def render_overlays(
             if target in written:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            overlay(picture, row.native, alpha).save(target)
+            overlay(picture, row.native, alpha, row.box).save(target)
             written[target] = None
     return list(written)
 
@@ -133,7 +146,7 @@ def sheet_line(picture: Image.Image, rows: list[MapRow], alpha: float) -> Image.
     first = rows[0]
     title = f"{Path(first.image_path).name}: {first.class_name} ({first.probability:.2f})"
     cells = [labelled(picture, title)]
-    cells += [labelled(overlay(picture, row.native, alpha), row.method) for row in rows]
+    cells += [labelled(overlay(picture, row.native, alpha, row.box), row.method) for row in rows]
     line = Image.new("RGB", (TILE * len(cells), TILE + LABEL), "white")
     for column, cell in enumerate(cells):
         line.paste(cell, (column * TILE, 0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from PIL import Image
 from skimage import data
 
 torch.set_num_threads(1)  # CI runs two test workers on two cores
+os.environ["FDPIPE_OFFLINE"] = "1"  # tests never download weights (one test serves its own)
 
 
 @pytest.fixture(scope="session")

@@ -78,5 +78,5 @@ def test_options_for_several_methods_are_refused(squeezenet: LoadedModel) -> Non
         fdpipe.Explainer(squeezenet, ["gradcam", "fdcam"], shift=0.3)
     with pytest.raises(ValueError, match="'gradcam' is given twice"):
         fdpipe.Explainer(squeezenet, ["gradcam", GradCAM()])
-    with pytest.raises(ValueError, match="layer and weights apply"):
+    with pytest.raises(ValueError, match="apply when the model is given by name or as a module"):
         fdpipe.Explainer(squeezenet, "gradcam", layer="features.9")

@@ -43,6 +43,21 @@ def test_overlay_is_red_where_the_map_peaks() -> None:
     assert top_right[0] > top_right[2] and bottom_left[2] > bottom_left[0]
 
 
+def test_crop_map_lands_on_its_box_and_nowhere_else() -> None:
+    """--resize crop: the model saw the centre box; the map covers it, the rest stays the photo
+    (and the whole-image box is the plain step-7 upsampling)."""
+    image = Image.new("RGB", (90, 40), (128, 128, 128))
+    native = np.zeros((4, 4), dtype=np.float32)
+    native[0, 0] = 1.0  # the box's top-left corner
+    box = (25.0, 0.0, 65.0, 40.0)
+    blended = np.asarray(overlay(image, native, alpha=0.5, box=box)).astype(int)
+    assert (blended[:, :25] == 128).all() and (blended[:, 65:] == 128).all()
+    row, column = np.unravel_index(blended[..., 0].argmax(), blended.shape[:2])
+    assert 25 <= column < 35 and row < 10
+    whole = overlay(image, native, alpha=0.5, box=(0.0, 0.0, 90.0, 40.0))
+    assert np.array_equal(np.asarray(whole), np.asarray(overlay(image, native, alpha=0.5)))
+
+
 def test_select_rows_filters(output: Path) -> None:
     everything = list(select_rows(output))
     assert len(everything) == 3 * 2 * 2  # the failed file has no map

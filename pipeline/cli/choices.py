@@ -25,6 +25,9 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTI
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fdpipe.kernels.precision.PRECISIONS
 ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
 DEFAULT_MODEL = "vgg16"  # fdpipe.export.models.DEFAULT_MODEL
+SCORES = ("softmax", "sigmoid", "logit")  # fdpipe.export.models.SCORES
+RESIZE_MODES = ("squash", "crop")  # fdpipe.export.models.RESIZE_MODES
+NORMALISATIONS = ("imagenet", "caffe", "tf-lite", "none")  # fdpipe.export.models.NORMALISATIONS
 OPSET = 18  # fdpipe.export.onnx.OPSET
 MAX_PIXELS = 40_000_000  # fdpipe.images.MAX_PIXELS
 POINTING_TOLERANCE = 15.0  # fdpipe.evaluation.pointing.POINTING_TOLERANCE
@@ -37,9 +40,12 @@ __all__ = [
     "FGCAM_BASES",
     "MAX_PIXELS",
     "METHOD_NAMES",
+    "NORMALISATIONS",
     "OPSET",
     "POINTING_TOLERANCE",
     "PRECISIONS",
+    "RESIZE_MODES",
     "RUNTIMES",
+    "SCORES",
     "VOC_TO_IMAGENET",
 ]

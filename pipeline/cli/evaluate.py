@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 from fdpipe.cli.choices import CAM_METHODS, POINTING_TOLERANCE, VOC_TO_IMAGENET
-from fdpipe.cli.options import ConfigurationError, method_specs, model_options
+from fdpipe.cli.options import ConfigurationError, ModelOptions, method_specs, model_options
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
@@ -42,12 +43,9 @@ def parse_thresholds(texts: tuple[str, ...]) -> dict[str, float]:
     return thresholds
 
 
-def maps_model(
-    maps: Path, model: str | None, layer: str | None, weights: Path | None
-) -> LoadedModel:
+def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
     """The model an explain output was made with, from its metadata; options may restate it but
     never contradict it (other weights, layer or preprocessing would score foreign maps)."""
-    from fdpipe.export.models import load_model
     from fdpipe.job.parts import OutputDataset, read_metadata
 
     parts = OutputDataset(maps).parts()
@@ -55,7 +53,8 @@ def maps_model(
         raise ValueError(f"--maps {maps} holds no part files")
     params = read_metadata(parts[0])["params"]
     assert isinstance(params, dict)
-    loaded = load_model(model or params["model"], layer=layer or params["layer"], weights=weights)
+    request = model.request(source=params.get("source") or params["model"])
+    loaded = replace(request, layer=request.layer or params["layer"]).load()
     mine = {
         "model": loaded.name,
         "weights_id": loaded.weights_id,
@@ -97,7 +96,7 @@ def maps_model(
     help=f"Comma-separated method specs, options after a colon, e.g. "
     f"fdcam:grouping=false,scoring=off (default: {ALL_METHODS}; with --maps: all stored).",
 )
-@model_options(default_model=None)
+@model_options(default_model=None, score_flag="--model-score")
 @click.option(
     "--boxes",
     type=click.Path(exists=True, path_type=Path),
@@ -148,9 +147,7 @@ def evaluate(
     maps: Path | None,
     output: Path,
     methods: tuple[str, ...],
-    model: str | None,
-    layer: str | None,
-    weights: Path | None,
+    model: ModelOptions,
     boxes: Path | None,
     class_map: Path,
     tolerance: float,
@@ -172,7 +169,7 @@ def evaluate(
     from fdpipe.evaluation.curves import CurveProtocol
     from fdpipe.evaluation.pointing import load_class_map
     from fdpipe.evaluation.report import OverlayWriter, markdown_table, write_report
-    from fdpipe.export.models import DEFAULT_MODEL, ModelError, load_model
+    from fdpipe.export.models import ModelError
     from fdpipe.job.inputs import InputError, InputItem, collect_inputs
     from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows
 
@@ -185,7 +182,7 @@ def evaluate(
     try:
         source: MapSource
         if maps is not None:
-            loaded = maps_model(maps, model, layer, weights)
+            loaded = maps_model(maps, model)
             wanted = [spec.label for spec in specs] or None
             check_filters(maps, methods=wanted)
             explainer = Explainer(loaded, [])  # the model only: the maps are stored
@@ -195,7 +192,7 @@ def evaluate(
             source = stored
         else:
             assert input_ is not None  # one of --input and --maps, checked above
-            loaded = load_model(model or DEFAULT_MODEL, layer=layer, weights=weights)
+            loaded = model.request().load()
             items = collect_inputs(input_).items
             explainer = Explainer(loaded, specs or split_method_specs(ALL_METHODS))
             source = LiveMaps(explainer)

@@ -59,8 +59,18 @@ from fdpipe.cli.options import (
     help=f"Method specs, repeatable or comma-separated, options after a colon "
     f"(fdcam:threshold=0.9); all share one pass: {', '.join(METHOD_NAMES)}.",
 )
-@click.option("--classes", help="Explain these class indices (e.g. 1,2,3) instead of the top-k.")
-@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--classes", help="Explain these classes, indices or names (tabby,281), not the top-k."
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    help="Explain the k highest logits (default 1); with --target-column, after the target.",
+)
+@click.option(
+    "--target-column",
+    help="Manifest column with each image's class (index or name) to explain.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -146,6 +156,18 @@ def explain(
     fg = {key: options.pop(key) for key in ("base", "resolution", "denoise")}
     if options["engine"] == "ray" and importlib.util.find_spec("ray") is None:
         raise click.UsageError("--engine ray needs Ray: pip install 'fdpipe[ray]'")
+    # --classes with --top-k (or a target column) is refused, unless the top-k is a --config
+    # file's default, which an explicit --classes replaces as any flag replaces the file's value.
+    source = click.get_current_context().get_parameter_source("top_k")
+    if source == click.core.ParameterSource.DEFAULT_MAP and classes is not None:
+        options["top_k"] = None
+    if classes is not None and (options["top_k"] is not None or options["target_column"]):
+        raise click.UsageError(
+            "--classes explains the same classes for every image: give it alone, not with "
+            "--top-k or --target-column"
+        )
+    if options["top_k"] is None:
+        options["top_k"] = 0 if options["target_column"] else 1  # the target alone
     specs = method_specs(
         methods,
         {k: v for k, v in fd.items() if v is not None},
@@ -157,6 +179,7 @@ def explain(
     from fdpipe.job.parts import ResumeError
 
     try:
+        options["model"] = options["model"].request()  # type: ignore[attr-defined]
         config = JobConfig(
             input=input_,
             output=output,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from fdpipe.cli.choices import OPSET
-from fdpipe.cli.options import ConfigurationError, model_options
+from fdpipe.cli.options import ConfigurationError, ModelOptions, model_options
 
 
 @click.command("export")
@@ -34,9 +34,7 @@ from fdpipe.cli.options import ConfigurationError, model_options
     help="Largest image batch of the TensorRT optimisation profile.",
 )
 def export(
-    model: str,
-    layer: str | None,
-    weights: Path | None,
+    model: ModelOptions,
     output: Path,
     opset: int,
     trt: bool,
@@ -49,7 +47,7 @@ def export(
     Each graph is checked against PyTorch with ONNX Runtime; OUTPUT is only replaced once
     everything, engines included, has been built.
     """
-    from fdpipe.export.models import ModelError, load_model
+    from fdpipe.export.models import ModelError
     from fdpipe.export.onnx import (
         ExportError,
         ExportTargetError,
@@ -70,11 +68,10 @@ def export(
         options = EngineOptions(precision=precision, max_batch=max_batch)
         engines = partial(build_engines, options=options)
     try:
-        loaded = load_model(model, layer=layer, weights=weights)
-    except ModelError as exc:  # a wrong model, layer or weights file: exit 2 as elsewhere
-        raise ConfigurationError(str(exc)) from exc
-    try:
+        loaded = model.request().load()
         manifest = export_model(loaded, output, opset=opset, engines=engines, precision=precision)
+    except ModelError as exc:  # a wrong model, layer or weights file, a model that cannot be
+        raise ConfigurationError(str(exc)) from exc  # cut or exported: exit 2 as elsewhere
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
     kinds = ", ".join(f"{k}: {v}" for k, v in manifest["masked_head"].items())

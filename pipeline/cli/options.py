@@ -3,16 +3,27 @@ class lists. Torch-free (``fdpipe --help`` imports it)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from fdpipe.cli.choices import DEFAULT_MODEL, METHOD_NAMES
+from fdpipe.cli.choices import (
+    DEFAULT_MODEL,
+    METHOD_NAMES,
+    NORMALISATIONS,
+    RESIZE_MODES,
+    SCORES,
+)
 from fdpipe.methods import MethodSpec, split_method_specs
+
+if TYPE_CHECKING:
+    from fdpipe.export.models import ModelRequest
 
 Command = TypeVar("Command", bound=Callable[..., object])
 ENV_PREFIX = "FDPIPE"  # FDPIPE_<COMMAND>_<OPTION>, e.g. FDPIPE_EXPLAIN_BATCH_SIZE=8
@@ -25,30 +36,204 @@ class ConfigurationError(click.ClickException):
     exit_code = 2
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options of one command line, as given (torch-free); ``request()`` turns them
+    into a ``fdpipe.export.models.ModelRequest`` once the command runs."""
+
+    source: str | None
+    layer: str | None = None
+    weights: Path | None = None
+    class_names: Path | None = None
+    score: str = "softmax"
+    input_size: tuple[int, int] | None = None
+    resize: str | None = None
+    crop_fraction: float | None = None
+    normalisation: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None
+    trust_pickle: bool = False
+    offline: bool | None = None
+
+    def request(self, source: str | None = None) -> ModelRequest:
+        """The request to load (``source`` where the options name none); may raise ModelError."""
+        from fdpipe.export.models import ModelRequest, PreprocessOptions
+
+        preprocess = PreprocessOptions(
+            size=self.input_size,
+            resize=self.resize,
+            normalisation=self.normalisation,
+            mean=self.mean,
+            std=self.std,
+            channels=self.channels,
+            crop_fraction=self.crop_fraction,
+        )
+        return ModelRequest(
+            source=self.source or source or DEFAULT_MODEL,
+            layer=self.layer,
+            weights=self.weights,
+            class_names=self.class_names,
+            preprocess=None if preprocess == PreprocessOptions() else preprocess,
+            score=self.score,
+            trust_pickle=self.trust_pickle,
+            offline=self.offline,
+        )
+
+
+def _floats(
+    ctx: click.Context, param: click.Parameter, text: str | None
+) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(part) for part in split_list(text))
+    except ValueError:
+        raise click.BadParameter(f"expected numbers like 0.5,0.5,0.5, got {text!r}") from None
+    if not values:
+        raise click.BadParameter("no value given")
+    return values
+
+
+def _size(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in split_list(text)]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(8 <= v <= 4096 for v in values):
+        raise click.BadParameter(f"expected a size like 299 or 240,320 (8..4096), got {text!r}")
+    return (values[0], values[-1])
+
+
+_MODEL_KEYS = [
+    "model",
+    "layer",
+    "weights",
+    "class_names",
+    "model_score",
+    "input_size",
+    "resize",
+    "crop_fraction",
+    "normalisation",
+    "mean",
+    "std",
+    "channels",
+    "trust_pickle",
+    "offline",
+]
+
+
 def model_options(
-    command: Command | None = None, *, default_model: str | None = DEFAULT_MODEL
+    command: Command | None = None,
+    *,
+    default_model: str | None = DEFAULT_MODEL,
+    score_flag: str = "--score",
 ) -> Any:
-    """``--model``, ``--layer`` and ``--weights`` (``default_model=None``: taken from elsewhere)."""
+    """The model options: ``--model``, ``--layer``, ``--weights``, class names, score and
+    preprocessing (``default_model=None``: taken from elsewhere; ``score_flag`` where the command
+    has a ``--score`` of its own). The command receives them as one ``model`` argument, a
+    ``ModelOptions``."""
     options = (
         click.option(
             "--model",
             default=default_model,
             show_default=default_model is not None,
-            help="Registered model or torchvision classifier (offline: squeezenet1_1)."
+            help="Registered or torchvision model, timm:NAME, package.module:factory, "
+            "file.py:factory, or a TorchScript file (offline: squeezenet1_1)."
             + ("" if default_model else " Default: the one the maps were made with."),
         ),
-        click.option("--layer", help="Target layer (dotted module path); default: the model's."),
+        click.option(
+            "--layer",
+            help="Target layer (dotted module path); default: the model's, else the last module "
+            "giving a (B, K, h, w) map.",
+        ),
         click.option(
             "--weights",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="Weights file (a state dict) instead of the model's usual source.",
+            help="State dict (any class count) instead of the model's usual weights.",
+        ),
+        click.option(
+            "--class-names",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="Class names: one per line, or a JSON list or {index: name}.",
+        ),
+        click.option(
+            score_flag,
+            "model_score",
+            type=click.Choice(SCORES),
+            default="softmax",
+            show_default=True,
+            help="What the stored probability is: softmax, sigmoid (multi-label) or none (logit).",
+        ),
+        click.option(
+            "--input-size",
+            callback=_size,
+            help="Model input size: 299 or H,W (default: the model's).",
+        ),
+        click.option(
+            "--resize",
+            type=click.Choice(RESIZE_MODES),
+            help="squash the whole image, or crop (shorter side, then centre crop).",
+        ),
+        click.option(
+            "--crop-fraction",
+            type=click.FloatRange(0, 1, min_open=True),
+            help="With --resize crop: crop size / shorter side (default 0.875 or the model's).",
+        ),
+        click.option(
+            "--normalisation",
+            "--normalization",
+            "normalisation",
+            type=click.Choice(NORMALISATIONS),
+            help="Named input normalisation (default: the model's).",
+        ),
+        click.option(
+            "--mean", callback=_floats, help="Per-channel mean on [0, 1] pixels: 0.5,0.5,0.5."
+        ),
+        click.option(
+            "--std", callback=_floats, help="Per-channel std on [0, 1] pixels: 0.5,0.5,0.5."
+        ),
+        click.option("--channels", type=click.Choice(["1", "3"]), help="1 for grayscale models."),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow --model FILE to be a pickled full model (unpickling runs its code).",
+        ),
+        click.option(
+            "--offline/--online",
+            default=None,
+            help="Never fetch published weights (default: FDPIPE_OFFLINE, else on first use).",
         ),
     )
 
     def decorate(command: Command) -> Command:
+        @functools.wraps(command)
+        def wrapper(*args: object, **kwargs: Any) -> object:
+            given = {key: kwargs.pop(key, None) for key in _MODEL_KEYS}
+            kwargs["model"] = ModelOptions(
+                source=given["model"],
+                layer=given["layer"],
+                weights=given["weights"],
+                class_names=given["class_names"],
+                score=given["model_score"] or "softmax",
+                input_size=given["input_size"],
+                resize=given["resize"],
+                crop_fraction=given["crop_fraction"],
+                normalisation=given["normalisation"],
+                mean=given["mean"],
+                std=given["std"],
+                channels=int(given["channels"]) if given["channels"] else None,
+                trust_pickle=bool(given["trust_pickle"]),
+                offline=given["offline"],
+            )
+            return command(*args, **kwargs)
+
+        decorated: Command = wrapper  # type: ignore[assignment]
         for option in reversed(options):
-            command = option(command)
-        return command
+            decorated = option(decorated)
+        return decorated
 
     return decorate if command is None else decorate(command)
 
@@ -231,15 +416,14 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def parse_classes(text: str | None) -> tuple[int, ...] | None:
+def parse_classes(text: str | None) -> tuple[int | str, ...] | None:
+    """``--classes``: indices or class names (``tabby,281``), resolved once the model is loaded."""
     if text is None:
         return None
-    try:
-        classes = tuple(int(part) for part in split_list(text))
-    except ValueError:
-        classes = ()
+    parts = split_list(text)
+    classes = tuple(int(p) if p.lstrip("-").isdigit() else p for p in parts)
     if not classes:
-        raise click.BadParameter(f"--classes takes class indices like 1,2,3, got {text!r}")
+        raise click.BadParameter(f"--classes takes class indices or names like 281,tabby: {text!r}")
     if len(set(classes)) != len(classes):
         raise click.BadParameter(f"--classes {text!r} repeats a class")
     return classes

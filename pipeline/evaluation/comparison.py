@@ -211,6 +211,7 @@ def _play_pointing(
     logits: Tensor,
     annotation: ImageBoxes,
     class_map: ClassMap,
+    crop_box: Callable[[int, int], tuple[float, float, float, float]],
 ) -> None:
     targets = pointing_targets(annotation)
     chosen: dict[str, dict[str, int]] = {}  # dataset class -> method -> model class
@@ -231,7 +232,8 @@ def _play_pointing(
         for label, model_class in per_method.items():
             native = maps[label][wanted.index(model_class)]
             assert native is not None  # available() vouched for it
-            point = map_peak(native.float(), size)
+            box = crop_box(annotation.width, annotation.height)  # what the model saw
+            point = map_peak(native.float(), size, box)
             hit = is_hit(point, targets[dataset_class], comparison.tolerance)
             comparison.trials.append(
                 PointingTrial(key, label, dataset_class, model_class, point, hit)
@@ -276,5 +278,14 @@ def compare(
         if annotation is not None:
             if class_map is None:
                 raise ValueError("the pointing game needs a class map")
-            _play_pointing(comparison, source, item.key, inputs, logits, annotation, class_map)
+            _play_pointing(
+                comparison,
+                source,
+                item.key,
+                inputs,
+                logits,
+                annotation,
+                class_map,
+                model.preprocess.crop_box,
+            )
     return comparison

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fdpipe.evaluation.boxes import Box, ImageBoxes
-from fdpipe.kernels.postprocess import upsample_map
+from fdpipe.kernels.postprocess import place_map
 from torch import Tensor
 
 POINTING_TOLERANCE = 15.0
@@ -68,9 +68,12 @@ def best_mapped_class(logits: Tensor, candidates: Sequence[int]) -> int:
     return max(candidates, key=lambda c: float(logits[c]))
 
 
-def map_peak(native: Tensor, size: tuple[int, int]) -> tuple[int, int]:
-    """(row, column) of the maximum of a (h, w) map resized to ``size``; first one on ties."""
-    resized = upsample_map(native, size)
+def map_peak(
+    native: Tensor, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+) -> tuple[int, int]:
+    """(row, column) of the maximum of a (h, w) map resized to ``size`` (over ``box``, the part
+    of the image the model saw, when it saw a crop); first one on ties."""
+    resized = place_map(native, size, box)
     row, column = divmod(int(resized.flatten().argmax()), size[1])
     return row, column
 

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fdpipe.export.models import DEFAULT_MODEL
+from fdpipe.export.models import DEFAULT_MODEL, ModelRequest
 from fdpipe.images import MAX_PIXELS
 from fdpipe.methods import MethodSpec
 
@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class JobConfig:
     input: Path  # directory, list file, or CSV / Parquet manifest
     output: Path  # directory of Parquet parts
-    model: str = DEFAULT_MODEL
+    model: str | ModelRequest = DEFAULT_MODEL  # a source, or every model option (the CLI)
     layer: str | None = None
     weights: Path | None = None
     pretrained: bool = True  # False: seeded random weights (benchmarks, shape tests)
@@ -29,8 +29,9 @@ class JobConfig:
     runtime: str = "auto"
     precision: str = "fp32"  # fp32, bf16, fp16, auto (fdpipe.backends)
     methods: tuple[str | MethodSpec, ...] = ("fdcam",)  # specs: name or name:key=value
-    classes: tuple[int, ...] | None = None  # explicit target classes, else the top_k logits
+    classes: tuple[int | str, ...] | None = None  # explicit classes (indices or names)
     top_k: int = 1
+    target_column: str | None = None  # manifest column with each image's class to explain
     batch_size: int = 16
     workers: int = min(4, os.cpu_count() or 1)  # decode threads
     part_size: int = 256  # images per part file: the most work a kill can lose

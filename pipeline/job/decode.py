@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 
-from fdpipe.export.models import Preprocess
+from fdpipe.export.models import AnyPreprocess
 from fdpipe.images import MAX_PIXELS, ImageDecodeError, load_image_sized
 from fdpipe.job.inputs import InputItem
 from fdpipe.job.schema import ImageInfo
@@ -29,6 +29,7 @@ class DecodedImage:
     tensor: Tensor | None  # preprocessed (3, H, W); None when decoding failed
     error: str | None
     seconds: float
+    target: str | None = None  # the manifest's class for this image (--target-column)
 
 
 def open_regular(path: Path, max_bytes: int) -> io.BufferedReader:
@@ -56,7 +57,7 @@ def open_regular(path: Path, max_bytes: int) -> io.BufferedReader:
 
 def decode(
     item: InputItem,
-    preprocess: Preprocess,
+    preprocess: AnyPreprocess,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_FILE_BYTES,
 ) -> DecodedImage:
@@ -76,7 +77,7 @@ def decode(
     except Exception as exc:  # a decoder bug on one odd file must not stop a dataset run
         message = f"unexpected error while decoding: {type(exc).__name__}: {exc}"
         return DecodedImage(info, None, message, perf_counter() - start)
-    return DecodedImage(info, tensor, None, perf_counter() - start)
+    return DecodedImage(info, tensor, None, perf_counter() - start, item.target)
 
 
 def ordered_map(

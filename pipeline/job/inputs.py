@@ -25,6 +25,7 @@ class InputError(ValueError):
 class InputItem:
     key: str  # the ``image_path`` column: relative to the input root, or as the list gives it
     path: Path  # where the file is read from
+    target: str | None = None  # the class to explain (a manifest's --target-column), as written
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,15 @@ class InputList:
     items: list[InputItem]
 
 
-def collect_inputs(source: str | os.PathLike[str]) -> InputList:
+def collect_inputs(source: str | os.PathLike[str], target_column: str | None = None) -> InputList:
     """A directory (walked recursively for image files), a list file, or a CSV/Parquet manifest.
 
     Items come back sorted by key and without duplicates, so every run sees the same order.
+    ``target_column`` names a manifest column holding each image's class to explain.
     """
     source = Path(source)
+    if target_column is not None:
+        return _with_targets(source, target_column)
     if source.is_dir():
         root = source.resolve()
         found = walk_images(root)
@@ -132,6 +136,35 @@ def _read_manifest(path: Path) -> list[str]:
         f"input {path}: expected a directory, a list file ({', '.join(sorted(LIST_SUFFIXES))}) "
         f"or a .csv / .parquet manifest"
     )
+
+
+def _with_targets(source: Path, column: str) -> InputList:
+    suffix = source.suffix.lower()
+    if not source.is_file() or suffix not in {".csv", ".parquet", ".pq"}:
+        raise InputError(f"--target-column needs a CSV or Parquet manifest, not {source}")
+    if suffix == ".csv":
+        with source.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            names = list(reader.fieldnames or [])
+            key = path_column(source, names)
+            if column not in names:
+                raise InputError(f"manifest {source} has no column {column!r}: {', '.join(names)}")
+            pairs = [(row[key], row[column]) for row in reader if row[key]]
+    else:
+        names = pq.read_schema(source).names
+        key = path_column(source, names)
+        if column not in names:
+            raise InputError(f"manifest {source} has no column {column!r}: {', '.join(names)}")
+        table = pq.read_table(source, columns=[key, column]).to_pydict()
+        pairs = [(p, t) for p, t in zip(table[key], table[column], strict=True) if p]
+    root = source.resolve().parent
+    targets: dict[str, str] = {}
+    for path, target in pairs:
+        value = "" if target is None else str(target).strip()  # "": no class (a failed row)
+        if targets.setdefault(path, value) != value:
+            raise InputError(f"manifest {source} lists {path} twice with different targets")
+    items = [InputItem(k, root / k, targets[k]) for k in sorted(targets)]
+    return InputList(root, items)
 
 
 def path_column(path: Path, names: list[str]) -> str:

@@ -43,9 +43,13 @@ class ExplainActor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        targets = [
+            str(t) if has else None
+            for t, has in zip(batch["target"], batch["has_target"], strict=True)
+        ]
         items = [
-            InputItem(str(k), Path(os.fsdecode(p)))
-            for k, p in zip(batch["key"], batch["path"], strict=True)
+            InputItem(str(k), Path(os.fsdecode(p)), t)
+            for k, p, t in zip(batch["key"], batch["path"], targets, strict=True)
         ]
         decoded: list[DecodedImage] = list(self.pool.map(self.read, items))
         for image, size, mtime in zip(decoded, batch["size"], batch["mtime_ns"], strict=True):
@@ -88,6 +92,9 @@ def run_ray(
                 "path": os.fsencode(item.path),  # bytes: a name need not be UTF-8
                 "size": plan.stats.get(item.key, (-1, -1))[0],
                 "mtime_ns": plan.stats.get(item.key, (-1, -1))[1],
+                # Strings only: a column of None does not survive Ray's numpy batches.
+                "target": item.target or "",
+                "has_target": item.target is not None,
             }
             for item in plan.pending
         ]

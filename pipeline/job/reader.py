@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fdpipe.job.current import KEY_COLUMNS, current_mask
-from fdpipe.job.parts import OutputDataset, read_metadata, read_part
+from fdpipe.job.parts import OutputDataset, read_metadata, read_part, read_schema
 
 ROW_COLUMNS = [
     "image_path",
@@ -26,6 +26,7 @@ ROW_COLUMNS = [
     "map",
     "map_height",
     "map_width",
+    "map_box",
     "status",
 ]
 
@@ -39,6 +40,7 @@ class MapRow:
     class_name: str
     probability: float
     native: np.ndarray  # (h, w) in [0, 1]
+    box: tuple[float, float, float, float] | None = None  # what the map covers (a centre crop)
 
 
 def iter_rows(
@@ -55,7 +57,9 @@ def iter_rows(
         keep = mask[start : start + part_keys.num_rows]
         start += part_keys.num_rows
         if keep.any():
-            yield from read_part(path, columns=columns).filter(pa.array(keep)).to_batches()
+            names = read_schema(path).names  # outputs written before a column existed lack it
+            present = [c for c in columns if c in names] if columns else None
+            yield from read_part(path, columns=present).filter(pa.array(keep)).to_batches()
 
 
 def select_rows(
@@ -87,6 +91,7 @@ def select_rows(
                 class_name=row["class_name"],
                 probability=row["probability"],
                 native=np.asarray(row["map"], dtype=np.float32).reshape(shape),
+                box=tuple(row["map_box"]) if row.get("map_box") else None,
             )
 
 

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from fdpipe import __version__
 from fdpipe.api import Explainer
-from fdpipe.export.models import ModelError
+from fdpipe.export.models import ModelError, ModelRequest, class_indices
 from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.contract import contract_violation
 from fdpipe.job.decode import DecodedImage
@@ -24,27 +24,27 @@ from fdpipe.job.schema import RunStamp, TableBuilder
 
 def job_explainer(config: JobConfig) -> Explainer:
     """The job's ``Explainer``: one per process (or Ray actor)."""
+    request = config.model
+    if not isinstance(request, ModelRequest):
+        request = ModelRequest(
+            request, layer=config.layer, weights=config.weights, pretrained=config.pretrained
+        )
     try:
         explainer = Explainer(
-            config.model,
+            request.load(),
             list(config.methods),
-            layer=config.layer,
-            weights=config.weights,
-            pretrained=config.pretrained,
             runtime=config.runtime,
             artifacts=config.artifacts,
             precision=config.precision,
-            classes=list(config.classes) if config.classes is not None else None,
             top_k=config.top_k,
         )
+        if config.classes is not None:
+            explainer.classes = class_indices(config.classes, explainer.model.class_names)
     except ModelError:
         raise
     except ValueError as exc:  # bad method options
         raise ConfigError(str(exc)) from exc
     n_classes = len(explainer.model.class_names)
-    bad = [c for c in config.classes or () if not 0 <= c < n_classes]
-    if bad:
-        raise ConfigError(f"class index {bad[0]} out of range: valid are 0..{n_classes - 1}")
     if config.classes is None and config.top_k > n_classes:
         raise ConfigError(f"--top-k {config.top_k} exceeds the model's {n_classes} classes")
     return explainer
@@ -55,6 +55,7 @@ def run_params(explainer: Explainer, config: JobConfig) -> dict[str, object]:
     return explainer.params() | {
         "classes": list(config.classes) if config.classes is not None else None,
         "top_k": None if config.classes is not None else config.top_k,
+        "target_column": config.target_column,
         "save_weights": config.save_weights,
     }
 
@@ -63,6 +64,8 @@ def targets_label(config: JobConfig) -> str:
     """The ``targets`` column: which classes a run explains."""
     if config.classes is not None:
         return "classes=" + ",".join(str(c) for c in config.classes)
+    if config.target_column is not None:  # each image's own class, then the top-k if any
+        return f"column={config.target_column}" + (f"+top-{config.top_k}" if config.top_k else "")
     return f"top-{config.top_k}"
 
 
@@ -100,11 +103,27 @@ MethodArrays = dict[str, tuple[dict[str, np.ndarray], float]]
 
 
 def method_arrays(
-    explainer: Explainer, images: list[DecodedImage], save_weights: bool
+    explainer: Explainer,
+    images: list[DecodedImage],
+    save_weights: bool,
+    targets: list[int] | None = None,
 ) -> MethodArrays:
-    """Per method label: its arrays (numpy) and its per-image share of the batch time."""
+    """Per method label: its arrays (numpy) and its per-image share of the batch time.
+
+    ``targets``: one class per image (a manifest's target column), explained first, followed by
+    the explainer's top-k predictions when its ``top_k`` is above 0.
+    """
     start = perf_counter()
-    state = explainer.prepare(torch.stack([image.tensor for image in images]))  # type: ignore[misc]
+    batch = torch.stack([image.tensor for image in images])  # type: ignore[misc]
+    if targets is None:
+        state = explainer.prepare(batch)
+    else:
+        chosen = torch.tensor(targets).view(-1, 1)
+        if explainer.top_k > 0:
+            state = explainer.prepare(batch)
+            state.classes = torch.cat([chosen.to(state.classes.device), state.classes], dim=1)
+        else:
+            state = explainer.prepare(batch, classes=chosen)
     shared = (perf_counter() - start) / len(explainer.methods)
     results: MethodArrays = {}
     start = perf_counter()
@@ -128,8 +147,19 @@ def explain_rows(
     explainer: Explainer, images: list[DecodedImage], stamp: RunStamp, save_weights: bool = False
 ) -> pa.Table:
     """Rows for ``images`` in their order: one per (image, method, class), one per failure."""
+    targets = None
+    if any(image.target is not None for image in images):
+        targets = []
+        for image in images:  # a missing or unknown target fails that image alone
+            if image.error is None:
+                try:
+                    if not image.target:
+                        raise ModelError("no class in the manifest's target column")
+                    targets.append(class_indices([image.target], explainer.model.class_names)[0])
+                except ModelError as exc:
+                    image.error = f"target class: {exc}"
     usable = [image for image in images if image.error is None]
-    results = method_arrays(explainer, usable, save_weights) if usable else {}
+    results = method_arrays(explainer, usable, save_weights, targets) if usable else {}
     model = explainer.model
     builder = TableBuilder(model.name, model.layer, stamp)
     position = {id(image): b for b, image in enumerate(usable)}
@@ -158,6 +188,7 @@ def explain_rows(
                     raw_range=ranges[b, rank]
                     if (ranges := arrays.get("raw_range")) is not None
                     else None,
+                    map_box=model.preprocess.crop_box(image.info.width, image.info.height),  # type: ignore[arg-type]
                 )
     return builder.build()
 

@@ -196,7 +196,7 @@ def run_job(config: JobConfig) -> Summary:
         },
         "versions": versions(),
     }
-    inputs = collect_inputs(config.input) if config.input.exists() else None
+    inputs = collect_inputs(config.input, config.target_column) if config.input.exists() else None
     if inputs is None or not inputs.items:
         summary = Summary(0, 0, 0, 0, time.perf_counter() - clock, empty=True)
         summary.allow_empty = config.allow_empty

@@ -34,6 +34,7 @@ SCHEMA = pa.schema(
         pa.field("map_width", pa.int32()),
         pa.field("raw_min", pa.float32()),
         pa.field("raw_max", pa.float32()),
+        pa.field("map_box", pa.list_(pa.float32())),
         pa.field("weights", pa.list_(pa.float32())),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
@@ -97,6 +98,7 @@ class TableBuilder:
         weights: np.ndarray | None,
         seconds: float,
         raw_range: np.ndarray | None = None,
+        map_box: tuple[float, float, float, float] | None = None,
     ) -> None:
         self._add(
             image,
@@ -111,6 +113,7 @@ class TableBuilder:
             map_width=native_map.shape[1],
             raw_min=None if raw_range is None else float(raw_range[0]),
             raw_max=None if raw_range is None else float(raw_range[1]),
+            map_box=None if map_box is None else list(map_box),
             weights=None if weights is None else np.asarray(weights, dtype=np.float32).ravel(),
             status="ok",
             seconds=seconds,

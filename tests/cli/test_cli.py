@@ -59,7 +59,7 @@ def test_exit_code_is_one_when_an_image_failed(images: Path, tmp_path: Path) -> 
     [
         (["--method", "gradcam,nope"], "unknown method 'nope'"),
         (["--classes", "5,1000"], "class index 1000 out of range: valid are 0..999"),
-        (["--classes", "cat"], "class indices like 1,2,3"),
+        (["--classes", "cat"], "unknown class 'cat'"),
         (["--model", "alexnett"], "unknown model 'alexnett'"),
         (["--layer", "features.99"], "layer 'features.99' is not a module"),
         (["--shard", "2/2"], "need 0 <= i < n"),

@@ -184,7 +184,7 @@ def test_verbosity_anywhere(
 def test_choices_match_their_sources() -> None:
     from fdpipe.backends import RUNTIMES
     from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET
-    from fdpipe.export.models import DEFAULT_MODEL
+    from fdpipe.export.models import DEFAULT_MODEL, NORMALISATIONS, RESIZE_MODES, SCORES
     from fdpipe.export.onnx import OPSET
     from fdpipe.images import MAX_PIXELS
     from fdpipe.job.config import ENGINES
@@ -200,6 +200,9 @@ def test_choices_match_their_sources() -> None:
     assert choices.MAX_PIXELS == MAX_PIXELS
     assert choices.PRECISIONS == PRECISIONS
     assert choices.VOC_TO_IMAGENET == VOC_TO_IMAGENET and VOC_TO_IMAGENET.exists()
+    assert (choices.SCORES, choices.RESIZE_MODES, choices.NORMALISATIONS) == (
+        SCORES, RESIZE_MODES, NORMALISATIONS,
+    )  # fmt: skip
 
 
 def test_help_and_version_do_not_import_torch() -> None:

@@ -25,9 +25,12 @@ def test_unknown_model_names_the_choices() -> None:
     assert "resnet18" in message  # any torchvision classifier, with --layer
 
 
-def test_unregistered_torchvision_model_needs_a_layer() -> None:
-    with pytest.raises(ModelError, match="name its target layer with --layer"):
-        load_model("resnet18", pretrained=False)
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [("resnet18", "layer4"), ("densenet121", "features"), ("regnet_y_400mf", "trunk_output")],
+)
+def test_unregistered_model_defaults_to_its_last_feature_map(name: str, layer: str) -> None:
+    assert load_model(name, pretrained=False).layer == layer
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -129,7 +132,7 @@ def test_efficientnet_lite0_real_weights_classify_bundled_photos(photos: dict) -
     normalisation: the bundled cat and espresso are recognised, and FD-CAM runs on the exact
     factorised head at bn2 (1280 x 7 x 7)."""
     model = load_model("efficientnet_lite0")
-    assert model.preprocess.normalisation.kind == "tf-lite"
+    assert model.preprocess.normalisation.name == "tf-lite"
     cat = fdpipe.explain(model, photos["cat"], "fdcam", top_k=3)
     assert {"Egyptian cat", "tabby", "tiger cat"} & {
         model.class_names[c] for c in cat.classes[0, :1].tolist()

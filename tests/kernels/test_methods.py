@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import reference
 import torch
-from fdpipe.export.models import LoadedModel
+import torchvision
+from fdpipe.export.models import LoadedModel, PreprocessOptions, from_module, load_model
+from fdpipe.export.split import split_at
 from fdpipe.kernels import (
     METHODS,
     CAMMethod,
@@ -22,6 +24,7 @@ from fdpipe.kernels import (
     prepare,
 )
 from fdpipe.kernels.base import ChannelWeightsCAM
+from fdpipe.kernels.factorised_head import FactorisedMaskedHead
 from fdpipe.kernels.fgcam import BASES
 
 ALL = list(reference.METHODS)  # METHODS.md sections 1-2
@@ -172,3 +175,84 @@ def test_families_are_abstract() -> None:
     for cls in (CAMMethod, ChannelWeightsCAM, NoRawMap, NoWeights):
         with pytest.raises(TypeError):
             cls()
+
+
+# ---- own models (random weights, small inputs): every method against the same reference ----
+
+
+def _gray_cnn() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(4),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(inplace=True),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3),
+    )  # fmt: skip
+
+
+def _own(name: str) -> LoadedModel:
+    size = PreprocessOptions(size=(64, 64))
+    torch.manual_seed(0)
+    if name == "resnet18-10":
+        return from_module(torchvision.models.resnet18(num_classes=10), preprocess=size)
+    if name == "torchscript":  # cut by its children, the head explicit
+        scripted = torch.jit.script(torchvision.models.resnet18(num_classes=10).eval())
+        return from_module(scripted, layer="layer4", preprocess=size)
+    if name == "timm:resnet10t":
+        pytest.importorskip("timm")
+        return load_model(name, pretrained=False, preprocess=size)
+    if name == "gray-128":
+        gray = PreprocessOptions(size=(128, 128), channels=1, normalisation="none")
+        return from_module(_gray_cnn(), preprocess=gray)
+    return load_model(name, pretrained=False, preprocess=size)  # the default layer
+
+
+OWN_MODELS = ["resnet18-10", "densenet121", "efficientnet_b0", "timm:resnet10t", "torchscript",
+              "gray-128"]  # fmt: skip
+OWN_METHODS = [m for m in ALL if m not in FULL_FORWARD]
+
+
+@pytest.fixture(scope="module")
+def own_runs() -> dict[str, Runs]:
+    return {}
+
+
+def _own_runs(cache: dict[str, Runs], name: str) -> Runs:
+    """In float64: random weights put some channel sums of DenseNet's norm5 (a BN, the ReLU is
+    in the head) near zero, where XGrad-CAM's division turns float32 rounding into 2e-3; the
+    float32 kernels are checked against the reference on SqueezeNet and VGG16 above."""
+    if name not in cache:
+        model = _own(name)
+        model.module.double()
+        network = split_at(model.module, model.layer)
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(2, *model.input_shape, generator=generator, dtype=torch.float64)
+        scorer = FactorisedMaskedHead(network.head)  # exact fast path where it applies
+        cache[name] = Runs(prepare(network, images, top_k=1, scorer=scorer))
+    return cache[name]
+
+
+@pytest.mark.parametrize("method", OWN_METHODS)
+@pytest.mark.parametrize("name", OWN_MODELS)
+def test_own_models_match_reference(name: str, method: str, own_runs: dict[str, Runs]) -> None:
+    runs = _own_runs(own_runs, name)
+    state = runs.state
+    for b in (0, 1) if method not in REFERENCE_PAIRS else (1,):
+        p = reference.probe(state.network, state.inputs[b])
+        assert_matches(runs[method], b, 0, reference.METHODS[method](p, int(state.classes[b, 0])))
+
+
+@pytest.mark.parametrize("method", sorted(FULL_FORWARD))
+def test_full_forward_methods_on_a_grayscale_model(method: str, own_runs: dict[str, Runs]) -> None:
+    runs = _own_runs(own_runs, "gray-128")
+    p = reference.probe(runs.state.network, runs.state.inputs[0])
+    assert_matches(runs[method], 0, 0, reference.METHODS[method](p, int(runs.state.classes[0, 0])))
+
+
+@pytest.mark.parametrize("name", OWN_MODELS)
+def test_own_models_use_the_exact_fast_head_where_it_holds(
+    name: str, own_runs: dict[str, Runs]
+) -> None:
+    """METHODS.md section 5: DenseNet's functional ReLU and pooling included; a TorchScript
+    head (opaque modules) is masked explicitly."""
+    state = _own_runs(own_runs, name).state
+    module = state.scorer.module_for(tuple(state.activations.shape[1:]), False)  # type: ignore[attr-defined]
+    assert (module is not None) == (name != "torchscript")
