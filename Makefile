@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo nightly test lint typecheck format bench clean
+.PHONY: setup demo nightly test browser lint typecheck format bench clean
 
 setup: $(STAMP)
 
@@ -25,8 +25,23 @@ nightly: setup
 	@echo "run record: out/nightly/last-run.json"
 
 test: setup
+	-@$(MAKE) --no-print-directory browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# Debian's Chromium and its driver for the report's browser test (which skips without them).
+# `make test` tries it and goes on where it cannot install (not root, no apt-get, no registry).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		chromium --version 2>/dev/null; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null && chromium --version 2>/dev/null; \
+	else \
+		echo "make browser: installing chromium needs root and apt-get (Debian);" \
+			"the browser test will be skipped"; \
+		exit 1; \
+	fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ from fdpipe.job import JobConfig, run_job
 from fdpipe.job.progress import Summary
 from fdpipe.job.reader import images_root, select_rows
 from fdpipe.render import render_sheets
+from fdpipe.site import SiteSummary, write_site
 from PIL import Image
 from skimage import data
 
@@ -38,8 +39,11 @@ def write_photos(directory: Path) -> list[Path]:
     return paths
 
 
-def run_demo(output: Path, methods: tuple[str, ...] = DEMO_METHODS) -> tuple[Summary, list[Path]]:
-    """Photos to ``output/images``, Parquet to ``output/explanations``, sheet to ``output``."""
+def run_demo(
+    output: Path, methods: tuple[str, ...] = DEMO_METHODS
+) -> tuple[Summary, list[Path], SiteSummary]:
+    """Photos to ``output/images``, Parquet to ``output/explanations``, sheet to ``output``,
+    the HTML report to ``output/report``."""
     write_photos(output / "images")
     config = JobConfig(
         input=output / "images",
@@ -51,8 +55,10 @@ def run_demo(output: Path, methods: tuple[str, ...] = DEMO_METHODS) -> tuple[Sum
     )
     summary = run_job(config)
     rows = select_rows(config.output, ranks=[0])
-    sheets = render_sheets(rows, images_root(config.output), output)
-    return summary, sheets
+    root = images_root(config.output)
+    sheets = render_sheets(rows, root, output)
+    site = write_site(config.output, output / "report", images_root=root)
+    return summary, sheets, site
 
 
 def predictions(explanations: Path) -> list[str]:

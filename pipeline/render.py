@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+from fdpipe.display import Colormap, Display, colormap, display_for
 from fdpipe.images import ImageDecodeError, load_image
 from fdpipe.job.inputs import OUTPUT_MARKER
 from fdpipe.job.reader import MapRow
@@ -19,13 +20,8 @@ log = logging.getLogger("fdpipe.render")
 
 TILE = 224  # contact sheet cell, pixels
 LABEL = 18  # label strip above each cell, pixels
-
-
-def jet(values: np.ndarray) -> np.ndarray:
-    """(H, W) in [0, 1] -> (H, W, 3) uint8 with the classic jet colormap (blue -> red)."""
-    x = np.clip(values, 0.0, 1.0)[..., None] * 4.0
-    rgb = np.clip(1.5 - np.abs(x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
+LEGEND = 40  # colour bar strip under a sheet, pixels
+DIM = 0.4  # brightness of the grey photo under a weighted (pixel-level) display
 
 
 def overlay(
@@ -33,12 +29,25 @@ def overlay(
     native: np.ndarray,
     alpha: float = 0.5,
     box: tuple[float, float, float, float] | None = None,
+    display: Display | None = None,
+    cmap: Colormap | None = None,
 ) -> Image.Image:
     """The map brought to the image's size (METHODS.md section 1, step 7) over the part the
-    model saw (``box``: a centre crop; default the whole image), coloured, blended."""
+    model saw (``box``: a centre crop; default the whole image), put through the display
+    normalisation, coloured and blended with opacity ``alpha``; a weighted display blends over
+    the dimmed grey photo with opacity ``2 * alpha * value`` (the value at 0.5)."""
+    display = display or Display()
     full = place_map(torch.from_numpy(native), (image.height, image.width), box).numpy()
+    shown = display.apply(full)
+    heat = (cmap or colormap())(shown).astype(np.float32)
     picture = image.convert("RGB")
-    blended = Image.blend(picture, Image.fromarray(jet(full)), alpha)
+    if display.weighted:
+        photo = np.asarray(picture.convert("L").convert("RGB"), dtype=np.float32) * DIM
+        weight = np.minimum(2.0 * alpha * shown, 1.0)[..., None]
+    else:
+        photo = np.asarray(picture, dtype=np.float32)
+        weight = np.full((1, 1, 1), alpha, dtype=np.float32)
+    blended = Image.fromarray((photo * (1.0 - weight) + heat * weight + 0.5).astype(np.uint8))
     if box is None:
         return blended
     left, top = max(0, round(box[0])), max(0, round(box[1]))  # outside the crop: the photo
@@ -97,8 +106,11 @@ def render_overlays(
     alpha: float = 0.5,
     limit: int | None = None,
     missing: list[str] | None = None,
+    display: Display | None = None,
+    cmap: Colormap | None = None,
 ) -> list[Path]:
-    """One PNG per row at ``overlay_path`` under ``to``; at most ``limit`` images.
+    """One PNG per row at ``overlay_path`` under ``to``; at most ``limit`` images; ``display``
+    None: chosen per method (``display_for``).
 
     Returns the files written, each once (a row repeated in the output is not drawn twice).
     """
@@ -110,7 +122,8 @@ def render_overlays(
             if target in written:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            overlay(picture, row.native, alpha, row.box).save(target)
+            shown = display_for(row.method, display)
+            overlay(picture, row.native, alpha, row.box, shown, cmap).save(target)
             written[target] = None
     return list(written)
 
@@ -124,29 +137,48 @@ def render_sheets(
     limit: int | None = None,
     per_sheet: int = 16,
     missing: list[str] | None = None,
+    display: Display | None = None,
+    cmap: Colormap | None = None,
 ) -> list[Path]:
-    """Contact sheets: one line per (image, class), the photo then each method's overlay."""
+    """Contact sheets: one line per (image, class), the photo then each method's overlay; a
+    colour bar under each sheet says the colormap and each method's display."""
     prepare_target(to)
     lines = []
+    methods: dict[str, None] = {}  # in order of appearance
     for _, picture, image_rows in pictures_with_rows(rows, root, limit, missing):
         by_rank = itertools.groupby(
             sorted(image_rows, key=lambda r: r.class_rank), lambda r: r.class_rank
         )
         for _, ranked in by_rank:
-            lines.append(sheet_line(picture, list(ranked), alpha))
+            ranked_rows = list(ranked)
+            methods.update(dict.fromkeys(row.method for row in ranked_rows))
+            lines.append(sheet_line(picture, ranked_rows, alpha, display, cmap))
     written = []
+    key = legend(list(methods), display, cmap or colormap())
     for page, start in enumerate(range(0, len(lines), per_sheet)):
         target = to / f"sheet-{page:04d}.png"
-        stack(lines[start : start + per_sheet]).save(target)
+        stack([*lines[start : start + per_sheet], key]).save(target)
         written.append(target)
     return written
 
 
-def sheet_line(picture: Image.Image, rows: list[MapRow], alpha: float) -> Image.Image:
+def sheet_line(
+    picture: Image.Image,
+    rows: list[MapRow],
+    alpha: float,
+    display: Display | None = None,
+    cmap: Colormap | None = None,
+) -> Image.Image:
     first = rows[0]
     title = f"{Path(first.image_path).name}: {first.class_name} ({first.probability:.2f})"
     cells = [labelled(picture, title)]
-    cells += [labelled(overlay(picture, row.native, alpha, row.box), row.method) for row in rows]
+    cells += [
+        labelled(
+            overlay(picture, row.native, alpha, row.box, display_for(row.method, display), cmap),
+            row.method,
+        )
+        for row in rows
+    ]
     line = Image.new("RGB", (TILE * len(cells), TILE + LABEL), "white")
     for column, cell in enumerate(cells):
         line.paste(cell, (column * TILE, 0))
@@ -158,6 +190,24 @@ def labelled(picture: Image.Image, text: str) -> Image.Image:
     cell.paste(ImageOps.pad(picture, (TILE, TILE), color="white"), (0, LABEL))
     ImageDraw.Draw(cell).text((3, 2), text, fill="black", font=ImageFont.load_default(12))
     return cell
+
+
+def legend(methods: list[str], display: Display | None, cmap: Colormap) -> Image.Image:
+    """The colour bar (0 to 1 of the displayed value) and, per display, the methods using it."""
+    strip = Image.new("RGB", (TILE * 3, LEGEND), "white")
+    bar = cmap(np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (12, 1)))
+    strip.paste(Image.fromarray(bar), (24, 4))
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(12)
+    draw.text((4, 3), "0", fill="black", font=font)
+    draw.text((24 + 256 + 4, 3), "1", fill="black", font=font)
+    draw.text((24 + 256 + 24, 3), f"colormap: {cmap.name}", fill="black", font=font)
+    groups: dict[str, list[str]] = {}
+    for method in methods:
+        groups.setdefault(display_for(method, display).describe(), []).append(method)
+    text = "; ".join(f"{', '.join(names)}: {shown}" for shown, names in groups.items())
+    draw.text((4, 22), f"display: {text}", fill="black", font=font)
+    return strip
 
 
 def stack(lines: list[Image.Image]) -> Image.Image:
@@ -174,7 +224,7 @@ def stack(lines: list[Image.Image]) -> Image.Image:
 
 __all__ = [
     "file_stem",
-    "jet",
+    "legend",
     "overlay",
     "overlay_path",
     "render_overlays",

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fdpipe.display import jet
 from fdpipe.job import JobConfig, run_job
 from fdpipe.job.reader import images_root, select_rows
-from fdpipe.render import LABEL, TILE, jet, overlay, render_overlays, render_sheets
+from fdpipe.render import LABEL, LEGEND, TILE, overlay, render_overlays, render_sheets
 from image_files import write_images
 from PIL import Image
 
@@ -79,5 +80,5 @@ def test_overlays_and_sheet(output: Path, tmp_path: Path) -> None:
     assert Image.open(written[0]).size == (64, 48)  # the original image's size
     sheets = render_sheets(select_rows(output), root, tmp_path / "sheet", per_sheet=4)
     assert [p.name for p in sheets] == ["sheet-0000.png", "sheet-0001.png"]  # 3 images x 2 ranks
-    assert Image.open(sheets[0]).size == (3 * TILE, 4 * (TILE + LABEL))
-    assert Image.open(sheets[1]).size == (3 * TILE, 2 * (TILE + LABEL))
+    assert Image.open(sheets[0]).size == (3 * TILE, 4 * (TILE + LABEL) + LEGEND)
+    assert Image.open(sheets[1]).size == (3 * TILE, 2 * (TILE + LABEL) + LEGEND)

@@ -4,7 +4,8 @@
 library (``engine.py``); "pipeline": end-to-end images/s of the dataset job and its peak memory
 (``pipeline.py``); "startup": ``fdpipe --help`` against importing torch (``startup.py``);
 "fidelity": bf16/fp16 maps against fp32 per model and method (``fidelity.py``); "precision":
-FD-CAM seconds per image per precision beside the fp32 floor, API and job (``precision.py``).
+FD-CAM seconds per image per precision beside the fp32 floor, API and job (``precision.py``);
+"report": ``fdpipe report`` rows/s and peak RSS (``report.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fdpipe.bench.engine import BATCH, engine_suite
 from fdpipe.bench.fidelity import fidelity_suite
 from fdpipe.bench.pipeline import pipeline_suite
 from fdpipe.bench.precision import precision_suite
+from fdpipe.bench.report import report_suite
 from fdpipe.bench.startup import startup_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
@@ -36,6 +38,7 @@ Suite = Callable[[Settings], dict[str, object]]  # returns JSON data with a "row
 SUITES: dict[str, Suite] = {
     "engine": engine_suite,
     "pipeline": pipeline_suite,
+    "report": report_suite,
     "startup": startup_suite,
     "fidelity": fidelity_suite,
     "precision": precision_suite,
@@ -61,6 +64,7 @@ ENGINE_COLUMNS = [
     "seconds_per_image",
     f"seconds_per_image_batch{BATCH}",
     "head_evals_per_second",
+    "rows_per_second",
     "peak_rss_mb",
 ]
 

@@ -15,8 +15,9 @@ from fdpipe.cli.explain import explain
 from fdpipe.cli.export import export
 from fdpipe.cli.options import ENV_PREFIX, InterruptibleGroup, bind_environment, common_options
 from fdpipe.cli.render import render
+from fdpipe.cli.report import report
 
-COMMANDS = (explain, render, demo, evaluate, export, bench)
+COMMANDS = (explain, render, report, demo, evaluate, export, bench)
 
 
 @click.group(

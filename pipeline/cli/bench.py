@@ -23,7 +23,7 @@ import click
 @click.option(
     "--suite",
     "suites",
-    type=click.Choice(["engine", "pipeline", "startup", "fidelity", "precision"]),
+    type=click.Choice(["engine", "pipeline", "report", "startup", "fidelity", "precision"]),
     multiple=True,
     help="Suites to run (repeatable); default: all.",
 )

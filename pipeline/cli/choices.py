@@ -28,6 +28,7 @@ DEFAULT_MODEL = "vgg16"  # fdpipe.export.models.DEFAULT_MODEL
 SCORES = ("softmax", "sigmoid", "logit")  # fdpipe.export.models.SCORES
 RESIZE_MODES = ("squash", "crop")  # fdpipe.export.models.RESIZE_MODES
 NORMALISATIONS = ("imagenet", "caffe", "tf-lite", "none")  # fdpipe.export.models.NORMALISATIONS
+DEFAULT_COLORMAP = "jet"  # fdpipe.display.DEFAULT_COLORMAP
 OPSET = 18  # fdpipe.export.onnx.OPSET
 MAX_PIXELS = 40_000_000  # fdpipe.images.MAX_PIXELS
 POINTING_TOLERANCE = 15.0  # fdpipe.evaluation.pointing.POINTING_TOLERANCE

@@ -16,12 +16,13 @@ import click
     show_default=True,
 )
 def demo(output: Path) -> None:
-    """Explain scikit-image's sample photos with SqueezeNet (offline); draw a contact sheet."""
+    """Explain scikit-image's sample photos with SqueezeNet (offline); a contact sheet, a report."""
     from fdpipe.demo import predictions, run_demo
 
-    summary, sheets = run_demo(output)
+    summary, sheets, site = run_demo(output)
     click.echo("Top-1 predictions (squeezenet1_1):")
     for line in predictions(output / "explanations"):
         click.echo(f"  {line}")
     click.echo(f"Explanations: {output / 'explanations'} ({summary})")
     click.echo(f"Contact sheet: {', '.join(str(path) for path in sheets)}")
+    click.echo(f"Report: {site.index}")

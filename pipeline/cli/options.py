@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from fdpipe.cli.choices import (
+    DEFAULT_COLORMAP,
     DEFAULT_MODEL,
     METHOD_NAMES,
     NORMALISATIONS,
@@ -23,6 +24,7 @@ from fdpipe.cli.choices import (
 from fdpipe.methods import MethodSpec, split_method_specs
 
 if TYPE_CHECKING:
+    from fdpipe.display import Colormap, Display
     from fdpipe.export.models import ModelRequest
 
 Command = TypeVar("Command", bound=Callable[..., object])
@@ -475,3 +477,38 @@ def method_specs(
     if not specs:
         raise click.BadParameter("no method given", param_hint="--method")
     return specs
+
+
+def _parse_display(ctx: click.Context, param: click.Parameter, value: str) -> Display | None:
+    from fdpipe.display import parse_display  # numpy: not at --help time
+
+    try:
+        return parse_display(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _parse_colormap(ctx: click.Context, param: click.Parameter, value: str) -> Colormap:
+    from fdpipe.display import colormap
+
+    try:
+        return colormap(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+display_option = click.option(
+    "--display",
+    default="auto",
+    show_default=True,
+    callback=_parse_display,
+    help="How maps are shown: auto (FG-CAM: pixel, others: minmax), minmax, pixel "
+    "(clipped at p99, gamma 0.7, over a dimmed photo) or percentile=P[,gamma=G][,weighted=true].",
+)
+colormap_option = click.option(
+    "--colormap",
+    default=DEFAULT_COLORMAP,
+    show_default=True,
+    callback=_parse_colormap,
+    help="jet (built in) or any matplotlib colormap when matplotlib is installed.",
+)

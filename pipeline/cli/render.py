@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from fdpipe.cli.options import ConfigurationError, FiniteFloat
+from fdpipe.cli.options import ConfigurationError, FiniteFloat, colormap_option, display_option
 from fdpipe.methods import split_method_specs
+
+if TYPE_CHECKING:
+    from fdpipe.display import Colormap, Display
 
 
 @click.command()
@@ -31,6 +35,8 @@ from fdpipe.methods import split_method_specs
 )
 @click.option("--alpha", type=FiniteFloat(0.0, 1.0), default=0.5, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many images.")
+@display_option
+@colormap_option
 def render(
     maps: Path,
     to: Path,
@@ -41,6 +47,8 @@ def render(
     images_root: Path | None,
     alpha: float,
     limit: int | None,
+    display: Display | None,
+    colormap: Colormap,
 ) -> None:
     """Heat-map overlays (PNG) of the maps in MAPS (an explain output), or contact sheets.
 
@@ -64,7 +72,16 @@ def render(
         root = images_root or find_root(maps)
         if to.resolve() == root.resolve():
             raise ConfigurationError(f"--to {to} is the images' own folder: choose another")
-        written = draw(rows, root, to, alpha=alpha, limit=limit, missing=missing)
+        written = draw(
+            rows,
+            root,
+            to,
+            alpha=alpha,
+            limit=limit,
+            missing=missing,
+            display=display,
+            cmap=colormap,
+        )
     except FilterError as exc:
         raise ConfigurationError(str(exc)) from exc
     except (FileNotFoundError, ResumeError, KeyError) as exc:

@@ -19,6 +19,7 @@ from fdpipe.evaluation.comparison import Comparison
 from fdpipe.evaluation.curves import CurveProtocol
 from fdpipe.job.reader import MapRow
 from fdpipe.render import file_stem, sheet_line
+from fdpipe.site.comparison_page import write_comparison_page
 from PIL import Image
 from torch import Tensor
 
@@ -33,24 +34,34 @@ COLUMNS: tuple[tuple[str, str, Callable[..., str], str], ...] = (
 )
 
 
-def markdown_table(summary: dict[str, dict[str, float]]) -> str:
-    """Methods as rows; a column appears when some method has it; ties for best all in bold."""
+def table_cells(
+    summary: dict[str, dict[str, float]],
+) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]]]:
+    """Headers, then per method its cells as (text, best); a column appears when some method
+    has it; ties for best are all best."""
     columns = [c for c in COLUMNS if any(c[0] in row for row in summary.values())]
-    lines = [
-        "| Method | " + " | ".join(header for _, header, _, _ in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
     best: dict[str, str] = {}
     for key, _, pick, fmt in columns:
         shown = [fmt.format(row[key]) for row in summary.values() if key in row]
         values = {text: float(text.rstrip("%")) for text in shown}
         best[key] = pick(values, key=values.get)
+    rows = []
     for label, row in summary.items():
         cells = []
         for key, _, _, fmt in columns:
             text = fmt.format(row[key]) if key in row else "–"
-            cells.append(f"**{text}**" if text == best[key] else text)
-        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+            cells.append((text, text == best[key]))
+        rows.append((label, cells))
+    return [header for _, header, _, _ in columns], rows
+
+
+def markdown_table(summary: dict[str, dict[str, float]]) -> str:
+    """Methods as rows, best in bold (the paper's Table I layout)."""
+    headers, rows = table_cells(summary)
+    lines = ["| Method | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(headers)]
+    for label, cells in rows:
+        shown = [f"**{text}**" if best else text for text, best in cells]
+        lines.append(f"| `{label}` | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +174,8 @@ def describe_protocol(protocol: CurveProtocol) -> str:
 def write_report(
     directory: Path, comparison: Comparison, *, model: str, command: str | None = None
 ) -> list[Path]:
-    """``report.md``, ``results.json`` and (with curves) ``curves.png`` in ``directory``."""
+    """``report.md``, ``results.json``, (with curves) ``curves.png`` and ``report.html`` (the
+    same, with the curves and the overlays already in ``overlays/``) in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary()
     lines = ["# Method comparison", "", f"Model `{model}`.", "", markdown_table(summary)]
@@ -194,4 +206,5 @@ def write_report(
         written.append(directory / "curves.png")
     elif comparison.scores:
         log.warning("no curves.png: matplotlib is missing (pip install 'fdpipe[report]')")
+    written.append(write_comparison_page(directory, table_cells(summary), lines[5:], model))
     return written

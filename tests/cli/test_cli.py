@@ -138,6 +138,11 @@ def test_render_command(images: Path, tmp_path: Path) -> None:
     sheet = runner.invoke(main, ["render", str(out), "--to", str(tmp_path / "s"), "--sheet"])
     assert sheet.exit_code == 0, sheet.output
     assert "wrote 1 PNG file(s)" in sheet.output
+    viridis = runner.invoke(
+        main, ["render", str(out), "--to", str(tmp_path / "v"), "--colormap", "viridis",
+               "--display", "percentile=99,gamma=0.5"],
+    )  # fmt: skip
+    assert viridis.exit_code == 0, viridis.output
 
 
 def test_demo(tmp_path: Path) -> None:
@@ -148,3 +153,6 @@ def test_demo(tmp_path: Path) -> None:
     assert sorted(p.stem for p in (tmp_path / "images").iterdir()) == sorted(PHOTOS)
     sheet = Image.open(tmp_path / "sheet-0000.png")
     assert sheet.height > len(PHOTOS) * 200
+    index = (tmp_path / "report" / "index.html").read_text()  # the demo ends with the report
+    assert f"{len(PHOTOS):,}" in index and "fgcam" in index
+    assert f"Report: {tmp_path / 'report' / 'index.html'}" in result.output

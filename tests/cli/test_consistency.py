@@ -183,6 +183,7 @@ def test_verbosity_anywhere(
 
 def test_choices_match_their_sources() -> None:
     from fdpipe.backends import RUNTIMES
+    from fdpipe.display import DEFAULT_COLORMAP
     from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET
     from fdpipe.export.models import DEFAULT_MODEL, NORMALISATIONS, RESIZE_MODES, SCORES
     from fdpipe.export.onnx import OPSET
@@ -199,6 +200,7 @@ def test_choices_match_their_sources() -> None:
     assert (choices.OPSET, choices.POINTING_TOLERANCE) == (OPSET, POINTING_TOLERANCE)
     assert choices.MAX_PIXELS == MAX_PIXELS
     assert choices.PRECISIONS == PRECISIONS
+    assert choices.DEFAULT_COLORMAP == DEFAULT_COLORMAP
     assert choices.VOC_TO_IMAGENET == VOC_TO_IMAGENET and VOC_TO_IMAGENET.exists()
     assert (choices.SCORES, choices.RESIZE_MODES, choices.NORMALISATIONS) == (
         SCORES, RESIZE_MODES, NORMALISATIONS,
@@ -208,7 +210,8 @@ def test_choices_match_their_sources() -> None:
 def test_help_and_version_do_not_import_torch() -> None:
     code = (
         "import sys; from fdpipe.cli import main\n"
-        "for args in (['--help'], ['--version'], ['explain', '--help'], ['evaluate', '--help']):\n"
+        "for args in (['--help'], ['--version'], ['explain', '--help'], ['evaluate', '--help'],"
+        " ['report', '--help'], ['render', '--help']):\n"
         "    try: main(args)\n"
         "    except SystemExit: pass\n"
         "print(json.dumps(sorted(m for m in ('torch', 'pyarrow', 'numpy') if m in sys.modules)))"

@@ -85,6 +85,9 @@ def test_evaluate_live_and_from_an_explain_output(tmp_path: Path, photos) -> Non
     assert "| `gradcam` |" in (report / "report.md").read_text()
     assert (report / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert Image.open(report / "overlays" / "cat.png").width == 3 * 224
+    page = (report / "report.html").read_text()  # the same report as HTML
+    assert "<td><code>gradcam</code></td>" in page and page.count("<b>") >= 3  # best in bold
+    assert '<img src="curves.png"' in page and '<img src="overlays/cat.png"' in page
     results = json.loads((report / "results.json").read_text())
     assert results["methods"] == ["gradcam", "fdcam:grouping=false,scoring=off"]
     scores = {s["method"]: s for s in results["images"]}

@@ -1,0 +1,82 @@
+"""``fdpipe report``: a static HTML site of an ``explain`` output (opens from file://)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from fdpipe.cli.options import ConfigurationError, colormap_option, display_option
+
+if TYPE_CHECKING:
+    from fdpipe.display import Colormap, Display
+
+
+@click.command()
+@click.argument("maps", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "site",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Site directory (created; thumbnails in it are reused by the next report).",
+)
+@click.option(
+    "--images-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Where the images are now (default: the input root the job recorded).",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1, max=10_000),
+    default=50,
+    show_default=True,
+    help="Images per gallery page.",
+)
+@display_option
+@colormap_option
+def report(
+    maps: Path,
+    site: Path,
+    images_root: Path | None,
+    page_size: int,
+    display: Display | None,
+    colormap: Colormap,
+) -> None:
+    """An HTML report of MAPS (an explain output): run records, counts, score plots, failures,
+    galleries; it opens from file:// with no server."""
+    from fdpipe.job.parts import OutputDataset, PartFileError, ResumeError, read_metadata
+    from fdpipe.job.reader import images_root as recorded_root
+    from fdpipe.site import write_site
+
+    parts = OutputDataset(maps).parts()
+    if not parts:
+        raise ConfigurationError(f"{maps} holds no fdpipe part files (part-*.parquet)")
+    for part in parts:  # footers only: a foreign or damaged file is named before any work
+        try:
+            read_metadata(part)
+        except (PartFileError, ResumeError) as exc:
+            raise ConfigurationError(str(exc)) from None
+    try:
+        root = images_root or recorded_root(maps)
+    except (ResumeError, KeyError, TypeError):
+        root = None
+    if root is not None and not root.is_dir():
+        click.echo(f"images not found at {root}: maps are shown alone (see --images-root)")
+        root = None
+    if site.resolve() == maps.resolve():
+        raise ConfigurationError("the report needs its own directory, not MAPS itself")
+    try:
+        site.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot create {site}: {exc.strerror or exc}") from None
+    summary = write_site(
+        maps, site, images_root=root, page_size=page_size, display=display, cmap=colormap
+    )
+    click.echo(
+        f"{summary.images} images ({summary.failed} failed) on {summary.pages} page(s); "
+        f"thumbnails: {summary.thumbnails_written} written, {summary.thumbnails_reused} reused"
+        + (f"; {summary.missing_images} images not found" if summary.missing_images else "")
+    )
+    click.echo(f"open {summary.index}")

@@ -1,0 +1,197 @@
+"""Reading an ``explain`` output for the report, streaming: images one at a time with their
+rows, small aggregates (counts, histograms) and the run records.
+
+Nothing here grows with the number of rows except the per-class counts (bounded by the model's
+classes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
+from fdpipe.job.reader import iter_rows
+
+COLUMNS = [
+    "image_path",
+    "image_sha256",
+    "method",
+    "class_rank",
+    "class_index",
+    "class_name",
+    "probability",
+    "map",
+    "map_height",
+    "map_width",
+    "map_box",
+    "status",
+    "error",
+    "seconds",
+]
+BINS = 20  # histogram bins over [0, 1] (probabilities) and over log10 seconds
+
+
+@dataclass
+class MapEntry:
+    method: str
+    class_rank: int
+    class_index: int
+    class_name: str
+    probability: float
+    seconds: float
+    native: np.ndarray  # (h, w) in [0, 1]
+    box: tuple[float, float, float, float] | None = None  # what the map covers (a centre crop)
+
+
+@dataclass
+class ImageEntry:
+    path: str
+    sha256: str | None
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    maps: list[MapEntry] = field(default_factory=list)
+
+
+def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
+    """Each image of ``output`` once, with its explained rows, in stored order."""
+    current: ImageEntry | None = None
+    for batch in iter_rows(output, columns=COLUMNS):
+        maps = cast(pa.ListArray, batch.column("map"))
+        values = maps.values.to_numpy(zero_copy_only=False)
+        offsets = maps.offsets.to_numpy()  # absolute into ``values``, also for a sliced batch
+        columns: dict[str, list[Any]] = {
+            name: batch.column(name).to_pylist() for name in COLUMNS if name != "map"
+        }
+        for i in range(batch.num_rows):
+            path = columns["image_path"][i]
+            if current is None or current.path != path:
+                if current is not None:
+                    yield current
+                current = ImageEntry(path, columns["image_sha256"][i], "ok")
+            if columns["status"][i] != "ok":
+                current.status, current.error = "failed", columns["error"][i] or "unknown error"
+                continue
+            shape = (columns["map_height"][i], columns["map_width"][i])
+            current.maps.append(
+                MapEntry(
+                    method=columns["method"][i],
+                    class_rank=columns["class_rank"][i],
+                    class_index=columns["class_index"][i],
+                    class_name=columns["class_name"][i] or str(columns["class_index"][i]),
+                    probability=columns["probability"][i],
+                    seconds=columns["seconds"][i] or 0.0,
+                    native=values[offsets[i] : offsets[i + 1]].reshape(shape),
+                    box=tuple(columns["map_box"][i]) if columns["map_box"][i] else None,
+                )
+            )
+    if current is not None:
+        yield current
+
+
+def count_images(output: str | os.PathLike[str]) -> int:
+    """Images of ``output`` (rows of an image are contiguous), reading only the path column."""
+    count, last = 0, None
+    for batch in iter_rows(output, columns=["image_path"]):
+        paths = batch.column("image_path").to_pylist()
+        count += sum(1 for a, b in zip([last, *paths[:-1]], paths, strict=True) if a != b)
+        last = paths[-1] if paths else last
+    return count
+
+
+@dataclass
+class Histogram:
+    low: float
+    high: float
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(BINS, dtype=np.int64))
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        position = (value - self.low) / (self.high - self.low) * BINS
+        self.counts[min(max(int(position), 0), BINS - 1)] += 1
+
+
+@dataclass
+class Aggregates:
+    """What the index shows, updated image by image."""
+
+    images: int = 0
+    failed: int = 0
+    rows: int = 0
+    methods: Counter[str] = field(default_factory=Counter)
+    classes: Counter[str] = field(default_factory=Counter)  # top-1 class -> images
+    top1: Histogram = field(default_factory=lambda: Histogram(0.0, 1.0))
+    seconds: dict[str, Histogram] = field(default_factory=dict)  # log10 s, 1 ms .. 100 s
+
+    def add(self, image: ImageEntry) -> None:
+        self.images += 1
+        if image.status == "failed":
+            self.failed += 1
+            self.rows += 1
+            return
+        self.rows += len(image.maps)
+        top = [entry for entry in image.maps if entry.class_rank == 0]
+        if top:
+            self.classes[top[0].class_name] += 1
+            self.top1.add(top[0].probability)
+        for entry in image.maps:
+            self.methods[entry.method] += 1
+            histogram = self.seconds.setdefault(entry.method, Histogram(-3.0, 2.0))
+            histogram.add(math.log10(max(entry.seconds, 1e-9)))
+
+
+@dataclass
+class RunRecord:
+    source: str  # the file it came from
+    record: dict[str, object]
+
+
+def run_records(output: str | os.PathLike[str]) -> list[RunRecord]:
+    """``OUTPUT/_runs/*.json`` when the job wrote them; otherwise the distinct run records of
+    the part files' metadata (params, versions, run), each with the parts that carry it."""
+    runs = Path(output) / "_runs"
+    records = []
+    if runs.is_dir():
+        for path in sorted(runs.glob("*.json")):
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                records.append(RunRecord(path.name, {"unreadable": str(exc)}))
+                continue
+            if isinstance(loaded, dict):
+                records.append(RunRecord(path.name, loaded))
+    if records:
+        return records
+    distinct: dict[str, RunRecord] = {}
+    for part in OutputDataset(output).parts():
+        try:
+            metadata = read_metadata(part)
+        except (OSError, ResumeError) as exc:
+            metadata = {"unreadable": str(exc)}
+        key = json.dumps(metadata, sort_keys=True, default=str)
+        if key not in distinct:
+            distinct[key] = RunRecord(part.name, {**metadata, "parts": 0})
+        distinct[key].record["parts"] += 1  # type: ignore[operator]
+    return list(distinct.values())
+
+
+__all__ = [
+    "BINS",
+    "Aggregates",
+    "Histogram",
+    "ImageEntry",
+    "MapEntry",
+    "RunRecord",
+    "count_images",
+    "iter_images",
+    "run_records",
+]
