@@ -22,7 +22,7 @@ import click
 import numpy as np
 from fdpipe.bench.pipeline import write_dataset
 from fdpipe.job.parts import OutputDataset
-from fdpipe.job.schema import ImageInfo, TableBuilder
+from fdpipe.job.schema import ImageInfo, RunStamp, TableBuilder
 
 if TYPE_CHECKING:  # bench/__init__.py imports this module to register the suite
     from fdpipe.bench import Settings
@@ -42,19 +42,22 @@ def write_synthetic_output(
     top_k: int = 1,
     map_size: int = 13,
     seed: int = 0,
+    run_id: str = "20261122T000000.000000Z-000000",
 ) -> None:
     """An ``explain`` output for the image files ``names`` under ``images``: one row per
-    (image, method, class) with random maps, or one failed row with the reason in ``failed``."""
+    (image, method, class) with random maps, or one failed row with the reason in ``failed``;
+    a later ``run_id`` adds rows that supersede an earlier run's (as a rerun does)."""
     failed = failed or {}
+    stamp = RunStamp(run_id, f"top-{top_k}")
     rng = np.random.default_rng(seed)
     dataset = OutputDataset(output)
     metadata = {
         "params": {"model": "synthetic", "methods": list(methods), "top_k": top_k},
         "versions": {"fdpipe": "bench"},
-        "run": {"input_root": str(images), "engine": "synthetic"},
+        "run": {"input_root": str(images), "engine": "synthetic", "run_id": run_id},
     }
     for start in range(0, len(names), PART_IMAGES):
-        builder = TableBuilder(model="synthetic", layer="features")
+        builder = TableBuilder("synthetic", "features", stamp)
         for name in names[start : start + PART_IMAGES]:
             info = ImageInfo(name, hashlib.sha256(name.encode()).hexdigest(), 64, 48)
             if name in failed:

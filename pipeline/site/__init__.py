@@ -12,11 +12,12 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 from fdpipe.display import Colormap, Display, colormap
 from fdpipe.site.pages import (
     FAILURES_ON_INDEX,
@@ -27,7 +28,7 @@ from fdpipe.site.pages import (
     navigation,
     page_name,
 )
-from fdpipe.site.scan import Aggregates, ImageEntry, count_images, iter_images, run_records
+from fdpipe.site.scan import Aggregates, ImageEntry, iter_images, rows_per_image, run_records
 from fdpipe.site.thumbnails import Thumbnails
 
 PAGE_SIZE = 50  # images per gallery page
@@ -61,20 +62,30 @@ def write_site(
     for name in STATIC:
         source = resources.files("fdpipe.site").joinpath("static", name)
         write_text(site / name, source.read_text(encoding="utf-8"))
-    pages = max(1, -(-count_images(output) // page_size))  # a first pass over one column
+    # First pass, one column: how many current rows each image has, in first-seen order. After
+    # a rerun an image's rows may lie in several parts; it is drawn once all have been read.
+    remaining = rows_per_image(output)
+    order = {path: index for index, path in enumerate(remaining)}
+    pages = max(1, -(-len(order) // page_size))
     thumbnails = Thumbnails(site, THUMBNAIL, cmap, display, images_root)
     aggregates = Aggregates()
     first_failures: list[tuple[str, str, int]] = []
-    page: list[GalleryRow] = []
-    methods: dict[str, None] = {}
-    number = 1
+    pending: dict[str, Pending] = {}  # images with rows still to come (usually at most one)
+    on_page: dict[int, dict[int, list[GalleryRow]]] = {}  # page -> image index -> its rows
     with (
         atomic_text(site / "failures.html") as failures,
         atomic_text(site / "images.js") as found,
     ):
         failures.write(FAILURES_HEAD.format(navigation=navigation(pages)))
         found.write("window.fdpipeImages = [\n")  # [path, top-1 class, status, page] per image
-        for image in iter_images(output):
+        for chunk in iter_images(output):
+            merged = pending.setdefault(chunk.path, Pending(chunk.path, chunk.sha256))
+            merged.add(chunk, thumbnails)
+            remaining[chunk.path] -= chunk.rows
+            if remaining[chunk.path] > 0:
+                continue
+            image = pending.pop(chunk.path).entry
+            number = order[image.path] // page_size + 1
             aggregates.add(image)
             top = next((entry.class_name for entry in image.maps if entry.class_rank == 0), "")
             found.write(json.dumps([image.path, top, image.status, number]) + ",\n")
@@ -83,13 +94,12 @@ def write_site(
                 failures.write(failure_row(*failure))
                 if len(first_failures) < FAILURES_ON_INDEX:
                     first_failures.append(failure)
-            page += gallery_rows(image, thumbnails)
-            methods.update(dict.fromkeys(entry.method for entry in image.maps))
-            if aggregates.images == number * page_size:
-                write_page(site, number, pages, page, list(methods), cmap, display)
-                page, methods, number = [], {}, number + 1
-        if page or aggregates.images == 0:
-            write_page(site, number, pages, page, list(methods), cmap, display)
+            slots = on_page.setdefault(number, {})
+            slots[order[image.path]] = pending_rows(image, merged)
+            if len(slots) == min(page_size, len(order) - (number - 1) * page_size):
+                write_page(site, number, pages, on_page.pop(number), cmap, display)
+        if not order:
+            write_page(site, 1, 1, {}, cmap, display)
         failures.write(FAILURES_TAIL)
         found.write("];\n")
     remove_stale_pages(site, pages)
@@ -121,11 +131,13 @@ def write_page(
     site: Path,
     number: int,
     pages: int,
-    rows: list[GalleryRow],
-    methods: list[str],
+    slots: dict[int, list[GalleryRow]],
     cmap: Colormap,
     display: Display | None,
 ) -> None:
+    """A gallery page: its images' rows in first-seen order, a column per method present."""
+    rows = [row for index in sorted(slots) for row in slots[index]]
+    methods = list(dict.fromkeys(method for row in rows for method in row.overlays))
     write_text(site / page_name(number), gallery_page(number, pages, rows, methods, cmap, display))
 
 
@@ -154,21 +166,51 @@ def write_text(target: Path, text: str) -> None:
         handle.write(text)
 
 
-def gallery_rows(image: ImageEntry, thumbnails: Thumbnails) -> list[GalleryRow]:
+@dataclass
+class Pending:
+    """An image whose rows are being read: its rows (maps dropped once drawn) and thumbnails."""
+
+    path: str
+    sha256: str | None
+    photo: str | None = None
+    overlays: list[str] = field(default_factory=list)  # aligned with entry.maps
+
+    def __post_init__(self) -> None:
+        self.entry = ImageEntry(self.path, self.sha256, "ok")
+
+    def add(self, chunk: ImageEntry, thumbnails: Thumbnails) -> None:
+        photo, overlays = thumbnails.for_image(chunk)
+        self.photo = self.photo or photo
+        self.entry.rows += chunk.rows
+        if chunk.status == "failed":
+            self.entry.status, self.entry.error = "failed", chunk.error
+        for index, entry in enumerate(chunk.maps):
+            self.entry.maps.append(replace(entry, native=NO_MAP))
+            self.overlays.append(overlays[index])
+
+
+NO_MAP = np.zeros((0, 0), dtype=np.float32)  # a drawn row keeps its labels, not its map
+
+
+def pending_rows(image: ImageEntry, merged: Pending) -> list[GalleryRow]:
     """One row per class rank of ``image`` (each method's overlay), or one for a failure."""
-    photo, overlays = thumbnails.for_image(image)
     if image.status == "failed":
-        return [GalleryRow(image.path, "failed", photo, error=image.error)]
+        return [GalleryRow(image.path, "failed", None, error=image.error)]
     rows: dict[int, GalleryRow] = {}
-    for index, entry in enumerate(image.maps):
+    for entry, overlay in zip(image.maps, merged.overlays, strict=True):
         row = rows.setdefault(
             entry.class_rank,
             GalleryRow(
-                image.path, "ok", photo, entry.class_rank, entry.class_name, entry.probability
+                image.path,
+                "ok",
+                merged.photo,
+                entry.class_rank,
+                entry.class_name,
+                entry.probability,
             ),
         )
-        row.overlays[entry.method] = overlays[index]
+        row.overlays[entry.method] = overlay
     return [rows[rank] for rank in sorted(rows)]
 
 
-__all__ = ["PAGE_SIZE", "THUMBNAIL", "SiteSummary", "gallery_rows", "write_site"]
+__all__ = ["PAGE_SIZE", "THUMBNAIL", "Pending", "SiteSummary", "write_site"]

@@ -59,10 +59,12 @@ class ImageEntry:
     status: str  # "ok" or "failed"
     error: str | None = None
     maps: list[MapEntry] = field(default_factory=list)
+    rows: int = 0  # rows read into this entry (its maps and its failed row)
 
 
 def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
-    """Each image of ``output`` once, with its explained rows, in stored order."""
+    """Each run of consecutive rows of one image, with its explained rows, in stored order (an
+    image whose rows lie in several parts, after a rerun, comes in several entries)."""
     current: ImageEntry | None = None
     for batch in iter_rows(output, columns=COLUMNS):
         maps = cast(pa.ListArray, batch.column("map"))
@@ -77,6 +79,7 @@ def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
                 if current is not None:
                     yield current
                 current = ImageEntry(path, columns["image_sha256"][i], "ok")
+            current.rows += 1
             if columns["status"][i] != "ok":
                 current.status, current.error = "failed", columns["error"][i] or "unknown error"
                 continue
@@ -97,14 +100,14 @@ def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
         yield current
 
 
-def count_images(output: str | os.PathLike[str]) -> int:
-    """Images of ``output`` (rows of an image are contiguous), reading only the path column."""
-    count, last = 0, None
+def rows_per_image(output: str | os.PathLike[str]) -> dict[str, int]:
+    """Current rows per image, in first-seen order, reading only the path column."""
+    counts: dict[str, int] = {}
     for batch in iter_rows(output, columns=["image_path"]):
-        paths = batch.column("image_path").to_pylist()
-        count += sum(1 for a, b in zip([last, *paths[:-1]], paths, strict=True) if a != b)
-        last = paths[-1] if paths else last
-    return count
+        paths = cast(list[str], batch.column("image_path").to_pylist())  # never null (schema)
+        for path in paths:
+            counts[path] = counts.get(path, 0) + 1
+    return counts
 
 
 @dataclass
@@ -134,11 +137,10 @@ class Aggregates:
 
     def add(self, image: ImageEntry) -> None:
         self.images += 1
+        self.rows += image.rows
         if image.status == "failed":
             self.failed += 1
-            self.rows += 1
             return
-        self.rows += len(image.maps)
         top = [entry for entry in image.maps if entry.class_rank == 0]
         if top:
             self.classes[top[0].class_name] += 1
@@ -191,7 +193,7 @@ __all__ = [
     "ImageEntry",
     "MapEntry",
     "RunRecord",
-    "count_images",
     "iter_images",
+    "rows_per_image",
     "run_records",
 ]

@@ -102,6 +102,25 @@ def test_thumbnails_are_reused_and_stale_pages_removed(output: Path, tmp_path: P
     ]
 
 
+def test_an_image_whose_rows_lie_in_several_parts_is_shown_once(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    names = [p.relative_to(images).as_posix() for p in write_images(images, 3)]
+    output = tmp_path / "out"
+    write_synthetic_output(output, images, names, methods=("gradcam",))
+    later = "20261123T000000.000000Z-000000"  # a rerun adding a method: rows in a later part
+    write_synthetic_output(output, images, names, methods=("layercam",), run_id=later)
+    assert len(list(output.glob("part-*.parquet"))) == 2
+    summary = write_site(output, tmp_path / "site", images_root=images, page_size=2)
+    assert (summary.images, summary.pages) == (3, 2)
+    rows = gallery_rows(tmp_path / "site")
+    assert sorted(row["data-path"] for row in rows) == sorted(names)  # each image once
+    page = (tmp_path / "site" / "page-00001.html").read_text(encoding="utf-8")
+    assert page.count('<td data-method="gradcam"><img') == 2
+    assert page.count('<td data-method="layercam"><img') == 2  # both runs' maps in one row
+    index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r"rows</td><td class='num'>6<", index)
+
+
 def test_without_the_images_maps_are_shown_alone(output: Path, tmp_path: Path) -> None:
     summary = write_site(output, tmp_path / "site", images_root=None)
     assert summary.thumbnails_written == 6 * 2 * 2  # overlays only: no photo to show
