@@ -51,8 +51,9 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")
 REFERENCE_RUNTIME = "torch-explicit"
 # What ``precision="auto"`` picks per device kind: reduced precision only where the fidelity
 # suite (``fdpipe bench --suite fidelity``) showed FD-CAM maps at r >= 0.999 of fp32 on every
-# model AND the speed suite showed it faster. CPU bf16: fidelity holds (README, "Precision"),
-# speed not yet measured on a CPU with native bf16; CUDA: not yet run. Both stay fp32 until then.
+# model AND the speed suite showed it faster. CPU bf16: FD-CAM holds (README, "Precision"; not
+# Grad-CAM/XGrad-CAM/Layer-CAM/Ablation-CAM on VGG16), speed not yet measured on a CPU with native
+# bf16; CUDA: not yet run. Both stay fp32 until then.
 AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp32"}
 
 
