@@ -55,9 +55,10 @@ class Explanation:
     raw_range: Tensor | None = None  # (B, T, 2) min, max of the ReLU'd raw map: its strength
 
 
-# Backends by model module, then (layer, runtime, artifacts, precision): the fast scorer's
-# per-model tables (411 MB of reordered fc1 weights for VGG16) are built once per model.
-_BACKENDS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, str | None, str], Backend]] = (
+# Backends by model module, then (layer, runtime, artifacts, precision, device): the fast
+# scorer's per-model tables (411 MB of reordered fc1 weights for VGG16) are built once per model.
+BackendKey = tuple[str, str, str | None, str, str | None]
+_BACKENDS: weakref.WeakKeyDictionary[nn.Module, dict[BackendKey, Backend]] = (
     weakref.WeakKeyDictionary()
 )
 
