@@ -47,6 +47,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy reads the import package `fdpipe` through a tree of links (the editable install maps it to
+# three folders with an import hook that static tools cannot see).
+typecheck: setup
+	rm -rf build/typecheck && mkdir -p build/typecheck/fdpipe
+	ln -s $(CURDIR)/pipeline/* build/typecheck/fdpipe/
+	ln -s $(CURDIR)/export $(CURDIR)/kernels build/typecheck/fdpipe/
+	$(BIN)/python -m mypy
+
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
