@@ -27,6 +27,7 @@ nightly: setup
 test: setup
 	-@$(MAKE) --no-print-directory browser
 	$(BIN)/ruff check .
+	@$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Debian's Chromium and its driver for the report's browser test (which skips without them).
@@ -46,13 +47,14 @@ browser:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@$(MAKE) --no-print-directory typecheck
 
 # mypy reads the import package `fdpipe` through a tree of links (the editable install maps it to
 # three folders with an import hook that static tools cannot see).
 typecheck: setup
-	rm -rf build/typecheck && mkdir -p build/typecheck/fdpipe
-	ln -s $(CURDIR)/pipeline/* build/typecheck/fdpipe/
-	ln -s $(CURDIR)/export $(CURDIR)/kernels build/typecheck/fdpipe/
+	@rm -rf build/typecheck && mkdir -p build/typecheck/fdpipe
+	@ln -s $(CURDIR)/pipeline/* build/typecheck/fdpipe/
+	@ln -s $(CURDIR)/export $(CURDIR)/kernels build/typecheck/fdpipe/
 	$(BIN)/python -m mypy
 
 format: setup
@@ -63,4 +65,4 @@ bench: setup
 	$(BIN)/fdpipe bench --output bench-results
 
 clean:
-	rm -rf out bench-results .pytest_cache .ruff_cache
+	rm -rf out bench-results build .pytest_cache .ruff_cache .mypy_cache

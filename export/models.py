@@ -517,7 +517,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
         if name == "_reconstruct":
-            return np._core.multiarray._reconstruct
+            return np._core.multiarray._reconstruct  # type: ignore[attr-defined]  # numpy 2
         return getattr(np, name)
 
 

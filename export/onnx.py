@@ -24,9 +24,10 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any, cast
 
 import onnxruntime as ort
 import torch
@@ -57,6 +58,55 @@ class ExportTargetError(ExportError):
 
 class ArtifactMismatch(ModelError):
     """Exported artifacts that belong to another model, weights or layer, or were modified."""
+
+
+IDENTITY = ("model", "source", "weights", "layer", "num_classes", "preprocessing")
+
+
+@dataclass
+class Manifest:
+    """``manifest.json`` of an export directory: what was exported from which model, the graphs'
+    shapes and masked-head kinds, the parity errors, and every file's inputs, sha256 and size."""
+
+    model: str
+    source: str
+    weights: str  # sha256 of the weights file, or "random-seed-N"
+    layer: str
+    num_classes: int
+    preprocessing: dict[str, Any]
+    input_shape: list[int]  # (C, H, W)
+    activation_shape: list[int]  # (K, h, w)
+    extra_shapes: list[list[int]]  # tensors the head reads besides the activations
+    masked_head: dict[str, str]  # graph name -> "factorised" or "explicit"
+    precision: str
+    opset: int
+    fdpipe_version: str
+    torch_version: str
+    parity_max_relative_error: dict[str, float]  # file name -> error against PyTorch
+    files: dict[str, dict[str, Any]]  # file name -> inputs, outputs, sha256, bytes
+    tensorrt: dict[str, Any] | None = None  # engines: version, device, precision, profiles
+    format: int = FORMAT
+
+    def to_json(self) -> dict[str, object]:
+        document = asdict(self)
+        if self.tensorrt is None:
+            del document["tensorrt"]
+        return document
+
+    @classmethod
+    def from_json(cls, document: object) -> Manifest:
+        """Raises ValueError naming what is wrong with a document that is not a manifest."""
+        if not isinstance(document, dict) or not isinstance(document.get("files"), dict):
+            raise ValueError("not an fdpipe export manifest")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names - set(document) if n not in ("tensorrt", "format"))
+        if missing:
+            raise ValueError(f"fields missing: {', '.join(missing)}")
+        return cls(**{k: v for k, v in document.items() if k in names})
+
+    def identity(self) -> dict[str, object]:
+        """The fields an artifact directory must share with the model it is used for."""
+        return {name: getattr(self, name) for name in IDENTITY}
 
 
 @dataclass(frozen=True)
@@ -152,7 +202,7 @@ def masked_head_graph(
 
 def _graphs(
     model: LoadedModel, example_batch: int = 2, precision: str = "fp32"
-) -> tuple[list[Graph], dict[str, object]]:
+) -> tuple[list[Graph], dict[str, Any]]:
     network = split_at(model.module, model.layer, model.input_shape)
     images = torch.randn(example_batch, *model.input_shape, generator=torch.Generator())
     with torch.no_grad():
@@ -181,11 +231,10 @@ def _graphs(
         ),
         *(masked_head_graph(network, activations, extras, probabilities=p) for p in (False, True)),
     ]
-    info = {
+    info: dict[str, Any] = {  # the manifest's shape fields
         "input_shape": list(model.input_shape),
         "activation_shape": list(activations.shape[1:]),
         "extra_shapes": [list(e.shape[1:]) for e in extras],
-        "num_classes": num_classes,
         "masked_head": {
             g.name: "factorised" if isinstance(g.module, FactorisedHead) else "explicit"
             for g in graphs[2:]
@@ -270,8 +319,8 @@ def check_parity(graph: Graph, path: Path) -> float:
 
 
 def identity(model: LoadedModel) -> dict[str, object]:
-    """The fields an artifact directory must share with the model it is used for."""
-    return {
+    """``Manifest.identity`` of an export of ``model`` (JSON-normalised, as stored)."""
+    document = {
         "model": model.name,
         "source": model.source,
         "weights": model.weights_id,
@@ -279,6 +328,7 @@ def identity(model: LoadedModel) -> dict[str, object]:
         "num_classes": model.num_classes,
         "preprocessing": model.preprocess.describe(),
     }
+    return cast(dict[str, object], json.loads(json.dumps(document)))
 
 
 def export_model(
@@ -286,9 +336,9 @@ def export_model(
     output: Path,
     *,
     opset: int = OPSET,
-    engines: Callable[[Path, dict[str, object]], dict[str, object]] | None = None,
+    engines: Callable[[Path, Manifest], dict[str, Any]] | None = None,
     precision: str = "fp32",
-) -> dict[str, object]:
+) -> Manifest:
     """Export ``model`` to ``output`` (replaced whole, only once everything succeeded).
 
     ``precision="fp16"`` adds the FP16 graphs (module docstring).
@@ -311,28 +361,34 @@ def export_model(
         if precision not in EXPORT_PRECISIONS:
             raise ExportError(f"graphs are exported in {' or '.join(EXPORT_PRECISIONS)}")
         graphs, info = _graphs(model, precision=precision)
-        files, parity = {}, {}
+        files: dict[str, dict[str, Any]] = {}
+        parity: dict[str, float] = {}
         for graph in graphs:
             path = staging / f"{graph.name}.onnx"
             log.info("exporting %s", path.name)
             parity[path.name] = export_graph(graph, path, opset)
             files[path.name] = {"inputs": graph.inputs, "outputs": graph.outputs}
-        manifest: dict[str, object] = {
-            "format": FORMAT,
-            **identity(model),
+        model_fields = identity(model)
+        manifest = Manifest(
+            model=model.name,
+            source=model.source,
+            weights=model.weights_id,
+            layer=model.layer,
+            num_classes=model.num_classes,
+            preprocessing=cast(dict[str, Any], model_fields["preprocessing"]),
+            opset=opset,
+            fdpipe_version=version("fdpipe"),
+            torch_version=torch.__version__,
+            parity_max_relative_error=parity,
+            files=files,  # checksums are added once every file is written
             **info,
-            "opset": opset,
-            "fdpipe_version": version("fdpipe"),
-            "torch_version": torch.__version__,
-            "parity_max_relative_error": parity,
-            "files": files,  # checksums are added once every file is written
-        }
+        )
         if engines is not None:
-            manifest["tensorrt"] = engines(staging, manifest)
+            manifest.tensorrt = engines(staging, manifest)
         for path in sorted(staging.iterdir()):
             entry = files.setdefault(path.name, {})
             entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         _replace(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -378,20 +434,18 @@ def _replace(staging: Path, output: Path) -> None:
         staging.rename(output)
 
 
-def load_manifest(directory: Path, model: LoadedModel) -> dict[str, object]:
+def load_manifest(directory: Path, model: LoadedModel) -> Manifest:
     """The manifest of ``directory``, refused unless it was exported from ``model``."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ArtifactMismatch(f"{directory} has no {MANIFEST}: create it with `fdpipe export`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
         raise ArtifactMismatch(f"{path} is not a valid manifest ({exc}): re-export") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise ArtifactMismatch(f"{path} is not an fdpipe export manifest: re-export")
-    wanted = identity(model)
+    stored = manifest.identity()
     wrong = [
-        f"{k} is {manifest.get(k)!r}, not {v!r}" for k, v in wanted.items() if manifest.get(k) != v
+        f"{k} is {stored[k]!r}, not {v!r}" for k, v in identity(model).items() if stored[k] != v
     ]
     if wrong:
         raise ArtifactMismatch(
@@ -405,15 +459,14 @@ def load_manifest(directory: Path, model: LoadedModel) -> dict[str, object]:
 _verified: dict[tuple[str, int, int, int, int], str] = {}
 
 
-def artifact(directory: Path, manifest: dict[str, object], name: str) -> Path:
+def artifact(directory: Path, manifest: Manifest, name: str) -> Path:
     """Path of file ``name`` of an export, after checking it against its manifest entry.
 
     The whole file's sha256 must equal the manifest's: a modified graph of the same size is
     refused. The hash is computed once per process per unchanged file.
     """
     path = Path(directory) / name
-    files = manifest.get("files", {})
-    entry = files.get(name) if isinstance(files, dict) else None
+    entry = manifest.files.get(name)
     if not isinstance(entry, dict) or not path.is_file():
         raise ArtifactMismatch(f"{path} is missing: re-run `fdpipe export`")
     expected = entry.get("sha256")

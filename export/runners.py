@@ -24,8 +24,11 @@ from torch import Tensor, nn
 
 
 class Runner(Protocol):
-    name: str
-    input_names: list[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def input_names(self) -> list[str]: ...
 
     def __call__(self, *inputs: Tensor) -> list[Tensor]: ...
 

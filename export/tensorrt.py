@@ -21,9 +21,12 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from fdpipe.export.onnx import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +87,10 @@ def engine_mismatch(entry: dict[str, object]) -> str | None:
     return None
 
 
-def _explicit_batch(options: EngineOptions, manifest: dict[str, Any]) -> int:
+def _explicit_batch(options: EngineOptions, manifest: Manifest) -> int:
     """Largest batch whose masked activations and per-mask logits planes fit one tensor."""
-    channels, *spatial = manifest["activation_shape"]
-    per_mask = max(channels, manifest["num_classes"]) * math.prod(spatial)
+    channels, *spatial = manifest.activation_shape
+    per_mask = max(channels, manifest.num_classes) * math.prod(spatial)
     limit = MAX_ELEMENTS // (EXPLICIT_CHUNK * per_mask)
     if limit < 1:
         raise ValueError(f"{EXPLICIT_CHUNK} masked activations exceed TensorRT's tensor limit")
@@ -97,11 +100,11 @@ def _explicit_batch(options: EngineOptions, manifest: dict[str, Any]) -> int:
 Profile = dict[str, tuple[tuple[int, ...], ...]]  # input -> (min, opt, max) shapes
 
 
-def profile_shapes(name: str, manifest: dict[str, Any], options: EngineOptions) -> Profile:
+def profile_shapes(name: str, manifest: Manifest, options: EngineOptions) -> Profile:
     """(min, opt, max) shape of every input of graph ``name``, sized by what the runner sends."""
     high = options.max_batch
-    masks = options.max_masks or 2 * manifest["activation_shape"][0]
-    if name != "backbone" and manifest["masked_head"][name] == "explicit":
+    masks = options.max_masks or 2 * manifest.activation_shape[0]
+    if name != "backbone" and manifest.masked_head[name] == "explicit":
         high, masks = _explicit_batch(options, manifest), min(masks, EXPLICIT_CHUNK)
     low, mid = 1, max(1, high // 2)
 
@@ -109,15 +112,15 @@ def profile_shapes(name: str, manifest: dict[str, Any], options: EngineOptions) 
         return tuple((b, *shape) for b in (low, mid, high))
 
     if name == "backbone":
-        return {"images": batched(manifest["input_shape"])}
-    channels = manifest["activation_shape"][0]
+        return {"images": batched(manifest.input_shape)}
+    channels = manifest.activation_shape[0]
     shapes = {
-        "activations": batched(manifest["activation_shape"]),
+        "activations": batched(manifest.activation_shape),
         "masks": ((low, 1, channels), (mid, masks, channels), (high, masks, channels)),
         "classes": ((low, 1), (mid, 1), (high, options.max_targets)),
     }
-    inputs = manifest["files"][f"{name}.onnx"]["inputs"]
-    for i, shape in enumerate(manifest["extra_shapes"]):
+    inputs = manifest.files[f"{name}.onnx"]["inputs"]
+    for i, shape in enumerate(manifest.extra_shapes):
         if f"extra_{i}" in inputs:
             shapes[f"extra_{i}"] = batched(shape)
     return {k: v for k, v in shapes.items() if k in inputs}
@@ -163,9 +166,7 @@ def graph_file(name: str, precision: str) -> str:
     return f"{name}.onnx" if precision == "fp32" else f"{name}.{precision}.onnx"
 
 
-def build_engines(
-    directory: Path, manifest: dict[str, Any], options: EngineOptions
-) -> dict[str, object]:
+def build_engines(directory: Path, manifest: Manifest, options: EngineOptions) -> dict[str, object]:
     """Build every engine next to its ONNX graph; returns the manifest's ``tensorrt`` entry."""
     if options.precision not in PRECISIONS:
         raise ValueError(f"TensorRT engines are built in {' or '.join(PRECISIONS)}")

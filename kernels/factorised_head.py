@@ -106,9 +106,11 @@ def _is_pointwise_conv(module: nn.Module) -> bool:
 
 
 def plan_head(
-    head: fx.GraphModule, activation_shape: tuple[int, ...], *, probabilities: bool = False
+    head: nn.Module, activation_shape: tuple[int, ...], *, probabilities: bool = False
 ) -> tuple[HeadPlan | None, str]:
     """Factorisation plan for ``head`` on activations of shape (K, h, w), or None and why not."""
+    if not isinstance(head, fx.GraphModule):
+        return None, "the head is not a torch.fx graph (a TorchScript head)"
     chain = _chain(head)
     if chain is None:
         return None, "the head is not a single chain of known ops from the activations"
@@ -170,6 +172,9 @@ class FactorisedHead(nn.Module):
     mantissa. Products with a fp32 result where the hardware allows it: oneDNN and cuBLAS
     accumulate low-precision products in fp32, only their outputs are rounded.
     """
+
+    blocks: Tensor  # buffers, registered when the plan needs them
+    mix_bias: Tensor
 
     def __init__(
         self,
@@ -261,7 +266,7 @@ class ExplicitHead(nn.Module):
 
 
 def masked_head_module(
-    head: fx.GraphModule,
+    head: nn.Module,
     activation_shape: tuple[int, ...],
     *,
     probabilities: bool = False,
@@ -288,7 +293,7 @@ class FactorisedMaskedHead:
     """
 
     def __init__(
-        self, head: fx.GraphModule, chunk: int = 128, dtype: torch.dtype = torch.float32
+        self, head: nn.Module, chunk: int = 128, dtype: torch.dtype = torch.float32
     ) -> None:
         self.head = head
         self.dtype = dtype

@@ -265,20 +265,6 @@ class Explainer:
         """Every method's explanation of ``images``, by method label, from one shared pass."""
         return dict(self.explanations(self.prepare(images, classes=classes, top_k=top_k)))
 
-    def params(self) -> dict[str, object]:
-        """What the maps depend on (recorded with every output)."""
-        return {
-            "model": self.model.name,
-            "source": self.model.source,
-            "weights_id": self.model.weights_id,
-            "layer": self.model.layer,
-            "num_classes": self.model.num_classes,
-            "score": self.model.score,
-            "preprocess": self.model.preprocess.describe(),
-            "precision": self.backend.precision,
-            "methods": {label: m.options() for label, m in self.methods.items()},
-        }
-
 
 def explain(
     model: LoadedModel | str | nn.Module,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from fdpipe.export.models import LoadedModel, ModelError
-from fdpipe.export.onnx import artifact, load_manifest
+from fdpipe.export.onnx import Manifest, artifact, load_manifest
 from fdpipe.export.runners import (
     ChannelsLastBackbone,
     OnnxRunner,
@@ -70,7 +70,7 @@ class Backend:
 
 
 def _runners(
-    kind: str, directory: Path, manifest: dict[str, object], precision: str = "fp32"
+    kind: str, directory: Path, manifest: Manifest, precision: str = "fp32"
 ) -> tuple[Runner, Runner, Runner]:
     """Backbone, logit-scores and probability-scores runners of one kind and precision.
 
@@ -81,7 +81,7 @@ def _runners(
         missing = tensorrt_missing()
         if missing:
             raise BackendError(f"--runtime tensorrt: {missing}")
-        entry = manifest.get("tensorrt")
+        entry = manifest.tensorrt
         if not isinstance(entry, dict):
             raise BackendError(f"{directory} has no TensorRT engines: `fdpipe export --trt`")
         built = entry.get("precision", "fp32")
@@ -94,33 +94,34 @@ def _runners(
         if mismatch:
             raise BackendError(f"{mismatch}: re-run `fdpipe export --trt` on this machine")
         try:
-            return tuple(
+            backbone, logits, probabilities = (
                 TensorRTRunner(artifact(directory, manifest, f"{g}.engine")) for g in graphs
             )
+            return backbone, logits, probabilities
         except RunnerError as exc:
             raise BackendError(str(exc)) from exc
     names = [graph_file(g, precision) for g in graphs]
-    if precision != "fp32" and not all(n in manifest.get("files", {}) for n in names):
+    if precision != "fp32" and not all(n in manifest.files for n in names):
         raise BackendError(
             f"{directory} has no {precision} graphs: `fdpipe export --precision {precision}`"
         )
-    runners = tuple(OnnxRunner(artifact(directory, manifest, n)) for n in names)
+    runners = [OnnxRunner(artifact(directory, manifest, n)) for n in names]
     try:
         for runner in runners:
             runner.session  # noqa: B018 - load now: a provider that fails to load is refused here
     except RunnerError as exc:
         raise BackendError(str(exc)) from exc
-    return runners
+    return runners[0], runners[1], runners[2]
 
 
 def _engine_scorer(
-    runners: tuple[Runner, Runner, Runner], manifest: dict[str, object], fallback: MaskedHeadScorer
+    runners: tuple[Runner, Runner, Runner], manifest: Manifest, fallback: MaskedHeadScorer
 ) -> RunnerMaskedHead:
     chunks, targets = [], []
     for runner, graph in zip(
         runners[1:], ("masked_head", "masked_head_probabilities"), strict=True
     ):
-        chunk = None if manifest["masked_head"][graph] == "factorised" else EXPLICIT_CHUNK
+        chunk = None if manifest.masked_head[graph] == "factorised" else EXPLICIT_CHUNK
         most = None
         if isinstance(runner, TensorRTRunner):  # send only what the engine's profile accepts
             chunk = min(chunk or 1 << 30, runner.profile_max("masks")[1])
@@ -158,7 +159,7 @@ def _calibrate(
     torch_network: SplitNetwork,
     torch_scorer: MaskedHeadScorer,
     onnx: tuple[Runner, Runner, Runner],
-    manifest: dict[str, object],
+    manifest: Manifest,
 ) -> tuple[nn.Module, MaskedHeadScorer]:
     """Per component, the fastest engine on one image and on FD-CAM's 2K masks."""
     images = torch.randn(1, *model.input_shape)
@@ -220,8 +221,8 @@ def select_backend(
     model.module.to(device)
     network = split_at(model.module, model.layer, model.input_shape)
     if runtime == REFERENCE_RUNTIME:
-        scorer = ExplicitMaskedHead(network.head, chunk=EXPLICIT_CHUNK)
-        return Backend(network, scorer, "backbone=torch head-scores=explicit", "fp32")
+        reference = ExplicitMaskedHead(network.head, chunk=EXPLICIT_CHUNK)
+        return Backend(network, reference, "backbone=torch head-scores=explicit", "fp32")
     dtype = DTYPES[precision]
     torch_backbone = (
         network.backbone if precision == "fp32" else AutocastBackbone(network.backbone, dtype)
@@ -232,10 +233,11 @@ def select_backend(
         raise BackendError(f"--runtime {runtime} runs exported graphs: give --artifacts DIR")
     if device.type == "cpu" and precision != "fp32" and runtime == "onnxruntime":
         raise BackendError(f"--precision {precision} on a CPU runs on torch: --runtime torch")
-    backbone, scorer = torch_backbone, torch_scorer
-    if manifest is None or runtime == "torch":
+    backbone: nn.Module = torch_backbone
+    scorer: MaskedHeadScorer = torch_scorer
+    if manifest is None or artifacts is None or runtime == "torch":
         pass
-    elif runtime == "tensorrt" or (runtime == "auto" and "tensorrt" in manifest):
+    elif runtime == "tensorrt" or (runtime == "auto" and manifest.tensorrt is not None):
         try:
             runners = _runners("tensorrt", artifacts, manifest, precision)
             backbone = RunnerBackbone(runners[0])
@@ -267,7 +269,7 @@ def _onnxruntime_or_torch(
     network: SplitNetwork,
     torch_parts: tuple[nn.Module, MaskedHeadScorer],
     artifacts: Path,
-    manifest: dict[str, object],
+    manifest: Manifest,
     precision: str,
     *,
     forced: bool = False,

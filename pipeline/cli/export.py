@@ -74,5 +74,5 @@ def export(
         raise ConfigurationError(str(exc)) from exc  # cut or exported: exit 2 as elsewhere
     except ExportError as exc:
         raise click.ClickException(str(exc)) from exc
-    kinds = ", ".join(f"{k}: {v}" for k, v in manifest["masked_head"].items())
+    kinds = ", ".join(f"{k}: {v}" for k, v in manifest.masked_head.items())
     click.echo(f"exported {loaded.name} at {loaded.layer} to {output} ({kinds})")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 from fdpipe.export.models import DEFAULT_MODEL, ModelRequest
 from fdpipe.images import MAX_PIXELS
@@ -49,4 +51,28 @@ class JobConfig:
     max_pixels: int = MAX_PIXELS  # decoded pixels per image: bounds decode memory
 
 
-__all__ = ["ENGINES", "ConfigError", "JobConfig"]
+@dataclass(frozen=True)
+class RunParams:
+    """What a run's rows depend on: recorded as ``params`` in every part file and run record,
+    and compared on a rerun (the model fields must match; methods and targets may be added)."""
+
+    model: str
+    source: str
+    weights_id: str
+    layer: str
+    num_classes: int
+    score: str
+    preprocess: dict[str, object]
+    precision: str
+    methods: dict[str, dict[str, object]]  # method label -> its options
+    classes: list[int | str] | None  # indices or names, as given
+    top_k: int | None
+    target_column: str | None
+    save_weights: bool
+
+    def as_json(self) -> dict[str, object]:
+        """JSON-normalised (tuples become lists), as stored and compared."""
+        return cast(dict[str, object], json.loads(json.dumps(asdict(self), default=str)))
+
+
+__all__ = ["ENGINES", "ConfigError", "JobConfig", "RunParams"]

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fdpipe.job.config import RunParams
 from fdpipe.job.current import KEY_COLUMNS, current_mask
 from fdpipe.job.schema import COMPRESSION, METADATA_KEY, SCHEMA
 
@@ -111,10 +112,10 @@ class OutputDataset:
         for stale in self.temp_files():  # left by a killed run: never part of the dataset
             stale.unlink()
 
-    def check(self, params: dict[str, object]) -> None:
+    def check(self, params: RunParams) -> None:
         """Refuses to add rows made with other fixed parameters, or a method label reused with
         other options, naming the differing fields."""
-        wanted = json.loads(json.dumps(params, default=str))
+        wanted = params.as_json()
         for path in self.parts():
             try:
                 check_params(path, wanted)

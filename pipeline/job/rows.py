@@ -16,7 +16,7 @@ import torchvision
 from fdpipe import __version__
 from fdpipe.api import Explainer
 from fdpipe.export.models import ModelError, ModelRequest, class_indices
-from fdpipe.job.config import ConfigError, JobConfig
+from fdpipe.job.config import ConfigError, JobConfig, RunParams
 from fdpipe.job.contract import contract_violation
 from fdpipe.job.decode import DecodedImage
 from fdpipe.job.schema import RunStamp, TableBuilder
@@ -50,14 +50,24 @@ def job_explainer(config: JobConfig) -> Explainer:
     return explainer
 
 
-def run_params(explainer: Explainer, config: JobConfig) -> dict[str, object]:
-    """What the rows depend on: a resumed run must match these exactly."""
-    return explainer.params() | {
-        "classes": list(config.classes) if config.classes is not None else None,
-        "top_k": None if config.classes is not None else config.top_k,
-        "target_column": config.target_column,
-        "save_weights": config.save_weights,
-    }
+def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
+    """What the rows depend on: a rerun must match the model fields."""
+    model = explainer.model
+    return RunParams(
+        model=model.name,
+        source=model.source,
+        weights_id=model.weights_id,
+        layer=model.layer,
+        num_classes=model.num_classes,
+        score=model.score,
+        preprocess=model.preprocess.describe(),
+        precision=explainer.backend.precision,
+        methods={label: m.options() for label, m in explainer.methods.items()},
+        classes=list(config.classes) if config.classes is not None else None,
+        top_k=None if config.classes is not None else config.top_k,
+        target_column=config.target_column,
+        save_weights=config.save_weights,
+    )
 
 
 def targets_label(config: JobConfig) -> str:
@@ -84,7 +94,7 @@ def run_metadata(
 ) -> dict[str, object]:
     """Everything recorded in each part file under the ``fdpipe`` key."""
     return {
-        "params": run_params(explainer, config),
+        "params": run_params(explainer, config).as_json(),
         "versions": versions(),
         "run": {
             "run_id": run_id,

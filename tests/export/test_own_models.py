@@ -333,10 +333,10 @@ def _own_model(which: str, finetuned, factory_file: Path, size: int) -> LoadedMo
 def test_export_parity_and_manifest(which: str, finetuned, factory_file: Path, tmp_path: Path):
     model = _own_model(which, finetuned, factory_file, 64)
     manifest = export_model(model, tmp_path / "artifacts")
-    assert max(manifest["parity_max_relative_error"].values()) <= PARITY_TOLERANCE
-    assert manifest["source"] == model.source and manifest["num_classes"] == model.num_classes
-    assert manifest["input_shape"] == list(model.input_shape)
-    assert manifest["preprocessing"] == model.preprocess.describe()
+    assert max(manifest.parity_max_relative_error.values()) <= PARITY_TOLERANCE
+    assert manifest.source == model.source and manifest.num_classes == model.num_classes
+    assert manifest.input_shape == list(model.input_shape)
+    assert manifest.preprocessing == model.preprocess.describe()
     assert load_manifest(tmp_path / "artifacts", model) == manifest
     with pytest.raises(ModelError, match="preprocessing is"):
         load_manifest(tmp_path / "artifacts", _own_model(which, finetuned, factory_file, 48))
@@ -354,9 +354,9 @@ def test_own_model_parameters_are_recorded(finetuned) -> None:
     explainer = fdpipe.Explainer(
         "resnet18", "gradcam", weights=finetuned[0], class_names=finetuned[1], preprocess=SMALL
     )
-    params = explainer.params()
-    assert params["source"] == "torchvision:resnet18" and params["num_classes"] == 10
-    assert params["preprocess"]["resize"] == [64, 64]
+    model = explainer.model
+    assert model.source == "torchvision:resnet18" and model.num_classes == 10
+    assert model.preprocess.describe()["resize"] == [64, 64]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,13 @@ import pytest
 import torch
 from fdpipe.backends import BackendError, select_backend
 from fdpipe.export.models import LoadedModel, load_model
-from fdpipe.export.onnx import ArtifactMismatch, export_graph, export_model, masked_head_graph
+from fdpipe.export.onnx import (
+    ArtifactMismatch,
+    Manifest,
+    export_graph,
+    export_model,
+    masked_head_graph,
+)
 from fdpipe.export.runners import (
     ChannelsLastBackbone,
     OnnxRunner,
@@ -184,8 +190,9 @@ def test_channels_last_backbone_is_a_copy_with_the_same_activations(squeezenet_n
     assert weights.is_contiguous()  # the model's own modules keep their layout
 
 
-def _with_engines(manifest: dict, precision: str = "fp32") -> dict:
-    return manifest | {"tensorrt": {"version": "10.16.0", "device": "H100", "precision": precision}}
+def _with_engines(manifest: Manifest, precision: str = "fp32") -> Manifest:
+    engines = {"version": "10.16.0", "device": "H100", "precision": precision}
+    return dataclasses.replace(manifest, tensorrt=engines)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fdpipe.export import tensorrt
+from fdpipe.export.onnx import Manifest
 from fdpipe.export.tensorrt import (
     EXPLICIT_CHUNK,
     MAX_ELEMENTS,
@@ -15,22 +16,21 @@ from fdpipe.export.tensorrt import (
     profile_shapes,
     unsupported_version,
 )
+from manifests import make_manifest
 
 
-def _manifest(activation: list[int], classes: int, probabilities: str) -> dict:
+def _manifest(activation: list[int], classes: int, probabilities: str) -> Manifest:
     inputs = {"inputs": ["activations", "masks", "classes"]}
-    return {
-        "input_shape": [3, 224, 224],
-        "activation_shape": activation,
-        "extra_shapes": [],
-        "num_classes": classes,
-        "masked_head": {"masked_head": "factorised", "masked_head_probabilities": probabilities},
-        "files": {
+    return make_manifest(
+        activation_shape=activation,
+        num_classes=classes,
+        masked_head={"masked_head": "factorised", "masked_head_probabilities": probabilities},
+        files={
             "backbone.onnx": {"inputs": ["images"]},
             "masked_head.onnx": inputs,
             "masked_head_probabilities.onnx": inputs,
         },
-    }
+    )
 
 
 @pytest.mark.parametrize(

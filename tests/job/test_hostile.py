@@ -26,6 +26,7 @@ from fdpipe.export.onnx import (
     MANIFEST,
     ArtifactMismatch,
     ExportTargetError,
+    Manifest,
     artifact,
     check_export_target,
     load_manifest,
@@ -39,6 +40,7 @@ from fdpipe.job.lock import output_lock
 from fdpipe.job.parts import OutputDataset
 from fdpipe.kernels.fdcam import FDCAMOptions
 from image_files import write_images
+from manifests import make_manifest
 from PIL import Image
 from test_bad_inputs import png_header_only
 
@@ -97,14 +99,14 @@ def fake_export(directory: Path) -> Path:
     graph = directory / "backbone.onnx"
     graph.write_bytes(bytes(range(256)) * 4)
     entry = {"sha256": hashlib.sha256(graph.read_bytes()).hexdigest(), "bytes": 1024}
-    manifest = {"format": 1, "files": {"backbone.onnx": entry}}
-    (directory / MANIFEST).write_text(json.dumps(manifest))
+    manifest = make_manifest(files={"backbone.onnx": entry})
+    (directory / MANIFEST).write_text(json.dumps(manifest.to_json()))
     return directory
 
 
 def test_a_modified_artifact_of_the_same_size_is_refused(tmp_path: Path) -> None:
     directory = fake_export(tmp_path / "art")
-    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest = Manifest.from_json(json.loads((directory / MANIFEST).read_text()))
     assert artifact(directory, manifest, "backbone.onnx").is_file()
     graph = directory / "backbone.onnx"
     data = bytearray(graph.read_bytes())
