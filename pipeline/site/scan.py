@@ -19,24 +19,9 @@ from typing import Any, cast
 import numpy as np
 import pyarrow as pa
 from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
-from fdpipe.job.reader import iter_rows
+from fdpipe.job.reader import ROW_COLUMNS, iter_rows
 
-COLUMNS = [
-    "image_path",
-    "image_sha256",
-    "method",
-    "class_rank",
-    "class_index",
-    "class_name",
-    "probability",
-    "map",
-    "map_height",
-    "map_width",
-    "map_box",
-    "status",
-    "error",
-    "seconds",
-]
+COLUMNS = [*ROW_COLUMNS, "image_sha256", "error", "seconds"]  # rows and what the index shows
 BINS = 20  # histogram bins over [0, 1] (probabilities) and over log10 seconds
 
 
