@@ -194,19 +194,21 @@ def labelled(picture: Image.Image, text: str) -> Image.Image:
 
 def legend(methods: list[str], display: Display | None, cmap: Colormap) -> Image.Image:
     """The colour bar (0 to 1 of the displayed value) and, per display, the methods using it."""
-    strip = Image.new("RGB", (TILE * 3, LEGEND), "white")
-    bar = cmap(np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (12, 1)))
-    strip.paste(Image.fromarray(bar), (24, 4))
-    draw = ImageDraw.Draw(strip)
     font = ImageFont.load_default(12)
-    draw.text((4, 3), "0", fill="black", font=font)
-    draw.text((24 + 256 + 4, 3), "1", fill="black", font=font)
-    draw.text((24 + 256 + 24, 3), f"colormap: {cmap.name}", fill="black", font=font)
     groups: dict[str, list[str]] = {}
     for method in methods:
         groups.setdefault(display_for(method, display).describe(), []).append(method)
-    text = "; ".join(f"{', '.join(names)}: {shown}" for shown, names in groups.items())
-    draw.text((4, 22), f"display: {text}", fill="black", font=font)
+    shown_by = (f"{', '.join(names)}: {shown}" for shown, names in groups.items())
+    text = "display: " + "; ".join(shown_by)
+    width = max(TILE * 3, int(font.getlength(text)) + 8)  # the whole line, however many methods
+    strip = Image.new("RGB", (width, LEGEND), "white")
+    bar = cmap(np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (12, 1)))
+    strip.paste(Image.fromarray(bar), (24, 4))
+    draw = ImageDraw.Draw(strip)
+    draw.text((4, 3), "0", fill="black", font=font)
+    draw.text((24 + 256 + 4, 3), "1", fill="black", font=font)
+    draw.text((24 + 256 + 24, 3), f"colormap: {cmap.name}", fill="black", font=font)
+    draw.text((4, 22), text, fill="black", font=font)
     return strip
 
 

@@ -82,3 +82,18 @@ def test_overlays_and_sheet(output: Path, tmp_path: Path) -> None:
     assert [p.name for p in sheets] == ["sheet-0000.png", "sheet-0001.png"]  # 3 images x 2 ranks
     assert Image.open(sheets[0]).size == (3 * TILE, 4 * (TILE + LABEL) + LEGEND)
     assert Image.open(sheets[1]).size == (3 * TILE, 2 * (TILE + LABEL) + LEGEND)
+
+
+def test_the_legend_holds_its_whole_display_line() -> None:
+    """The demo's six methods and two displays: the line is not cut at the strip's edge."""
+    from fdpipe.display import colormap
+    from fdpipe.render import legend
+    from PIL import ImageFont
+
+    methods = ["fdcam", "gradcam", "gradcampp", "layercam", "ablationcam", "fgcam"]
+    strip = legend(methods, None, colormap())
+    font = ImageFont.load_default(12)
+    text_width = font.getlength("display: fdcam, gradcam, gradcampp, layercam, ablationcam")
+    assert strip.width > text_width + font.getlength(": min-max; fgcam: clipped at p99")
+    ink = np.asarray(strip.convert("L"))[22:, -4:]  # a margin stays free at the right edge
+    assert ink.min() == 255
