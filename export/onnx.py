@@ -318,7 +318,7 @@ def check_parity(graph: Graph, path: Path) -> float:
     return error
 
 
-def identity(model: LoadedModel) -> dict[str, object]:
+def identity(model: LoadedModel) -> dict[str, Any]:
     """``Manifest.identity`` of an export of ``model`` (JSON-normalised, as stored)."""
     document = {
         "model": model.name,
@@ -328,7 +328,7 @@ def identity(model: LoadedModel) -> dict[str, object]:
         "num_classes": model.num_classes,
         "preprocessing": model.preprocess.describe(),
     }
-    return cast(dict[str, object], json.loads(json.dumps(document)))
+    return cast(dict[str, Any], json.loads(json.dumps(document)))
 
 
 def export_model(
@@ -368,14 +368,8 @@ def export_model(
             log.info("exporting %s", path.name)
             parity[path.name] = export_graph(graph, path, opset)
             files[path.name] = {"inputs": graph.inputs, "outputs": graph.outputs}
-        model_fields = identity(model)
         manifest = Manifest(
-            model=model.name,
-            source=model.source,
-            weights=model.weights_id,
-            layer=model.layer,
-            num_classes=model.num_classes,
-            preprocessing=cast(dict[str, Any], model_fields["preprocessing"]),
+            **identity(model),
             opset=opset,
             fdpipe_version=version("fdpipe"),
             torch_version=torch.__version__,

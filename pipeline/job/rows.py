@@ -90,11 +90,11 @@ def versions() -> dict[str, str]:
 
 
 def run_metadata(
-    explainer: Explainer, config: JobConfig, root: Path, run_id: str
+    params: RunParams, explainer: Explainer, config: JobConfig, root: Path, run_id: str
 ) -> dict[str, object]:
     """Everything recorded in each part file under the ``fdpipe`` key."""
     return {
-        "params": run_params(explainer, config).as_json(),
+        "params": params.as_json(),
         "versions": versions(),
         "run": {
             "run_id": run_id,

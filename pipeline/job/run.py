@@ -238,7 +238,7 @@ def _run_locked(
     )
     run_id = next_run_id(newest_run)
     stamp = RunStamp(run_id, targets)
-    metadata = run_metadata(explainer, config, inputs.root, run_id)
+    metadata = run_metadata(params, explainer, config, inputs.root, run_id)
     record |= {"run_id": run_id, "params": metadata["params"], "run": metadata["run"]}
     running = record | {"status": "running"}
     try:  # before any work: an output or --summary that cannot be written is a setting error
