@@ -60,11 +60,10 @@ def build_methods(
     """
     from fdpipe.kernels import CAMMethod
 
-    single = isinstance(methods, str | MethodSpec | CAMMethod)
     items: list[str | MethodSpec | CAMMethod] = (
         [methods] if isinstance(methods, str | MethodSpec | CAMMethod) else list(methods)
     )
-    if options and not (single and not isinstance(methods, CAMMethod)):
+    if options and not isinstance(methods, str | MethodSpec):  # one named method only
         raise ValueError(
             "keyword options apply to one named method; for several, use specs like "
             "'fdcam:grouping=false' or CAMMethod instances"
