@@ -70,11 +70,34 @@ def similarity_groups(activations: Tensor, threshold: float = 0.95) -> Tensor:
     return cosine > quantile_linear(cosine, threshold)
 
 
+def unique_rows(rows: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The distinct rows of ``rows`` (M, K) and each row's index among them, as
+    ``torch.unique(rows, dim=0, return_inverse=True)`` gives them (in another order).
+
+    ``unique`` along a dim sorts whole rows, which on a GPU was most of FD-CAM's time (3-5 ms per
+    image for 1,024 masks of 512 channels on an H100). Here each row gets a 1-D key, a random
+    float64 projection (``weights``), and only the keys are sorted. The result is checked exactly:
+    should two different rows ever share a key, the full row sort is used instead.
+    """
+    if weights is None:
+        generator = torch.Generator().manual_seed(0)
+        weights = torch.rand(rows.shape[-1], generator=generator, dtype=torch.float64)
+    keys = rows.to(torch.float64) @ weights.to(rows.device)
+    _, inverse = torch.unique(keys, return_inverse=True)
+    positions = torch.arange(len(rows), device=rows.device)
+    first = positions.new_full((int(inverse.max()) + 1,), len(rows))
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")  # one row per key
+    unique = rows[first]
+    if not torch.equal(unique[inverse], rows):  # a key collision
+        return torch.unique(rows, dim=0, return_inverse=True)
+    return unique, inverse
+
+
 def score_unique_masks(state: LayerState, masks: Tensor, probabilities: bool) -> Tensor:
     """Scores (B, T, M) for masks (B, M, K), evaluating each distinct mask of an image once."""
     uniques, inverses = [], []
     for image_masks in masks:
-        unique, inverse = torch.unique(image_masks, dim=0, return_inverse=True)
+        unique, inverse = unique_rows(image_masks)
         uniques.append(unique)
         inverses.append(inverse)
     width = max(len(u) for u in uniques)

@@ -8,6 +8,11 @@ low type, accumulated in fp32 by oneDNN/cuBLAS; activations handed on in fp32) a
 products of the factorised masked head (``FactorisedHead``'s ``dtype``). The target-class rows
 of the last layer, the clean logits and the gradients stay fp32: FD-CAM's scores are
 differences of nearby logits, which a bf16 output (8-bit mantissa) would round away.
+
+``fp32`` means IEEE FP32 on CUDA too (``ieee_fp32``): cuDNN runs FP32 convolutions in TF32 by
+default (10-bit mantissa), which moves the maps by ~1e-3 and makes an image's map depend on its
+batch neighbours (a different batch size picks a different kernel). TensorRT and ONNX Runtime
+CUDA run with TF32 off for the same reason (``fdpipe.export``).
 """
 
 from __future__ import annotations
@@ -124,6 +129,23 @@ def precision_unsupported(precision: str, device: torch.device) -> str | None:
     return None
 
 
+@contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """FP32 convolutions and matrix products in IEEE FP32 on CUDA (no TF32), then as before."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    # The fp32_precision API (torch >= 2.9); reading the legacy allow_tf32 flags after it was
+    # used raises, so only the new one is read and set.
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 class AutocastBackbone(nn.Module):
     """A torch backbone run under autocast in ``dtype``; outputs handed on as fp32."""
 
@@ -148,5 +170,6 @@ __all__ = [
     "EmulatedProducts",
     "cpu_has_native_bf16",
     "emulate",
+    "ieee_fp32",
     "precision_unsupported",
 ]

@@ -29,6 +29,7 @@ from fdpipe.export.models import (
 )
 from fdpipe.images import Images, as_batch
 from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
+from fdpipe.kernels.precision import ieee_fp32
 from fdpipe.methods import MethodSpec, build_methods
 from PIL import Image
 from torch import Tensor, device, nn
@@ -230,19 +231,21 @@ class Explainer:
         """One backbone pass: the state every method works from."""
         if classes is not None and top_k is not None:
             raise ValueError("give classes or top_k, not both: classes are explained as given")
-        return prepare(
-            self.backend.network,
-            self.batch(images),
-            classes=self.classes if classes is None else self.class_targets(classes),  # type: ignore[arg-type]
-            top_k=self.top_k if top_k is None else top_k,
-            scorer=self.backend.scorer,
-        )
+        with ieee_fp32():
+            return prepare(
+                self.backend.network,
+                self.batch(images),
+                classes=self.classes if classes is None else self.class_targets(classes),  # type: ignore[arg-type]
+                top_k=self.top_k if top_k is None else top_k,
+                scorer=self.backend.scorer,
+            )
 
     def explanations(self, state: LayerState) -> Iterator[tuple[str, Explanation]]:
         """(label, explanation) of each method in turn, all from ``state``."""
         probabilities = self.model.scores(state.logits).gather(1, state.classes)
         for label, method in self.methods.items():
-            result = method(state)
+            with ieee_fp32():
+                result = method(state)
             yield (
                 label,
                 Explanation(

@@ -17,6 +17,7 @@ benchmark showed FD-CAM maps at r >= 0.999 of fp32 and it is faster).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -217,9 +218,15 @@ def select_backend(
         raise BackendError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     # The torch head (gradients, scores) runs where the runners' inputs and outputs live.
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     precision = resolve_precision(precision, device)
-    model.module.to(device)
-    network = split_at(model.module, model.layer, model.input_shape)
+    # The caller's module stays where it is (a model shared with other code): the backend runs
+    # a copy of it on ``device`` when it lives elsewhere.
+    module = model.module
+    if next(module.parameters(), torch.empty(0, device=device)).device != device:
+        module = copy.deepcopy(module).to(device)
+    network = split_at(module, model.layer, model.input_shape)
     if runtime == REFERENCE_RUNTIME:
         reference = ExplicitMaskedHead(network.head, chunk=EXPLICIT_CHUNK)
         return Backend(network, reference, "backbone=torch head-scores=explicit", "fp32")
@@ -276,8 +283,14 @@ def _onnxruntime_or_torch(
 ) -> tuple[nn.Module, MaskedHeadScorer]:
     """ONNX Runtime on a GPU; on a CPU the fastest of torch and ONNX Runtime per component."""
     torch_backbone, torch_scorer = torch_parts
-    if precision != "fp32" and "CUDAExecutionProvider" not in onnx_providers():
+    cuda_provider = "CUDAExecutionProvider" in onnx_providers()
+    if precision != "fp32" and not cuda_provider:
         return torch_backbone, torch_scorer  # reduced precision on a CPU is torch's
+    if network.device.type == "cuda" and not (cuda_provider or forced):
+        # ONNX Runtime without its CUDA provider (the CPU package) would copy every tensor
+        # through host memory to run slower than torch on the GPU.
+        log.info("runtime auto: ONNX Runtime has no CUDA provider here; torch runs on the GPU")
+        return torch_backbone, torch_scorer
     try:
         runners = _runners("onnxruntime", artifacts, manifest, precision)
     except BackendError as exc:
@@ -285,7 +298,7 @@ def _onnxruntime_or_torch(
             raise
         log.warning("runtime auto: not using ONNX Runtime (%s)", exc)
         return torch_backbone, torch_scorer
-    if forced or "CUDAExecutionProvider" in onnx_providers():
+    if forced or cuda_provider:
         return RunnerBackbone(runners[0]), _engine_scorer(runners, manifest, torch_scorer)
     return _calibrate(model, network, torch_scorer, runners, manifest)
 

@@ -10,9 +10,10 @@ rank correlation of the perturbation scores (FD-CAM, Ablation-CAM, Score-CAM, Gr
 the change of the insertion/deletion AUCs (RISE protocol, scored by the fp32 model; not on the
 random VGG16, whose curves mean nothing).
 
-On a CPU without native bf16/fp16 the low-precision products are emulated (``emulate``: inputs
-and outputs rounded to the type, fp32 accumulation, which is what the hardware computes up to
-summation order); the JSON records which.
+Everything runs on the GPU where there is one (``DEVICE``), natively in bf16/fp16. On a CPU
+without native bf16/fp16 the low-precision products are emulated (``emulate``: inputs and outputs
+rounded to the type, fp32 accumulation, which is what the hardware computes up to summation
+order); the JSON records which.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fdpipe.api import Explainer, Explanation
 from fdpipe.demo import PHOTOS
 from fdpipe.evaluation.curves import CurveProtocol, insertion_deletion
 from fdpipe.export.models import LoadedModel, load_model
-from fdpipe.kernels import METHODS
+from fdpipe.kernels import METHODS, SplitNetwork
 from fdpipe.kernels.precision import DTYPES, emulate, precision_unsupported
 from PIL import Image
 from torch import Tensor
@@ -45,6 +46,7 @@ MODELS = (
 )
 PRECISIONS = ("bf16", "fp16")
 BAR = 0.999  # FD-CAM map r against fp32 for a path to become precision="auto"
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Explainer runs
 
 
 def pearson(a: Tensor, b: Tensor) -> float:
@@ -71,7 +73,7 @@ def _run(
             explainer = Explainer(
                 model, name, precision="fp32" if autocast or low == "fp32" else low
             )
-            with torch.autocast("cpu", dtype=DTYPES[low], enabled=bool(autocast)):
+            with torch.autocast(DEVICE.type, dtype=DTYPES[low], enabled=bool(autocast)):
                 explanations[name] = explainer(images, classes=classes)[name]
         except Exception as exc:  # recorded in the table: a method this path cannot run
             errors[name] = f"{type(exc).__name__}: {exc}"
@@ -79,7 +81,7 @@ def _run(
 
 
 def _compare(
-    model: LoadedModel,
+    network: SplitNetwork,
     batch: Tensor,
     reference: dict[str, Explanation],
     other: dict[str, Explanation],
@@ -92,7 +94,7 @@ def _compare(
         protocol = CurveProtocol(batch_size=32)
         for label, maps in (("fp32", reference), ("low", other)):
             saliency = torch.cat([maps[n].maps for n in names], dim=1)  # (B, methods, H, W)
-            result = insertion_deletion(model.module, batch, saliency, protocol)
+            result = insertion_deletion(network, batch, saliency, protocol)
             aucs[label] = (result.insertion_auc, result.deletion_auc)  # (B, methods)
     for i, name in enumerate(names):
         ref, low = reference[name], other[name]
@@ -121,11 +123,12 @@ def model_fidelity(
 ) -> list[dict[str, object]]:
     """The suite's rows for one model: every method and path against fp32."""
     started = time.perf_counter()
-    emulated = {p: precision_unsupported(p, torch.device("cpu")) is not None for p in PRECISIONS}
+    emulated = {p: precision_unsupported(p, DEVICE) is not None for p in PRECISIONS}
     methods = [m for m in METHODS if m not in left_out]
     model = load_model(name, pretrained=real)
     images = [Image.fromarray(PHOTOS[p]()).convert("RGB") for p in photo_names]
-    batch = torch.stack([model.preprocess(image) for image in images])
+    network = Explainer(model, "gradcam").network  # fp32, on DEVICE: scores the curves
+    batch = torch.stack([model.preprocess(image) for image in images]).to(network.device)
     reference, failed = _run(model, images, "fp32", None, methods)
     classes = next(iter(reference.values())).classes  # fp32's top-1, for every path
     rows: list[dict[str, object]] = []
@@ -135,7 +138,7 @@ def model_fidelity(
             with emulate(precision) if emulated[precision] else nullcontext():
                 other, errors = _run(model, images, variant, classes, chosen)
                 top1 = _top1(model, images, variant, classes)
-            compared = _compare(model, batch, reference, other, curves=real)
+            compared = _compare(network, batch, reference, other, curves=real)
             for method, row in compared.items():
                 row["top1_agreement"] = top1
                 row["emulated"] = emulated[precision]
@@ -171,9 +174,8 @@ def fidelity_suite(settings: Settings) -> dict[str, object]:
             name: {"photos": list(photos), "methods_left_out": list(out)}
             for name, _, photos, out in MODELS
         },
-        "emulated_on_this_cpu": {
-            p: precision_unsupported(p, torch.device("cpu")) is not None for p in PRECISIONS
-        },
+        "device": str(DEVICE),
+        "emulated": {p: precision_unsupported(p, DEVICE) is not None for p in PRECISIONS},
         "bar_fdcam_map_r": BAR,
         "passes_bar": _passes(rows),
     }
@@ -183,7 +185,7 @@ def _top1(model: LoadedModel, images: list[Image.Image], variant: str, classes: 
     """Fraction of images whose top-1 class in this path is fp32's."""
     low, _, autocast = variant.partition("-")
     explainer = Explainer(model, "gradcam", precision="fp32" if autocast else low)
-    with torch.autocast("cpu", dtype=DTYPES[low], enabled=bool(autocast)):
+    with torch.autocast(DEVICE.type, dtype=DTYPES[low], enabled=bool(autocast)):
         state = explainer.prepare(images)
     return float((state.logits.argmax(1) == classes[:, 0]).float().mean())
 

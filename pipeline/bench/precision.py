@@ -40,8 +40,12 @@ JOB_IMAGES = 16
 
 
 def _seconds(call: object) -> float:
+    """Wall seconds of ``call()``, GPU work included (CUDA runs asynchronously)."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    synchronize()
     start = time.perf_counter()
     call()  # type: ignore[operator]
+    synchronize()
     return time.perf_counter() - start
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fdpipe.kernels.precision import ieee_fp32
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
@@ -143,9 +144,15 @@ def insertion_deletion(
 ) -> Curves:
     """Curves for preprocessed ``images`` (B, C, H, W) and input-size maps (B, M, H, W).
 
-    Everything runs on the images' device, where the classifier must be too.
+    Everything runs on the images' device, where the classifier must be too, in IEEE FP32.
     """
-    protocol = protocol or CurveProtocol()
+    with ieee_fp32():
+        return _insertion_deletion(classifier, images, saliency, protocol or CurveProtocol())
+
+
+def _insertion_deletion(
+    classifier: Classifier, images: Tensor, saliency: Tensor, protocol: CurveProtocol
+) -> Curves:
     if saliency.shape[0] != images.shape[0] or saliency.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"maps {tuple(saliency.shape)} do not fit images {tuple(images.shape)}")
     classes = classifier(images).argmax(1)

@@ -287,7 +287,7 @@ def test_callable_preprocess_such_as_torchvision_transforms(photos: dict) -> Non
         torchvision.models.resnet18(num_classes=3), "gradcam", preprocess=transforms
     )
     assert explainer.model.input_size == (224, 224)
-    torch.testing.assert_close(explainer.batch(photos["cat"])[0], transforms(photos["cat"]))
+    torch.testing.assert_close(explainer.batch(photos["cat"])[0].cpu(), transforms(photos["cat"]))
 
 
 def test_vision_transformer_tokens_are_refused_with_the_fix() -> None:

@@ -33,9 +33,10 @@ from fdpipe.export.runners import (
 )
 from fdpipe.export.split import split_at
 from fdpipe.export.tensorrt import EngineOptions, build_engine, tensorrt_missing
-from fdpipe.kernels import FDCAM, ExplicitMaskedHead, prepare
+from fdpipe.kernels import FDCAM, ExplicitMaskedHead, SplitNetwork, prepare
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead
 from fdpipe.kernels.fdcam import similarity_groups
+from fdpipe.kernels.precision import ieee_fp32
 
 MODELS = {  # name -> (layer, real weights)
     "vgg16": ("features.30", False),
@@ -112,7 +113,8 @@ def test_onnx_backend_gives_the_torch_fdcam_weights(
     reference = split_at(squeezenet.module, squeezenet.layer)
     expected = FDCAM()(prepare(reference, images, scorer=ExplicitMaskedHead(reference.head)))
     device = backend.network.device
-    actual = FDCAM()(prepare(backend.network, images.to(device), scorer=backend.scorer))
+    with ieee_fp32():  # as Explainer runs it: no TF32 in the torch head's gradients on CUDA
+        actual = FDCAM()(prepare(backend.network, images.to(device), scorer=backend.scorer))
     torch.testing.assert_close(actual.weights.cpu(), expected.weights, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(actual.maps.cpu(), expected.maps, rtol=1e-4, atol=1e-4)
 
@@ -295,3 +297,26 @@ def test_runner_masked_head_splits_masks_and_targets_to_the_profile(squeezenet_n
     )
     expected = ExplicitMaskedHead(squeezenet_net.head)(activations, masks, classes)
     _assert_equal_scores(scorer(activations, masks, classes), expected)
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in onnx_providers(), reason="the CPU onnxruntime package only"
+)
+def test_auto_on_a_gpu_without_onnxruntimes_cuda_provider_is_torch(
+    own_squeezenet, squeezenet_artifacts, monkeypatch
+) -> None:
+    """ONNX Runtime on the CPU beside a GPU torch network would copy through host memory."""
+    import fdpipe.backends as backends
+
+    class OnGPU(SplitNetwork):  # what split_at gives on a GPU machine, without one
+        device = property(lambda self: torch.device("cuda", 0))
+
+    def split_on_gpu(*args, **kwargs) -> SplitNetwork:
+        network = split_at(*args, **kwargs)
+        network.__class__ = OnGPU
+        return network
+
+    monkeypatch.setattr(backends, "split_at", split_on_gpu)
+    monkeypatch.setattr(backends, "_calibrate", lambda *_: pytest.fail("timed CPU engines"))
+    backend = select_backend(own_squeezenet, artifacts=squeezenet_artifacts, runtime="auto")
+    assert backend.description.startswith("backbone=torch head-scores=torch-factorised")

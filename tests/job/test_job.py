@@ -75,13 +75,15 @@ def test_rows_equal_the_api(run: tuple[JobConfig, list[Path]], squeezenet: Loade
                     result.probabilities[0, rank].item(), abs=1e-5
                 )
                 native = np.array(row["map"]).reshape(row["map_height"], row["map_width"])
-                np.testing.assert_allclose(native, result.native[0, rank].numpy(), atol=1e-5)
+                np.testing.assert_allclose(native, result.native[0, rank].cpu().numpy(), atol=1e-5)
                 low, high = result.raw_range[0, rank].tolist()
                 assert (row["raw_min"], row["raw_max"]) == pytest.approx((low, high), rel=1e-5)
                 if result.weights is None:
                     assert row["weights"] is None
                 else:
-                    np.testing.assert_allclose(row["weights"], result.weights[0, rank], atol=1e-6)
+                    np.testing.assert_allclose(
+                        row["weights"], result.weights[0, rank].cpu(), atol=1e-6
+                    )
                 assert row["error"] is None
                 assert row["seconds"] > 0
 

@@ -16,6 +16,7 @@ from fdpipe.kernels.fdcam import (
     quantile_linear,
     score_unique_masks,
     similarity_groups,
+    unique_rows,
 )
 from fdpipe.kernels.masked_head import ExplicitMaskedHead
 from fdpipe.kernels.state import LayerState
@@ -199,3 +200,17 @@ def test_dedup_of_identical_masks_keeps_scores(small_state: LayerState) -> None:
         expected = explicit(two.activations, masks, two.classes, probabilities=probabilities)
         got = score_unique_masks(two, masks, probabilities)
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "weights", [None, torch.zeros(6, dtype=torch.float64)], ids=["keys", "all-collide"]
+)
+def test_unique_rows_are_torch_uniques_rows(weights: torch.Tensor | None) -> None:
+    """The distinct rows and the inverse of ``torch.unique(dim=0)``, also when keys collide."""
+    generator = torch.Generator().manual_seed(1)
+    rows = (torch.rand(40, 6, generator=generator) > 0.5).float()
+    rows = torch.cat([rows, rows[:10].flip(0)])  # repeats in another order
+    unique, inverse = unique_rows(rows, weights)
+    expected, _ = torch.unique(rows, dim=0, return_inverse=True)
+    assert torch.equal(unique[inverse], rows)
+    assert sorted(map(tuple, unique.tolist())) == sorted(map(tuple, expected.tolist()))

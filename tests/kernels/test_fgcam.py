@@ -15,12 +15,15 @@ from fdpipe.export.runners import ChannelsLastBackbone, RunnerBackbone
 from fdpipe.export.split import split_at
 from fdpipe.kernels import FGCAM, LayerState, SplitNetwork, make_method, prepare
 from fdpipe.kernels.fgcam import denoise
+from fdpipe.kernels.precision import AutocastBackbone, emulate
 from fdpipe.kernels.propagation import (
+    MISMATCH_TOLERANCE,
     UnsupportedArchitecture,
     bounded_input_rule,
     conv_rule,
     fire_forward,
     fire_rule,
+    mismatch_tolerance,
     pool_rule,
 )
 from PIL import Image
@@ -284,3 +287,16 @@ def test_options_record_the_base() -> None:
     options = FGCAM(base="fdcam", resolution="features.5", shift=0.3).options()
     assert options["base"] == "fdcam" and options["resolution"] == "features.5"
     assert options["base_options"]["shift"] == 0.3  # type: ignore[index]
+
+
+def test_a_bf16_backbone_is_walked_within_bf16s_tolerance(squeezenet: LoadedModel, photos) -> None:
+    """bf16 alone moves SqueezeNet's activations 1.6e-2 from the fp32 walk (METHODS.md section
+    3): a bf16 backbone is checked against 5 bf16 epsilons, an fp32 one against 1e-2."""
+    network = split_at(squeezenet.module, squeezenet.layer)
+    assert mismatch_tolerance(network.backbone) == MISMATCH_TOLERANCE
+    assert mismatch_tolerance(AutocastBackbone(network.backbone, torch.bfloat16)) == 5 * 2**-7
+    assert mismatch_tolerance(AutocastBackbone(network.backbone, torch.float16)) == 1e-2
+    with emulate("bf16"):
+        low = fdpipe.Explainer(squeezenet, "fgcam", precision="bf16")(photos["cat"])["fgcam"]
+    fp32 = fdpipe.Explainer(squeezenet, "fgcam")(photos["cat"])["fgcam"]
+    assert np.corrcoef(low.maps.flatten(), fp32.maps.flatten())[0, 1] > 0.999
