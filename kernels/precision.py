@@ -137,7 +137,8 @@ def ieee_fp32() -> Iterator[None]:
         return
     # The fp32_precision API (torch >= 2.9); reading the legacy allow_tf32 flags after it was
     # used raises, so only the new one is read and set.
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]  # set by CudnnModule at import
+    matmul = torch.backends.cuda.matmul
     saved = conv.fp32_precision, matmul.fp32_precision
     conv.fp32_precision = matmul.fp32_precision = "ieee"
     try:

@@ -13,7 +13,7 @@ from fdpipe.backends import BackendError, select_backend
 from fdpipe.kernels import FDCAM, ExplicitMaskedHead, prepare
 from fdpipe.kernels import precision as precision_module
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead
-from fdpipe.kernels.precision import AutocastBackbone, cpu_has_native_bf16
+from fdpipe.kernels.precision import AutocastBackbone, cpu_has_native_bf16, ieee_fp32
 from torch import nn
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU refusals")
@@ -93,3 +93,14 @@ def test_bf16_fdcam_on_squeezenet_follows_fp32(squeezenet, photos, monkeypatch) 
     assert torch.equal(actual.weights.argmax(-1), expected.weights.argmax(-1))
     r = torch.corrcoef(torch.stack([actual.maps.flatten(), expected.maps.flatten()]))[0, 1]
     assert r > 0.99
+
+
+def test_ieee_fp32_turns_tf32_off_on_cuda_and_restores_the_callers_setting(monkeypatch) -> None:
+    """cuDNN's fp32 convolutions default to TF32; fdpipe's fp32 is IEEE (on a CPU: no-op)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the flags exist without one
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with pytest.raises(RuntimeError, match="inside"), ieee_fp32():
+        assert conv.fp32_precision == matmul.fp32_precision == "ieee"
+        raise RuntimeError("inside")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
