@@ -52,9 +52,10 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")
 REFERENCE_RUNTIME = "torch-explicit"
 # What ``precision="auto"`` picks per device kind: reduced precision only where the fidelity
 # suite (``fdpipe bench --suite fidelity``) showed FD-CAM maps at r >= 0.999 of fp32 on every
-# model AND the speed suite showed it faster. CPU bf16: FD-CAM holds (README, "Precision"; not
-# Grad-CAM/XGrad-CAM/Layer-CAM/Ablation-CAM on VGG16), speed not yet measured on a CPU with native
-# bf16; CUDA: not yet run. Both stay fp32 until then.
+# model AND the speed suite showed it faster (README, "Precision"). CPU bf16: maps hold, speed
+# not measured (no CPU with native bf16 here). CUDA (H100, 2026-11-22): fp16 holds for every
+# method, but end to end it was faster only on VGG16 (0.71-0.87x fp32) and slower on SqueezeNet
+# (1.2-1.6x): FD-CAM on a GPU is bound by the CPU's share. Both stay fp32.
 AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp32"}
 
 
