@@ -23,3 +23,13 @@ def write_images(directory: Path, count: int, size: tuple[int, int] = (64, 48)) 
         crop.save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def explain_command(images: Path, output: Path, *extra: str) -> list[str]:
+    """``fdpipe explain`` arguments for the small runs of the job tests: SqueezeNet, Grad-CAM,
+    batches and parts of two images, one decode thread (a kill lands between parts)."""
+    return [
+        "explain", "-i", str(images), "-o", str(output), "--model", "squeezenet1_1",
+        "--method", "gradcam", "--batch-size", "2", "--part-size", "2", "--workers", "1",
+        "--no-progress", *extra,
+    ]  # fmt: skip

@@ -21,20 +21,12 @@ from click.testing import CliRunner, Result
 from fdpipe.cli import main
 from fdpipe.job.parts import OutputDataset
 from fdpipe.job.reader import iter_rows
-from image_files import write_images
+from image_files import explain_command, write_images
 from PIL import Image
 
 KEY = [("image_path", "ascending"), ("method", "ascending"), ("class_rank", "ascending")]
 FLOATS = ["logit", "probability", "raw_min", "raw_max"]  # batch composition moves their last bits
 VARYING = ["run_id", "seconds", "map", "file_mtime_ns", "file_size", *FLOATS]
-
-
-def command(images: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "explain", "-i", str(images), "-o", str(output), "--model", "squeezenet1_1",
-        "--method", "gradcam", "--batch-size", "2", "--part-size", "2", "--workers", "1",
-        "--no-progress", *extra,
-    ]  # fmt: skip
 
 
 def invoke(args: list[str]) -> Result:
@@ -70,7 +62,7 @@ def test_failed_image_fixed_between_runs_is_explained_and_exits_zero(tmp_path: P
     write_images(tmp_path / "images", 3)
     broken = tmp_path / "images" / "late.jpg"
     broken.write_bytes(b"")  # e.g. a copy still in progress
-    args = command(tmp_path / "images", tmp_path / "out")
+    args = explain_command(tmp_path / "images", tmp_path / "out")
     assert invoke(args).exit_code == 1
     write_images(tmp_path / "spare", 4)
     shutil.copy(tmp_path / "spare" / "img_003.jpg", broken)
@@ -84,7 +76,7 @@ def test_failed_image_fixed_between_runs_is_explained_and_exits_zero(tmp_path: P
 
 def test_replaced_image_is_explained_again_and_read_once(tmp_path: Path) -> None:
     paths = write_images(tmp_path / "images", 3)
-    args = command(tmp_path / "images", tmp_path / "out", "--top-k", "2")
+    args = explain_command(tmp_path / "images", tmp_path / "out", "--top-k", "2")
     assert invoke(args).exit_code == 0
     before = current(tmp_path / "out")
     replace_content(paths[0], seed=1)
@@ -105,7 +97,7 @@ def test_replaced_image_is_explained_again_and_read_once(tmp_path: Path) -> None
 
 def test_deleted_image_is_pruned_only_with_prune(tmp_path: Path) -> None:
     paths = write_images(tmp_path / "images", 3)
-    args = command(tmp_path / "images", tmp_path / "out")
+    args = explain_command(tmp_path / "images", tmp_path / "out")
     assert invoke(args).exit_code == 0
     paths[1].unlink()
     assert current(tmp_path / "out").num_rows == 3
@@ -123,7 +115,7 @@ def test_deleted_image_is_pruned_only_with_prune(tmp_path: Path) -> None:
 
 def test_second_method_and_class_set_add_rows(tmp_path: Path) -> None:
     write_images(tmp_path / "images", 3)
-    args = command(tmp_path / "images", tmp_path / "out")
+    args = explain_command(tmp_path / "images", tmp_path / "out")
     assert invoke(args).exit_code == 0
     first = current(tmp_path / "out")
     added = invoke([a if a != "gradcam" else "gradcam,layercam" for a in args])
@@ -149,19 +141,21 @@ def test_second_method_and_class_set_add_rows(tmp_path: Path) -> None:
 def test_empty_or_missing_input_exits_three(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     for source in (tmp_path / "empty", tmp_path / "unmounted"):
-        result = invoke(command(source, tmp_path / "out", "--prune"))
+        result = invoke(explain_command(source, tmp_path / "out", "--prune"))
         assert result.exit_code == 3, result.output
         assert "nothing to do" in result.output
-        allowed = invoke(command(source, tmp_path / "out", "--allow-empty"))
+        allowed = invoke(explain_command(source, tmp_path / "out", "--allow-empty"))
         assert allowed.exit_code == 0
 
 
 def test_empty_input_never_prunes(tmp_path: Path) -> None:
     write_images(tmp_path / "images", 2)
-    assert invoke(command(tmp_path / "images", tmp_path / "out")).exit_code == 0
+    assert invoke(explain_command(tmp_path / "images", tmp_path / "out")).exit_code == 0
     for path in (tmp_path / "images").rglob("*.jpg"):
         path.unlink()
-    result = invoke(command(tmp_path / "images", tmp_path / "out", "--prune", "--allow-empty"))
+    result = invoke(
+        explain_command(tmp_path / "images", tmp_path / "out", "--prune", "--allow-empty")
+    )
     assert result.exit_code == 0
     assert current(tmp_path / "out").num_rows == 2  # an unmounted share must not wipe the output
 
@@ -171,7 +165,9 @@ def test_run_record_lists_every_failure(tmp_path: Path) -> None:
     for name in ("a.jpg", "b.png"):
         (tmp_path / "images" / name).write_bytes(b"garbage")
     summary = tmp_path / "summary.json"
-    result = invoke(command(tmp_path / "images", tmp_path / "out", "--summary", str(summary)))
+    result = invoke(
+        explain_command(tmp_path / "images", tmp_path / "out", "--summary", str(summary))
+    )
     assert result.exit_code == 1
     (path,) = (tmp_path / "out" / "_runs").glob("*.json")
     record = json.loads(path.read_text())
@@ -194,7 +190,7 @@ def test_each_failure_is_logged_with_path_and_reason(
 ) -> None:
     write_images(tmp_path / "images", 1)
     (tmp_path / "images" / "bad.jpg").write_bytes(b"garbage")
-    invoke(command(tmp_path / "images", tmp_path / "out"))
+    invoke(explain_command(tmp_path / "images", tmp_path / "out"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed: ")]
     assert len(lines) == 1 and lines[0].startswith("failed: bad.jpg: ")
 
@@ -249,12 +245,12 @@ def test_sigkill_during_a_rerun_then_rerun_equals_uninterrupted(
         if spoil:
             spoil(images)
         output = tmp_path / name / "out"
-        invoke(command(images, output))
+        invoke(explain_command(images, output))
         if spoil:
             write_images(images, 10)  # the files are fixed
         if change:
             change(images)
-        second = command(images, output, *extra)
+        second = explain_command(images, output, *extra)
         if name == "killed":
             kill_after_a_part(second, output)
         result = invoke(second)
@@ -271,7 +267,9 @@ def test_read_maps(tmp_path: Path) -> None:
 
     paths = write_images(tmp_path / "images", 3)
     (tmp_path / "images" / "bad.jpg").write_bytes(b"garbage")
-    args = command(tmp_path / "images", tmp_path / "out", "--method", "layercam", "--top-k", "2")
+    args = explain_command(
+        tmp_path / "images", tmp_path / "out", "--method", "layercam", "--top-k", "2"
+    )
     assert invoke(args).exit_code == 1
     replace_content(paths[0], seed=5)
     assert invoke(args).exit_code == 1
@@ -313,7 +311,7 @@ def test_readme_sql_sees_what_fdpipe_readers_see(tmp_path: Path) -> None:
     sql = readme.split("```sql\n")[1].split("```")[0]
     paths = write_images(tmp_path / "images", 4)
     (tmp_path / "images" / "late.jpg").write_bytes(b"")
-    args = command(tmp_path / "images", tmp_path / "out")
+    args = explain_command(tmp_path / "images", tmp_path / "out")
     invoke(args)
     shutil.copy(paths[3], tmp_path / "images" / "late.jpg")
     replace_content(paths[0], seed=9)
@@ -334,7 +332,7 @@ def test_unwritable_summary_is_a_setting_error_before_any_work(tmp_path: Path) -
     write_images(tmp_path / "images", 1)
     (tmp_path / "file").write_text("")  # the record would go under a file, not a directory
     summary = str(tmp_path / "file" / "run.json")
-    result = invoke(command(tmp_path / "images", tmp_path / "out", "--summary", summary))
+    result = invoke(explain_command(tmp_path / "images", tmp_path / "out", "--summary", summary))
     assert result.exit_code == 2, result.output
     assert "cannot write the run record" in result.output
     assert not OutputDataset(tmp_path / "out").parts()
@@ -347,15 +345,17 @@ def test_sharded_reruns_equal_one_unsharded_run(tmp_path: Path) -> None:
     keys = {p: p.relative_to(tmp_path / "images").as_posix() for p in paths}
     shared = tmp_path / "shared"
     for i in (0, 1):
-        assert invoke(command(tmp_path / "images", shared, "--shard", f"{i}/2")).exit_code == 0
+        assert (
+            invoke(explain_command(tmp_path / "images", shared, "--shard", f"{i}/2")).exit_code == 0
+        )
     in_shard_1 = [p for p in paths if shard_of(keys[p], 2) == 1]
     in_shard_0 = [p for p in paths if shard_of(keys[p], 2) == 0]
     replace_content(in_shard_0[0], seed=11)
     in_shard_1[0].unlink()
-    only_0 = invoke(command(tmp_path / "images", shared, "--shard", "0/2", "--prune"))
+    only_0 = invoke(explain_command(tmp_path / "images", shared, "--shard", "0/2", "--prune"))
     assert "changed 1" in only_0.output and "pruned 0" in only_0.output  # not its image
-    only_1 = invoke(command(tmp_path / "images", shared, "--shard", "1/2", "--prune"))
+    only_1 = invoke(explain_command(tmp_path / "images", shared, "--shard", "1/2", "--prune"))
     assert "changed 0" in only_1.output and "pruned 1" in only_1.output
     whole = tmp_path / "whole"
-    assert invoke(command(tmp_path / "images", whole)).exit_code == 0
+    assert invoke(explain_command(tmp_path / "images", whole)).exit_code == 0
     assert_same(current(shared), current(whole))

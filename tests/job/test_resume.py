@@ -16,19 +16,11 @@ import pytest
 from click.testing import CliRunner
 from fdpipe.cli import main
 from fdpipe.job.parts import OutputDataset
-from image_files import write_images
+from image_files import explain_command, write_images
 
 ROW_KEY = [("image_path", "ascending"), ("method", "ascending"), ("class_rank", "ascending")]
 FLOATS = ("logit", "probability", "map", "seconds", "raw_min", "raw_max")
 PER_RUN = ("run_id",)
-
-
-def command(images: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "explain", "--input", str(images), "--output", str(output), "--model", "squeezenet1_1",
-        "--method", "gradcam", "--batch-size", "2", "--part-size", "2", "--workers", "1",
-        "--no-progress", *extra,
-    ]  # fmt: skip
 
 
 def fdpipe_process(*args: str) -> subprocess.Popen:
@@ -65,7 +57,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(images: Path, tmp_path: Path) -> None:
     killed = tmp_path / "killed"
-    process = fdpipe_process(*command(images, killed))
+    process = fdpipe_process(*explain_command(images, killed))
     deadline = time.monotonic() + 60
     while not OutputDataset(killed).parts() and process.poll() is None:
         assert time.monotonic() < deadline, "no part file appeared"
@@ -76,12 +68,12 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(images: Path, tmp_path:
     assert 0 < partial.num_rows < 20  # killed mid-way; only complete parts are visible
     assert partial.num_rows % 2 == 0
 
-    resumed = CliRunner().invoke(main, command(images, killed))
+    resumed = CliRunner().invoke(main, explain_command(images, killed))
     assert resumed.exit_code == 0, resumed.output
     assert f"skipped {partial.num_rows} already in the output" in resumed.output
     assert not list(killed.glob(".*.tmp"))  # stale temp files gone
 
-    fresh = CliRunner().invoke(main, command(images, tmp_path / "fresh"))
+    fresh = CliRunner().invoke(main, explain_command(images, tmp_path / "fresh"))
     assert fresh.exit_code == 0, fresh.output
     final = rows(killed)
     assert len(set(final["image_path"].to_pylist())) == final.num_rows == 20  # no duplicates
@@ -90,9 +82,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(images: Path, tmp_path:
 
 def test_rerun_of_a_finished_run_adds_nothing(images: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    assert runner.invoke(main, command(images, tmp_path / "out")).exit_code == 0
+    assert runner.invoke(main, explain_command(images, tmp_path / "out")).exit_code == 0
     parts = OutputDataset(tmp_path / "out").parts()
-    again = runner.invoke(main, command(images, tmp_path / "out"))
+    again = runner.invoke(main, explain_command(images, tmp_path / "out"))
     assert again.exit_code == 0
     assert "done 0, failed 0, skipped 20" in again.output
     assert OutputDataset(tmp_path / "out").parts() == parts
@@ -104,7 +96,7 @@ def test_half_written_part_is_invisible_and_discarded(images: Path, tmp_path: Pa
     stale = output / ".part-000000.parquet.4242.tmp"
     stale.write_bytes(b"PAR1 half a part")
     assert ds.dataset(output, format="parquet").files == []  # readers skip hidden files
-    assert CliRunner().invoke(main, command(images, output)).exit_code == 0
+    assert CliRunner().invoke(main, explain_command(images, output)).exit_code == 0
     assert not stale.exists()
     assert rows(output).num_rows == 20
 
@@ -114,13 +106,13 @@ def test_another_model_setup_is_refused_and_overwrite_starts_over(
 ) -> None:
     runner = CliRunner()
     output = tmp_path / "out"
-    assert runner.invoke(main, command(images, output)).exit_code == 0
-    refused = runner.invoke(main, [*command(images, output), "--layer", "features.9"])
+    assert runner.invoke(main, explain_command(images, output)).exit_code == 0
+    refused = runner.invoke(main, [*explain_command(images, output), "--layer", "features.9"])
     assert refused.exit_code == 2
     assert "another model setup (layer: 'features.12' -> 'features.9')" in refused.output
     assert "--overwrite" in refused.output
     assert "Usage:" not in refused.output and len(refused.output.strip().splitlines()) == 1
-    changed_method = [a if a != "gradcam" else "layercam" for a in command(images, output)]
+    changed_method = [a if a != "gradcam" else "layercam" for a in explain_command(images, output)]
     overwritten = runner.invoke(main, [*changed_method, "--overwrite"])
     assert overwritten.exit_code == 0, overwritten.output
     assert set(rows(output)["method"].to_pylist()) == {"layercam"}
