@@ -55,7 +55,7 @@ REFERENCE_RUNTIME = "torch-explicit"
 # model AND the speed suite showed it faster (README, "Precision"). CPU bf16: maps hold, speed
 # not measured (no CPU with native bf16 here). CUDA (H100, 2026-11-22): fp16 holds for every
 # method, but end to end it was faster only on VGG16 (0.71-0.87x fp32) and slower on SqueezeNet
-# (1.2-1.6x): FD-CAM on a GPU is bound by the CPU's share. Both stay fp32.
+# (1.2-1.8x): FD-CAM on a GPU is bound by the CPU's share. Both stay fp32.
 AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp32"}
 
 
