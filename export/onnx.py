@@ -45,7 +45,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| relative to max |torch|
 PARITY_TOLERANCE_FP16 = 1e-2  # FP16 graphs: another summation order moves FP16 results ~1e-3
-EXPORT_PRECISIONS = ("fp32", "fp16")
+GRAPH_PRECISIONS = ("fp32", "fp16")
 
 
 class ExportError(RuntimeError):
@@ -358,8 +358,8 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the export is meant to be shared
     try:
-        if precision not in EXPORT_PRECISIONS:
-            raise ExportError(f"graphs are exported in {' or '.join(EXPORT_PRECISIONS)}")
+        if precision not in GRAPH_PRECISIONS:
+            raise ExportError(f"graphs are exported in {' or '.join(GRAPH_PRECISIONS)}")
         graphs, info = _graphs(model, precision=precision)
         files: dict[str, dict[str, Any]] = {}
         parity: dict[str, float] = {}

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENGINES = ("backbone", "masked_head", "masked_head_probabilities")
-PRECISIONS = ("fp32", "fp16")  # what an engine can be built in
+TENSORRT_PRECISIONS = ("fp32", "fp16")  # what an engine can be built in
 TESTED_MAJORS = (10, 11)  # pyproject pins tensorrt>=10,<12
 EXPLICIT_CHUNK = 128  # masks per call for explicit-masking graphs (the authors' batch)
 MAX_ELEMENTS = 2**31 - 1  # TensorRT's limit on the elements of one tensor
@@ -168,8 +168,8 @@ def graph_file(name: str, precision: str) -> str:
 
 def build_engines(directory: Path, manifest: Manifest, options: EngineOptions) -> dict[str, object]:
     """Build every engine next to its ONNX graph; returns the manifest's ``tensorrt`` entry."""
-    if options.precision not in PRECISIONS:
-        raise ValueError(f"TensorRT engines are built in {' or '.join(PRECISIONS)}")
+    if options.precision not in TENSORRT_PRECISIONS:
+        raise ValueError(f"TensorRT engines are built in {' or '.join(TENSORRT_PRECISIONS)}")
     profiles = {}
     for name in ENGINES:
         profile = profile_shapes(name, manifest, options)
@@ -190,7 +190,7 @@ def build_engines(directory: Path, manifest: Manifest, options: EngineOptions) -
 __all__ = [
     "ENGINES",
     "EXPLICIT_CHUNK",
-    "PRECISIONS",
+    "TENSORRT_PRECISIONS",
     "EngineOptions",
     "build_engine",
     "build_engines",

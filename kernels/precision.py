@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -115,7 +115,7 @@ def precision_unsupported(precision: str, device: torch.device) -> str | None:
     if precision == "fp32":
         return None
     if precision not in DTYPES:
-        return f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}"
+        return f"unknown precision {precision!r}; choose from {', '.join(PRECISION_CHOICES)}"
     if device.type == "cpu" and DTYPES[precision] in _EMULATING:
         return None
     if device.type == "cuda":
@@ -166,7 +166,7 @@ class AutocastBackbone(nn.Module):
 
 __all__ = [
     "DTYPES",
-    "PRECISIONS",
+    "PRECISION_CHOICES",
     "AutocastBackbone",
     "EmulatedProducts",
     "cpu_has_native_bf16",

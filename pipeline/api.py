@@ -138,7 +138,7 @@ class Explainer:
     ``methods`` are names, ``name:key=value`` specs, ``MethodSpec`` or ``CAMMethod`` objects;
     ``method_options`` apply to a single named method. ``classes`` (indices or names, one list for
     every image, or one row per image) or ``top_k`` are the default targets of each call.
-    ``runtime``, ``artifacts`` and ``device`` choose the engine, ``precision`` (fp32, bf16, fp16,
+    ``runtime``, ``artifacts`` and ``device`` choose the runner, ``precision`` (fp32, bf16, fp16,
     auto) the arithmetic of the backbone and the masked-head products (``fdpipe.backends``).
     """
 

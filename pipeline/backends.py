@@ -42,7 +42,12 @@ from fdpipe.export.split import split_at
 from fdpipe.export.tensorrt import EXPLICIT_CHUNK, engine_mismatch, graph_file, tensorrt_missing
 from fdpipe.kernels import ExplicitMaskedHead, MaskedHeadScorer, SplitNetwork
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead
-from fdpipe.kernels.precision import DTYPES, PRECISIONS, AutocastBackbone, precision_unsupported
+from fdpipe.kernels.precision import (
+    DTYPES,
+    PRECISION_CHOICES,
+    AutocastBackbone,
+    precision_unsupported,
+)
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -193,8 +198,10 @@ def _name(backbone: nn.Module) -> str:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``precision`` as run on ``device`` (``auto`` resolved); refused when it cannot run fast."""
-    if precision not in PRECISIONS:
-        raise BackendError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision not in PRECISION_CHOICES:
+        raise BackendError(
+            f"unknown precision {precision!r}; choose from {', '.join(PRECISION_CHOICES)}"
+        )
     if precision == "auto":
         return AUTO_PRECISION[device.type]
     reason = precision_unsupported(precision, device)

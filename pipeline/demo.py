@@ -13,7 +13,7 @@ from fdpipe.job import JobConfig, run_job
 from fdpipe.job.progress import Summary
 from fdpipe.job.reader import images_root, select_rows
 from fdpipe.render import render_sheets
-from fdpipe.site import SiteSummary, write_site
+from fdpipe.report import SiteSummary, write_site
 from PIL import Image
 from skimage import data
 

@@ -1,11 +1,12 @@
 """``fdpipe bench`` suites: each returns JSON data with a "rows" table, measured in one run.
 
-"engine": FD-CAM seconds per image per runner against the plain masked-head loop and the grad-cam
-library (``engine.py``); "pipeline": end-to-end images/s of the dataset job and its peak memory
-(``pipeline.py``); "startup": ``fdpipe --help`` against importing torch (``startup.py``);
-"fidelity": bf16/fp16 maps against fp32 per model and method (``fidelity.py``); "precision":
-FD-CAM seconds per image per precision beside the fp32 floor, API and job (``precision.py``);
-"report": ``fdpipe report`` rows/s and peak RSS (``report.py``).
+"runners": FD-CAM seconds per image per runner against the plain masked-head loop and the
+grad-cam library (``runners.py``); "pipeline": end-to-end images/s of the dataset job and its
+peak memory (``pipeline.py``); "startup": ``fdpipe --help`` against importing torch
+(``startup.py``); "fidelity": bf16/fp16 maps against fp32 per model and method
+(``fidelity.py``); "precision": FD-CAM seconds per image per precision beside the fp32 floor,
+API and job (``precision.py``); "report": ``fdpipe report`` rows/s and peak RSS
+(``report_suite.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from fdpipe.bench.engine import BATCH, engine_suite
 from fdpipe.bench.fidelity import fidelity_suite
 from fdpipe.bench.pipeline import pipeline_suite
 from fdpipe.bench.precision import precision_suite
-from fdpipe.bench.report import report_suite
+from fdpipe.bench.report_suite import report_suite
+from fdpipe.bench.runners import BATCH, runners_suite
 from fdpipe.bench.startup import startup_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
@@ -36,7 +37,7 @@ class Settings:
 
 Suite = Callable[[Settings], dict[str, object]]  # returns JSON data with a "rows" table
 SUITES: dict[str, Suite] = {
-    "engine": engine_suite,
+    "runners": runners_suite,
     "pipeline": pipeline_suite,
     "report": report_suite,
     "startup": startup_suite,
@@ -58,7 +59,7 @@ def machine(threads: int) -> dict[str, object]:
     }
 
 
-ENGINE_COLUMNS = [
+RUNNER_COLUMNS = [
     "model",
     "runner",
     "seconds_per_image",
@@ -80,10 +81,10 @@ def _cell(column: str, value: object) -> str:
 
 
 def table(rows: list[dict[str, object]], columns: list[str] | None = None) -> str:
-    """``columns`` (a suite's own), else the engine columns where the rows have them, else the
+    """``columns`` (a suite's own), else the runner columns where the rows have them, else the
     first row's keys."""
-    engine = any("runner" in r for r in rows)
-    columns = columns or (ENGINE_COLUMNS if engine or not rows else list(rows[0]))
+    by_runner = any("runner" in r for r in rows)
+    columns = columns or (RUNNER_COLUMNS if by_runner or not rows else list(rows[0]))
     cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = [" ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]

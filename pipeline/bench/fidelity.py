@@ -44,7 +44,7 @@ MODELS = (
     ("efficientnet_lite0", True, ("cat", "coffee"), ("scorecam",)),
     ("vgg16", False, ("cat",), ("scorecam",)),
 )
-PRECISIONS = ("bf16", "fp16")
+REDUCED_PRECISIONS = ("bf16", "fp16")
 BAR = 0.999  # FD-CAM map r against fp32 for a path to become precision="auto"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Explainer runs
 
@@ -123,7 +123,7 @@ def model_fidelity(
 ) -> list[dict[str, object]]:
     """The suite's rows for one model: every method and path against fp32."""
     started = time.perf_counter()
-    emulated = {p: precision_unsupported(p, DEVICE) is not None for p in PRECISIONS}
+    emulated = {p: precision_unsupported(p, DEVICE) is not None for p in REDUCED_PRECISIONS}
     methods = [m for m in METHODS if m not in left_out]
     model = load_model(name, pretrained=real)
     images = [Image.fromarray(PHOTOS[p]()).convert("RGB") for p in photo_names]
@@ -132,7 +132,7 @@ def model_fidelity(
     reference, failed = _run(model, images, "fp32", None, methods)
     classes = next(iter(reference.values())).classes  # fp32's top-1, for every path
     rows: list[dict[str, object]] = []
-    for precision in PRECISIONS:
+    for precision in REDUCED_PRECISIONS:
         # Plain autocast over everything, logits included: for FD-CAM, to show the fp32 rows.
         for variant, chosen in ((precision, methods), (f"{precision}-autocast", ["fdcam"])):
             with emulate(precision) if emulated[precision] else nullcontext():
@@ -175,7 +175,7 @@ def fidelity_suite(settings: Settings) -> dict[str, object]:
             for name, _, photos, out in MODELS
         },
         "device": str(DEVICE),
-        "emulated": {p: precision_unsupported(p, DEVICE) is not None for p in PRECISIONS},
+        "emulated": {p: precision_unsupported(p, DEVICE) is not None for p in REDUCED_PRECISIONS},
         "bar_fdcam_map_r": BAR,
         "passes_bar": _passes(rows),
     }
@@ -199,4 +199,12 @@ def _passes(rows: list[dict[str, object]]) -> dict[str, bool]:
     }
 
 
-__all__ = ["BAR", "MODELS", "PRECISIONS", "fidelity_suite", "model_fidelity", "pearson", "spearman"]
+__all__ = [
+    "BAR",
+    "MODELS",
+    "REDUCED_PRECISIONS",
+    "fidelity_suite",
+    "model_fidelity",
+    "pearson",
+    "spearman",
+]

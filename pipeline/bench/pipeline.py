@@ -80,26 +80,30 @@ def throughput(work: Path, engine: str) -> list[dict[str, object]]:
     return rows
 
 
-def explain_reporting_peak() -> None:
-    """Child process entry: ``fdpipe explain <argv>``, then print this process's peak RSS.
+PEAK_CHILD = (
+    "import atexit, pathlib, runpy, sys\n"
+    "def peak():\n"
+    "    status = pathlib.Path('/proc/self/status').read_text().splitlines()\n"
+    "    print('peak_kib=' + next(l.split()[1] for l in status if l.startswith('VmHWM')))\n"
+    "atexit.register(peak)\n"
+    "runpy.run_module('fdpipe', run_name='__main__', alter_sys=True)\n"
+)  # ``python -m fdpipe`` that prints its own peak RSS on the way out
+
+
+def fdpipe_reporting_peak(*arguments: str) -> list[str]:
+    """The command line of a fresh ``python -m fdpipe ARGUMENTS`` that prints ``peak_kib=N``.
 
     /proc's VmHWM belongs to the process image: unlike ``ru_maxrss`` it does not inherit the
     parent's peak across fork + exec.
     """
-    from fdpipe.cli import main
-
-    main.main(sys.argv[1:], standalone_mode=False)
-    status = Path("/proc/self/status").read_text()
-    peak_kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
-    print(f"peak_kib={peak_kib}")
+    return [sys.executable, "-c", PEAK_CHILD, *arguments]
 
 
 def peak_memory(work: Path, count: int) -> dict[str, object]:
     """Peak RSS of a fresh ``fdpipe explain`` process over ``count`` images."""
     images = write_dataset(work / f"images-{count}", count)
-    child = "from fdpipe.bench.pipeline import explain_reporting_peak; explain_reporting_peak()"
     args = [
-        sys.executable, "-c", child, "explain",
+        *fdpipe_reporting_peak("explain"),
         "-i", str(images), "-o", str(work / f"memory-{count}"), "--overwrite", "--no-progress",
         "--model", "squeezenet1_1", "--method", MEMORY_METHOD, "--batch-size", "16",
     ]  # fmt: skip
@@ -138,7 +142,7 @@ def pipeline_suite(settings: Settings) -> dict[str, object]:
 __all__ = [
     "MEMORY_SIZES",
     "THROUGHPUT",
-    "explain_reporting_peak",
+    "fdpipe_reporting_peak",
     "peak_memory",
     "pipeline_suite",
     "throughput",

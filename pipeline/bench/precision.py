@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the package imports this module to register the suite
     from fdpipe.bench import Settings
 
 MODELS = (("vgg16", False), ("squeezenet1_1", True))
-PRECISIONS = ("fp32", "bf16", "fp16")
+TIMED_PRECISIONS = ("fp32", "bf16", "fp16")
 BATCH = 8
 JOB_IMAGES = 16
 
@@ -99,7 +99,7 @@ def precision_suite(settings: Settings) -> dict[str, object]:
         for name, real in MODELS:
             model = load_model(name, pretrained=real)
             runnable = {}
-            for precision in PRECISIONS:
+            for precision in TIMED_PRECISIONS:
                 reason = precision_unsupported(precision, device)
                 if reason:
                     rows.append({"model": name, "precision": precision, "refused": reason})
@@ -146,4 +146,4 @@ def precision_suite(settings: Settings) -> dict[str, object]:
     }
 
 
-__all__ = ["BATCH", "JOB_IMAGES", "MODELS", "PRECISIONS", "precision_suite"]
+__all__ = ["BATCH", "JOB_IMAGES", "MODELS", "TIMED_PRECISIONS", "precision_suite"]

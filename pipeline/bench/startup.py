@@ -21,7 +21,7 @@ def fdpipe_command() -> list[str]:
     script = Path(sys.executable).parent / "fdpipe"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from fdpipe.cli import main; sys.exit(main())"]
+    return [sys.executable, "-m", "fdpipe"]
 
 
 def wall_seconds(command: list[str], repeats: int) -> float:

@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+SUITE_NAMES = ("runners", "pipeline", "report", "startup", "fidelity", "precision")  # bench.SUITES
+RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
+
 
 @click.command("bench")
 @click.option(
@@ -23,19 +26,22 @@ import click
 @click.option(
     "--suite",
     "suites",
-    type=click.Choice(["engine", "pipeline", "report", "startup", "fidelity", "precision"]),
+    type=click.Choice([*SUITE_NAMES, *RENAMED]),
     multiple=True,
     help="Suites to run (repeatable); default: all.",
 )
 @click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=os.cpu_count(), show_default=True)
 def bench(output: Path, suites: tuple[str, ...], repeats: int, threads: int) -> None:
-    """Benchmark fdpipe's engines; writes OUTPUT/<suite>.json and prints a table."""
+    """Benchmark fdpipe; writes OUTPUT/<suite>.json and prints a table."""
     import fdpipe.bench as benchmarks  # torch and the suites load only when benchmarks run
 
     settings = benchmarks.Settings(output, repeats, threads)
     output.mkdir(parents=True, exist_ok=True)
-    for name in suites or benchmarks.SUITES:
+    for asked in suites or benchmarks.SUITES:
+        name = RENAMED.get(asked, asked)
+        if name != asked:
+            click.echo(f"--suite {asked} is deprecated: use --suite {name}", err=True)
         click.echo(f"suite {name}:")
         started = time.perf_counter()
         result: dict[str, Any] = {

@@ -22,7 +22,7 @@ METHOD_NAMES = (  # fdpipe.kernels.METHODS
 CAM_METHODS = tuple(name for name in METHOD_NAMES if name != "fgcam")  # FG-CAM refines one
 FGCAM_BASES = ("gradcam", "scorecam", "fdcam")
 RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTIMES
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # fdpipe.kernels.precision.PRECISIONS
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")  # fdpipe.kernels.precision.PRECISION_CHOICES
 ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
 DEFAULT_MODEL = "vgg16"  # fdpipe.export.models.DEFAULT_MODEL
 SCORES = ("softmax", "sigmoid", "logit")  # fdpipe.export.models.SCORES
@@ -44,7 +44,7 @@ __all__ = [
     "NORMALISATIONS",
     "OPSET",
     "POINTING_TOLERANCE",
-    "PRECISIONS",
+    "PRECISION_CHOICES",
     "RESIZE_MODES",
     "RUNTIMES",
     "SCORES",

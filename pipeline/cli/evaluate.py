@@ -168,7 +168,7 @@ def evaluate(
     from fdpipe.evaluation.comparison import LiveMaps, MapSource, StoredMaps, compare
     from fdpipe.evaluation.curves import CurveProtocol
     from fdpipe.evaluation.pointing import load_class_map
-    from fdpipe.evaluation.report import OverlayWriter, markdown_table, write_report
+    from fdpipe.evaluation.results import OverlayWriter, markdown_table, write_report
     from fdpipe.export.models import ModelError
     from fdpipe.job.inputs import InputError, InputItem, collect_inputs
     from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows

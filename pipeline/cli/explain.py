@@ -12,7 +12,7 @@ from fdpipe.cli.choices import (
     FGCAM_BASES,
     MAX_PIXELS,
     METHOD_NAMES,
-    PRECISIONS,
+    PRECISION_CHOICES,
     RUNTIMES,
 )
 from fdpipe.cli.options import (
@@ -45,7 +45,7 @@ from fdpipe.cli.options import (
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True)
 @click.option(
     "--precision",
-    type=click.Choice(PRECISIONS),
+    type=click.Choice(PRECISION_CHOICES),
     default="fp32",
     show_default=True,
     help="Backbone and masked-head arithmetic: bf16 (CPUs with native bf16, CUDA), fp16 (CUDA).",

@@ -48,7 +48,7 @@ def report(
     galleries; it opens from file:// with no server."""
     from fdpipe.job.parts import OutputDataset, PartFileError, ResumeError, read_metadata
     from fdpipe.job.reader import images_root as recorded_root
-    from fdpipe.site import write_site
+    from fdpipe.report import write_site
 
     parts = OutputDataset(maps).parts()
     if not parts:

@@ -190,7 +190,7 @@ def test_choices_match_their_sources() -> None:
     from fdpipe.images import MAX_PIXELS
     from fdpipe.job.config import ENGINES
     from fdpipe.kernels import FGCAM, METHODS
-    from fdpipe.kernels.precision import PRECISIONS
+    from fdpipe.kernels.precision import PRECISION_CHOICES
 
     assert tuple(METHODS) == choices.METHOD_NAMES
     assert tuple(m for m in METHODS if m != FGCAM.name) == choices.CAM_METHODS
@@ -199,7 +199,7 @@ def test_choices_match_their_sources() -> None:
     )  # fmt: skip
     assert (choices.OPSET, choices.POINTING_TOLERANCE) == (OPSET, POINTING_TOLERANCE)
     assert choices.MAX_PIXELS == MAX_PIXELS
-    assert choices.PRECISIONS == PRECISIONS
+    assert choices.PRECISION_CHOICES == PRECISION_CHOICES
     assert choices.DEFAULT_COLORMAP == DEFAULT_COLORMAP
     assert choices.VOC_TO_IMAGENET == VOC_TO_IMAGENET and VOC_TO_IMAGENET.exists()
     assert (choices.SCORES, choices.RESIZE_MODES, choices.NORMALISATIONS) == (

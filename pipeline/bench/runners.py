@@ -1,6 +1,6 @@
 """``fdpipe bench``: named benchmark suites, results as JSON plus a short table.
 
-Suite "engine": FD-CAM seconds per image (median, end to end from a decoded image to the
+Suite "runners": FD-CAM seconds per image (median, end to end from a decoded image to the
 weights, one class), masked-head evaluations per second and peak RSS, for VGG16 (random
 weights) and SqueezeNet, for every runner this machine has; in the same run the ``grad-cam``
 library's AblationCAM on one VGG16 image and the plain torch masked-head loop (128 masks per
@@ -146,7 +146,7 @@ def _runners() -> list[str]:
     return [*runners, "tensorrt"] if tensorrt_missing() is None else runners
 
 
-def engine_suite(settings: Settings) -> dict[str, object]:
+def runners_suite(settings: Settings) -> dict[str, object]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fdpipe-bench-") as scratch:
         for name, real in MODELS.items():

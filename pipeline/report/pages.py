@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from html import escape
 
 from fdpipe.display import Colormap, Display, display_for
-from fdpipe.site.scan import Aggregates, Histogram, RunRecord
+from fdpipe.report.scan import Aggregates, Histogram, RunRecord
 
 FAILURES_ON_INDEX = 50  # the rest are on failures.html
 

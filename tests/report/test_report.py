@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fdpipe.bench.report import write_synthetic_output
+from fdpipe.bench.report_suite import write_synthetic_output
 from fdpipe.cli import main
-from fdpipe.site import write_site
+from fdpipe.report import write_site
 from image_files import write_images
 
 HOSTILE = 'evil<script>alert(1)</script>&"x.jpg'  # a file name is data, never markup

@@ -14,7 +14,7 @@ import numpy as np
 from fdpipe.display import Colormap, Display, display_for
 from fdpipe.images import load_image
 from fdpipe.render import overlay
-from fdpipe.site.scan import ImageEntry, MapEntry
+from fdpipe.report.scan import ImageEntry, MapEntry
 from PIL import Image
 
 THUMBS = "thumbs"  # folder of the site

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 import numpy as np
-from fdpipe.bench.pipeline import write_dataset
+from fdpipe.bench.pipeline import fdpipe_reporting_peak, write_dataset
 from fdpipe.job.parts import OutputDataset
 from fdpipe.job.schema import ImageInfo, RunStamp, TableBuilder
 
@@ -87,8 +86,7 @@ def write_synthetic_output(
 
 def report_in_child(*arguments: str) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of ``fdpipe report ARGUMENTS`` in a fresh process."""
-    child = "from fdpipe.bench.pipeline import explain_reporting_peak; explain_reporting_peak()"
-    args = [sys.executable, "-c", child, "report", *arguments]
+    args = fdpipe_reporting_peak("report", *arguments)
     started = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - started

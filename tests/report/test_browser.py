@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fdpipe.bench.report import write_synthetic_output
-from fdpipe.site import write_site
+from fdpipe.bench.report_suite import write_synthetic_output
+from fdpipe.report import write_site
 from image_files import write_images
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

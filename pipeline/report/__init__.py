@@ -19,7 +19,7 @@ from typing import TextIO
 
 import numpy as np
 from fdpipe.display import Colormap, Display, colormap
-from fdpipe.site.pages import (
+from fdpipe.report.pages import (
     FAILURES_ON_INDEX,
     GalleryRow,
     failure_row,
@@ -28,8 +28,8 @@ from fdpipe.site.pages import (
     navigation,
     page_name,
 )
-from fdpipe.site.scan import Aggregates, ImageEntry, iter_images, rows_per_image, run_records
-from fdpipe.site.thumbnails import Thumbnails
+from fdpipe.report.scan import Aggregates, ImageEntry, iter_images, rows_per_image, run_records
+from fdpipe.report.thumbnails import Thumbnails
 
 PAGE_SIZE = 50  # images per gallery page
 THUMBNAIL = 160  # pixels, longest side
@@ -60,7 +60,7 @@ def write_site(
     cmap = cmap or colormap()
     site.mkdir(parents=True, exist_ok=True)
     for name in STATIC:
-        source = resources.files("fdpipe.site").joinpath("static", name)
+        source = resources.files("fdpipe.report").joinpath("static", name)
         write_text(site / name, source.read_text(encoding="utf-8"))
     # First pass, one column: how many current rows each image has, in first-seen order. After
     # a rerun an image's rows may lie in several parts; it is drawn once all have been read.

@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from fdpipe.site.pages import document
+from fdpipe.report.pages import document
 
 STYLE = (
     "<style>body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.evaluation.report import markdown_table
+from fdpipe.evaluation.results import markdown_table
 from fdpipe.kernels import FDCAM
 from fdpipe.methods import MethodSpec, split_method_specs
 from PIL import Image

@@ -16,10 +16,10 @@ from typing import cast
 
 import numpy as np
 from fdpipe.evaluation.comparison import Comparison
+from fdpipe.evaluation.comparison_page import write_comparison_page
 from fdpipe.evaluation.curves import CurveProtocol
 from fdpipe.job.reader import MapRow
 from fdpipe.render import file_stem, sheet_line
-from fdpipe.site.comparison_page import write_comparison_page
 from PIL import Image
 from torch import Tensor
 
