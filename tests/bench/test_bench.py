@@ -34,7 +34,9 @@ def test_suite_names_match_the_registry() -> None:
 
 
 def test_renamed_suite_still_runs_with_a_warning(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(bench_module.SUITES, "runners", lambda settings: {"rows": [{"runner": "r"}]})
+    monkeypatch.setitem(
+        bench_module.SUITES, "runners", lambda settings: {"rows": [{"runner": "r"}]}
+    )
     result = CliRunner().invoke(main, ["bench", "-o", str(tmp_path), "--suite", "engine"])
     assert result.exit_code == 0, result.output
     assert "use --suite runners" in result.output
