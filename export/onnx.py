@@ -31,8 +31,10 @@ from typing import Any, cast
 
 import onnxruntime as ort
 import torch
-from fdpipe.export.models import LoadedModel, ModelError, sha256_file
+from fdpipe.export.loading import LoadedModel
+from fdpipe.export.request import ModelError
 from fdpipe.export.split import split_at
+from fdpipe.export.weights import sha256_file
 from fdpipe.kernels.factorised_head import FactorisedHead, masked_head_module
 from fdpipe.kernels.network import SplitNetwork
 from torch import Tensor, nn

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import torch
 import torch.fx as fx
-from fdpipe.export.models import ModelError, check_layer
+from fdpipe.export.layers import check_layer
+from fdpipe.export.request import ModelError
 from fdpipe.kernels.network import SplitNetwork
 from torch import Tensor, nn
 

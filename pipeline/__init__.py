@@ -16,16 +16,17 @@ _PUBLIC = {
     "Explanation": "fdpipe.api",
     "explain": "fdpipe.api",
     "METHODS": "fdpipe.kernels",
-    "available_models": "fdpipe.export.models",
-    "load_model": "fdpipe.export.models",
-    "PreprocessOptions": "fdpipe.export.models",
+    "available_models": "fdpipe.export.loading",
+    "load_model": "fdpipe.export.loading",
+    "PreprocessOptions": "fdpipe.export.request",
     "split_at": "fdpipe.export.split",
     "read_maps": "fdpipe.job.reader",
 }
 
 if TYPE_CHECKING:
     from fdpipe.api import Explainer, Explanation, explain
-    from fdpipe.export.models import PreprocessOptions, available_models, load_model
+    from fdpipe.export.loading import available_models, load_model
+    from fdpipe.export.request import PreprocessOptions
     from fdpipe.export.split import split_at
     from fdpipe.job.reader import read_maps
     from fdpipe.kernels import METHODS

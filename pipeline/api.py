@@ -19,14 +19,10 @@ from typing import Any
 
 import torch
 from fdpipe.backends import Backend, select_backend
-from fdpipe.export.models import (
-    AnyPreprocess,
-    LoadedModel,
-    PreprocessOptions,
-    class_indices,
-    from_module,
-    load_model,
-)
+from fdpipe.export.class_names import class_indices
+from fdpipe.export.loading import LoadedModel, from_module, load_model
+from fdpipe.export.preprocessing import AnyPreprocess
+from fdpipe.export.request import PreprocessOptions
 from fdpipe.images import Images, as_batch
 from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
 from fdpipe.kernels.precision import ieee_fp32

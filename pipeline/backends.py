@@ -26,8 +26,9 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from fdpipe.export.models import LoadedModel, ModelError
+from fdpipe.export.loading import LoadedModel
 from fdpipe.export.onnx import Manifest, artifact, load_manifest
+from fdpipe.export.request import ModelError
 from fdpipe.export.runners import (
     ChannelsLastBackbone,
     OnnxRunner,

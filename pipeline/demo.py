@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from fdpipe.export.models import OFFLINE_MODEL
+from fdpipe.export.request import OFFLINE_MODEL
 from fdpipe.job import JobConfig, run_job
 from fdpipe.job.progress import Summary
 from fdpipe.job.reader import images_root, select_rows

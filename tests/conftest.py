@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.export.split import split_at
 from fdpipe.kernels import SplitNetwork
 from PIL import Image

@@ -6,7 +6,7 @@ import fdpipe
 import pytest
 import torch
 from fdpipe import api
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.kernels import GradCAM
 from fdpipe.methods import MethodSpec
 from PIL import Image

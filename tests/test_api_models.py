@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 from fdpipe.api import backend_for
-from fdpipe.export.models import PreprocessOptions
+from fdpipe.export.request import PreprocessOptions
 from torch import nn
 
 SMALL = PreprocessOptions(size=(64, 64))

@@ -14,7 +14,7 @@ import fdpipe
 import numpy as np
 import pytest
 import torch
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 from fdpipe.images import ImageDecodeError, load_image
 from fdpipe.kernels import SplitNetwork
 from PIL import Image

@@ -27,7 +27,7 @@ import torch
 from fdpipe.api import Explainer, Explanation
 from fdpipe.demo import PHOTOS
 from fdpipe.evaluation.curves import CurveProtocol, insertion_deletion
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.kernels import METHODS, SplitNetwork
 from fdpipe.kernels.precision import DTYPES, emulate, precision_unsupported
 from PIL import Image

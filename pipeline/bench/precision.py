@@ -27,7 +27,7 @@ import torch
 from fdpipe.api import Explainer
 from fdpipe.bench.pipeline import write_dataset
 from fdpipe.demo import PHOTOS
-from fdpipe.export.models import load_model
+from fdpipe.export.loading import load_model
 from fdpipe.job import JobConfig, run_job
 from fdpipe.kernels.fdcam import similarity_groups
 from fdpipe.kernels.precision import precision_unsupported

@@ -26,7 +26,7 @@ import click
 import torch
 from fdpipe.api import Explainer
 from fdpipe.backends import REFERENCE_RUNTIME
-from fdpipe.export.models import load_model
+from fdpipe.export.loading import load_model
 from fdpipe.export.onnx import export_model
 from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
 from fdpipe.kernels.fdcam import similarity_groups

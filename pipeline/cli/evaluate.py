@@ -15,7 +15,7 @@ from fdpipe.cli.options import ConfigurationError, ModelOptions, method_specs, m
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
-    from fdpipe.export.models import LoadedModel
+    from fdpipe.export.loading import LoadedModel
 
 # Every CAM method; FG-CAM refines one of them and is asked for by name with its base.
 ALL_METHODS = ",".join(CAM_METHODS)
@@ -169,7 +169,7 @@ def evaluate(
     from fdpipe.evaluation.curves import CurveProtocol
     from fdpipe.evaluation.pointing import load_class_map
     from fdpipe.evaluation.results import OverlayWriter, markdown_table, write_report
-    from fdpipe.export.models import ModelError
+    from fdpipe.export.request import ModelError
     from fdpipe.job.inputs import InputError, InputItem, collect_inputs
     from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows
 

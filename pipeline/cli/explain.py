@@ -173,7 +173,7 @@ def explain(
         {k: v for k, v in fd.items() if v is not None},
         {k: v for k, v in fg.items() if v is not None},
     )
-    from fdpipe.export.models import ModelError
+    from fdpipe.export.request import ModelError
     from fdpipe.job import ConfigError, JobConfig, run_job
     from fdpipe.job.inputs import InputError, parse_shard
     from fdpipe.job.parts import ResumeError

@@ -47,13 +47,13 @@ def export(
     Each graph is checked against PyTorch with ONNX Runtime; OUTPUT is only replaced once
     everything, engines included, has been built.
     """
-    from fdpipe.export.models import ModelError
     from fdpipe.export.onnx import (
         ExportError,
         ExportTargetError,
         check_export_target,
         export_model,
     )
+    from fdpipe.export.request import ModelError
     from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
 
     precision = "fp16" if fp16 else precision

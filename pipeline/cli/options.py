@@ -25,7 +25,7 @@ from fdpipe.methods import MethodSpec, split_method_specs
 
 if TYPE_CHECKING:
     from fdpipe.display import Colormap, Display
-    from fdpipe.export.models import ModelRequest
+    from fdpipe.export.request import ModelRequest
 
 Command = TypeVar("Command", bound=Callable[..., object])
 ENV_PREFIX = "FDPIPE"  # FDPIPE_<COMMAND>_<OPTION>, e.g. FDPIPE_EXPLAIN_BATCH_SIZE=8
@@ -41,7 +41,7 @@ class ConfigurationError(click.ClickException):
 @dataclass(frozen=True)
 class ModelOptions:
     """The model options of one command line, as given (torch-free); ``request()`` turns them
-    into a ``fdpipe.export.models.ModelRequest`` once the command runs."""
+    into a ``fdpipe.export.request.ModelRequest`` once the command runs."""
 
     source: str | None
     layer: str | None = None
@@ -60,7 +60,7 @@ class ModelOptions:
 
     def request(self, source: str | None = None) -> ModelRequest:
         """The request to load (``source`` where the options name none); may raise ModelError."""
-        from fdpipe.export.models import ModelRequest, PreprocessOptions
+        from fdpipe.export.request import ModelRequest, PreprocessOptions
 
         preprocess = PreprocessOptions(
             size=self.input_size,

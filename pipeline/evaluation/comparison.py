@@ -27,7 +27,7 @@ from fdpipe.evaluation.pointing import (
     map_peak,
     pointing_targets,
 )
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 from fdpipe.images import ImageDecodeError, load_image
 from fdpipe.job.inputs import InputItem
 from fdpipe.job.reader import MapRow

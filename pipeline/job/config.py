@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 
-from fdpipe.export.models import DEFAULT_MODEL, ModelRequest
+from fdpipe.export.request import DEFAULT_MODEL, ModelRequest
 from fdpipe.images import MAX_PIXELS
 from fdpipe.methods import MethodSpec
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 
-from fdpipe.export.models import AnyPreprocess
+from fdpipe.export.preprocessing import AnyPreprocess
 from fdpipe.images import MAX_PIXELS, ImageDecodeError, load_image_sized
 from fdpipe.job.inputs import InputItem
 from fdpipe.job.schema import ImageInfo

@@ -15,7 +15,8 @@ import torch
 import torchvision
 from fdpipe import __version__
 from fdpipe.api import Explainer
-from fdpipe.export.models import ModelError, ModelRequest, class_indices
+from fdpipe.export.class_names import class_indices
+from fdpipe.export.request import ModelError, ModelRequest
 from fdpipe.job.config import ConfigError, JobConfig, RunParams
 from fdpipe.job.contract import contract_violation
 from fdpipe.job.decode import DecodedImage

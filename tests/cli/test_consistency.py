@@ -185,8 +185,8 @@ def test_choices_match_their_sources() -> None:
     from fdpipe.backends import RUNTIMES
     from fdpipe.display import DEFAULT_COLORMAP
     from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET
-    from fdpipe.export.models import DEFAULT_MODEL, NORMALISATIONS, RESIZE_MODES, SCORES
     from fdpipe.export.onnx import OPSET
+    from fdpipe.export.request import DEFAULT_MODEL, NORMALISATIONS, RESIZE_MODES, SCORES
     from fdpipe.images import MAX_PIXELS
     from fdpipe.job.config import ENGINES
     from fdpipe.kernels import FGCAM, METHODS

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.export.onnx import (
     MANIFEST,
     PARITY_TOLERANCE,

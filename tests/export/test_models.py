@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from fdpipe.export.models import REGISTRY, LoadedModel, ModelError, load_model
+from fdpipe.export.loading import LoadedModel, load_model
+from fdpipe.export.model_sources import REGISTRY
+from fdpipe.export.request import ModelError
 from fdpipe.export.split import split_at
 from fdpipe.kernels import SplitNetwork
 

@@ -14,21 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fdpipe
+import fdpipe.export.weights
 import pytest
 import torch
 import torchvision
 from fdpipe.backends import REFERENCE_RUNTIME
-from fdpipe.export.models import (
-    LoadedModel,
-    ModelError,
-    Preprocess,
-    PreprocessOptions,
-    class_indices,
-    default_class_names,
-    load_model,
-    read_class_names,
-)
+from fdpipe.export.class_names import class_indices, default_class_names, read_class_names
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.export.onnx import PARITY_TOLERANCE, export_model, load_manifest
+from fdpipe.export.preprocessing import Normalisation, Preprocess
+from fdpipe.export.request import ModelError, PreprocessOptions
 from fdpipe.export.split import split_at
 
 FACTORY = """
@@ -148,7 +143,7 @@ def test_published_weights_are_fetched_into_the_hub_cache(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = tmp_path / "torch" / "hub" / "checkpoints" / name
 
-    monkeypatch.setattr(fdpipe.export.models, "published_url", lambda arch: f"{url}/{name}")
+    monkeypatch.setattr(fdpipe.export.weights, "published_url", lambda arch: f"{url}/{name}")
     with pytest.raises(ModelError, match=f"expected {cached}"):
         load_model("squeezenet1_0", offline=True)  # offline: the message names the file
     model = load_model("squeezenet1_0", offline=False)
@@ -158,7 +153,7 @@ def test_published_weights_are_fetched_into_the_hub_cache(
     assert load_model("squeezenet1_0", offline=True).weights_id == digest  # from the cache now
 
     wrong = "squeezenet1_0-00000000.pth"  # content does not match the hash in its name
-    monkeypatch.setattr(fdpipe.export.models, "published_url", lambda arch: f"{url}/{wrong}")
+    monkeypatch.setattr(fdpipe.export.weights, "published_url", lambda arch: f"{url}/{wrong}")
     with pytest.raises(ModelError, match="could not fetch"):
         load_model("squeezenet1_0", offline=False)
     assert not (cached.parent / wrong).exists()
@@ -261,7 +256,7 @@ def test_bad_weights_files_are_clear_errors(tmp_path: Path, content, message: st
 
 def test_preprocessing_is_data(photos: dict) -> None:
     cat = photos["cat"]  # 451 x 300
-    crop = Preprocess((224, 224), fdpipe.export.models.Normalisation.named("imagenet"), "crop")
+    crop = Preprocess((224, 224), Normalisation.named("imagenet"), "crop")
     expected = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()(cat)
     torch.testing.assert_close(crop(cat), expected, atol=1e-5, rtol=0)
     left, top, right, bottom = crop.crop_box(cat.width, cat.height)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from fdpipe.backends import BackendError, select_backend
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.export.onnx import (
     ArtifactMismatch,
     Manifest,

@@ -21,7 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.export.models import ModelError, load_model
+from fdpipe.export.loading import load_model
 from fdpipe.export.onnx import (
     MANIFEST,
     ArtifactMismatch,
@@ -31,6 +31,7 @@ from fdpipe.export.onnx import (
     check_export_target,
     load_manifest,
 )
+from fdpipe.export.request import ModelError
 from fdpipe.export.runners import OnnxRunner
 from fdpipe.images import ImageDecodeError, load_image_sized
 from fdpipe.job import ConfigError, JobConfig, run_job

@@ -20,7 +20,7 @@ import pytest
 import torch
 from fdpipe import api as api_module
 from fdpipe.api import explain
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 from fdpipe.images import load_image
 from fdpipe.job import JobConfig, run_job
 from fdpipe.job.decode import DecodedImage, batches, ordered_map

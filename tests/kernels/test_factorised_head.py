@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fdpipe.export.models import load_model
+from fdpipe.export.loading import load_model
 from fdpipe.export.split import split_at
 from fdpipe.kernels import ExplicitMaskedHead, SplitNetwork
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead, plan_head

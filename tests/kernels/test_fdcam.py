@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import reference
 import torch
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 from fdpipe.kernels import FDCAM, FDCAMOptions, SplitNetwork, make_method, prepare
 from fdpipe.kernels.fdcam import (
     channel_cosine,

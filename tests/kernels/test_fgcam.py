@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fdpipe.export.models import LoadedModel, load_model
+from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.export.runners import ChannelsLastBackbone, RunnerBackbone
 from fdpipe.export.split import split_at
 from fdpipe.kernels import FGCAM, LayerState, SplitNetwork, make_method, prepare

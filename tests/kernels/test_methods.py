@@ -12,7 +12,8 @@ import pytest
 import reference
 import torch
 import torchvision
-from fdpipe.export.models import LoadedModel, PreprocessOptions, from_module, load_model
+from fdpipe.export.loading import LoadedModel, from_module, load_model
+from fdpipe.export.request import PreprocessOptions
 from fdpipe.export.split import split_at
 from fdpipe.kernels import (
     METHODS,

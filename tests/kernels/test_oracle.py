@@ -27,7 +27,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 from fdpipe.kernels import SplitNetwork, make_method, prepare
 from pytorch_grad_cam import (
     AblationCAM,

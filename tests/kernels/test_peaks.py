@@ -5,7 +5,7 @@ from __future__ import annotations
 import fdpipe
 import pytest
 from fdpipe.evaluation.pointing import map_peak
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 
 # Generous boxes drawn by hand on the original photos: (left, top, right, bottom), inclusive
 # pixel coordinates of skimage's data.chelsea() (451 x 300) and data.coffee() (600 x 400).

@@ -1,0 +1,85 @@
+"""Class names: ImageNet's for 1000-class models, read from a file, or looked up by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torchvision
+from fdpipe.export.request import ModelError
+
+
+def _imagenet_categories() -> list[str]:
+    return list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def default_class_names(count: int) -> list[str]:
+    return _imagenet_categories() if count == 1000 else [f"class_{i}" for i in range(count)]
+
+
+def read_class_names(path: str | os.PathLike[str], count: int | None = None) -> list[str]:
+    """Class names from a text file (one per line) or JSON (a list, or a dict index -> name)."""
+    path = Path(path)
+    if not path.is_file():  # a FIFO or a directory would hang or fail later
+        raise ModelError(f"class names file {path} is not a regular file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read class names from {path}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"class names file {path} is not valid JSON: {exc}") from None
+        if isinstance(data, dict):
+            try:
+                by_index = {int(k): str(v) for k, v in data.items()}
+            except ValueError:
+                raise ModelError(f"class names file {path}: keys must be class indices") from None
+            if sorted(by_index) != list(range(len(by_index))):
+                raise ModelError(f"class names file {path}: indices must be 0..{len(by_index) - 1}")
+            names = [by_index[i] for i in range(len(by_index))]
+        elif isinstance(data, list) and all(isinstance(v, str) for v in data):
+            names = list(data)
+        else:
+            raise ModelError(f"class names file {path}: expected a JSON list of names or a dict")
+    else:
+        names = [line.strip() for line in text.splitlines()]
+        while names and not names[-1]:
+            names.pop()
+    if count is not None and len(names) != count:
+        raise ModelError(
+            f"class names file {path} has {len(names)} names; the model has {count} classes"
+        )
+    return names
+
+
+def class_indices(tokens: Sequence[int | str], class_names: Sequence[str]) -> list[int]:
+    """Class indices from indices or names (``tabby`` or ``281``); unknown ones are errors."""
+    lookup = {name: i for i, name in enumerate(class_names)}
+    folded: dict[str, list[int]] = {}
+    for i, name in enumerate(class_names):
+        folded.setdefault(name.casefold(), []).append(i)
+    indices = []
+    for token in tokens:
+        text = str(token).strip()
+        if re.fullmatch(r"-?\d+", text):
+            index = int(text)
+            if not 0 <= index < len(class_names):
+                raise ModelError(
+                    f"class index {index} out of range: valid are 0..{len(class_names) - 1}"
+                )
+        elif text in lookup:
+            index = lookup[text]
+        elif len(folded.get(text.casefold(), [])) == 1:
+            index = folded[text.casefold()][0]
+        else:
+            raise ModelError(f"unknown class {text!r}: not an index nor one of the class names")
+        indices.append(index)
+    return indices
+
+
+__all__ = ["class_indices", "default_class_names", "read_class_names"]

@@ -1,0 +1,175 @@
+"""Loading: a source's model made ready to explain (eval mode, frozen, layer checked, class
+count read from a probe forward, names and preprocessing settled) as a :class:`LoadedModel`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from fdpipe.export.class_names import default_class_names, read_class_names
+from fdpipe.export.layers import check_layer, default_layer, device_of
+from fdpipe.export.model_sources import REGISTRY, Built, build, recorded_source
+from fdpipe.export.preprocessing import (
+    AnyPreprocess,
+    CallablePreprocess,
+    Preprocess,
+    imagenet_preprocess,
+)
+from fdpipe.export.request import DEFAULT_MODEL, SCORES, ModelError, PreprocessOptions
+from fdpipe.export.weights import tensors_id
+from PIL import Image
+from torch import Tensor, nn
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready to explain: eval-mode module plus everything needed around it."""
+
+    name: str
+    module: nn.Module
+    layer: str
+    preprocess: AnyPreprocess
+    class_names: list[str]
+    weights_id: str  # sha256 of the weights file or of the tensors; "random-seed-N" for tests
+    source: str = ""  # where the model came from (torchvision:resnet18, timm:..., factory:...)
+    score: str = "softmax"  # what the stored probability means: softmax, sigmoid or logit
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ModelError(f"unknown score {self.score!r}; choose from {', '.join(SCORES)}")
+        self.source = self.source or self.name
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.preprocess.size
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.preprocess.channels, *self.preprocess.size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """The ``probability`` of each logit as the model means it (NaN for ``logit``)."""
+        if self.score == "softmax":
+            return logits.softmax(-1)
+        if self.score == "sigmoid":
+            return logits.sigmoid()
+        return torch.full_like(logits, float("nan"))
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    layer: str | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = True,
+    seed: int = 0,
+    class_names: str | os.PathLike[str] | Sequence[str] | None = None,
+    preprocess: PreprocessOptions | None = None,
+    score: str = "softmax",
+    trust_pickle: bool = False,
+    offline: bool | None = None,
+) -> LoadedModel:
+    """Build the model of ``name`` (a source, see the module docstring) with its weights.
+
+    ``pretrained=False`` gives seeded random weights (tests). The class count comes from the
+    weights; ``class_names`` (a file or a list) names the classes; ``preprocess`` overrides the
+    model's own preprocessing; ``score`` says what the stored probability is.
+    """
+    name = recorded_source(name)
+    weights_path = Path(weights) if weights is not None else None
+    if weights_path is not None and not weights_path.is_file():
+        raise ModelError(f"weights file {weights_path} does not exist or is not a file")
+    built = build(name, weights_path, pretrained, seed, trust_pickle, offline)
+    return finish(built, layer, class_names, preprocess, score)
+
+
+def finish(
+    built: Built,
+    layer: str | None,
+    class_names: str | os.PathLike[str] | Sequence[str] | None,
+    options: PreprocessOptions | AnyPreprocess | None,
+    score: str,
+) -> LoadedModel:
+    """The steps every source shares: eval mode, preprocessing, layer, class count and names."""
+    module = built.module.eval()
+    for parameter in module.parameters():  # (ScriptModules have no requires_grad_)
+        parameter.requires_grad_(False)
+    if isinstance(options, PreprocessOptions):
+        preprocess: AnyPreprocess = options.apply(built.preprocess)
+    else:
+        preprocess = options if options is not None else built.preprocess
+    shape = (preprocess.channels, *preprocess.size)
+    target = layer or built.layer or default_layer(module, shape)
+    check_layer(module, target)
+    with torch.no_grad():
+        try:
+            logits = module(torch.zeros(1, *shape, device=device_of(module)))
+        except Exception as exc:
+            raise ModelError(
+                f"the model does not run on its input (1, {', '.join(map(str, shape))}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ModelError(
+            f"the model must return (B, classes) logits, got "
+            f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}"
+        )
+    count = int(logits.shape[1])
+    if class_names is None:
+        names = default_class_names(count)
+    elif isinstance(class_names, str | os.PathLike):
+        names = read_class_names(class_names, count)
+    else:
+        names = [str(n) for n in class_names]
+        if len(names) != count:
+            raise ModelError(f"{len(names)} class names for a model with {count} classes")
+    return LoadedModel(
+        name=built.name,
+        module=module,
+        layer=target,
+        preprocess=preprocess,
+        class_names=names,
+        weights_id=built.weights_id,
+        source=built.source,
+        score=score,
+    )
+
+
+def from_module(
+    module: nn.Module,
+    *,
+    layer: str | None = None,
+    preprocess: PreprocessOptions | AnyPreprocess | Callable[[Image.Image], Tensor] | None = None,
+    class_names: str | os.PathLike[str] | Sequence[str] | None = None,
+    score: str = "softmax",
+    name: str | None = None,
+) -> LoadedModel:
+    """A ``LoadedModel`` around a module the caller built (it is used as is: copy it first)."""
+    if preprocess is not None and not isinstance(
+        preprocess, PreprocessOptions | Preprocess | CallablePreprocess
+    ):
+        preprocess = CallablePreprocess(preprocess)
+    label = name or type(module).__name__
+    built = Built(
+        module,
+        label,
+        f"module:{type(module).__qualname__}",
+        tensors_id(module),
+        imagenet_preprocess(),
+    )
+    return finish(built, layer, class_names, preprocess, score)
+
+
+def available_models() -> list[str]:
+    return sorted(REGISTRY)
+
+
+__all__ = ["LoadedModel", "available_models", "finish", "from_module", "load_model"]

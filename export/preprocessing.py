@@ -1,0 +1,186 @@
+"""Preprocessing as data: a decoded picture -> the model's input (METHODS.md 0), recorded with
+every output. ``Preprocess`` is a size, a resize mode and a ``Normalisation``; a user's own
+transform is wrapped as ``CallablePreprocess``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fdpipe.export.request import NORMALISATIONS, RESIZE_MODES, ModelError
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (104.006, 116.669, 122.679)
+TFLITE_MEAN = (0.498, 0.498, 0.498)  # EfficientNet-Lite's TF-Lite models: (x - 0.498) / 0.502
+TFLITE_STD = (0.502, 0.502, 0.502)
+TORCHVISION_CROP = 224 / 256  # torchvision's eval transforms: shorter side 256, centre 224
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Resized image in [0, 1] -> model input: ``(x[order] * scale - mean) / std``."""
+
+    name: str  # "imagenet", "caffe", "tf-lite", "none" or "custom"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scale: float = 1.0  # caffe models read 0..255
+    order: str = "RGB"  # or "BGR" (caffe)
+
+    @classmethod
+    def named(cls, name: str, channels: int = 3) -> Normalisation:
+        known = {
+            "imagenet": (IMAGENET_MEAN, IMAGENET_STD, 1.0, "RGB"),
+            "caffe": (CAFFE_BGR_MEAN, (1.0, 1.0, 1.0), 255.0, "BGR"),
+            "tf-lite": (TFLITE_MEAN, TFLITE_STD, 1.0, "RGB"),
+            "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0, "RGB"),
+        }
+        if name not in known:
+            raise ModelError(
+                f"unknown normalisation {name!r}; choose from {', '.join(NORMALISATIONS)}"
+            )
+        mean: tuple[float, ...]
+        std: tuple[float, ...]
+        mean, std, scale, order = known[name]
+        if channels == 1:  # a grayscale model: the mean of the three channels' statistics
+            mean, std, order = (sum(mean) / 3,), (sum(std) / 3,), "RGB"
+        return cls(name, tuple(mean), tuple(std), scale, order)
+
+    def __call__(self, image01: Tensor) -> Tensor:
+        if self.order == "BGR":
+            image01 = image01.flip(-3)
+        mean = torch.tensor(self.mean, dtype=image01.dtype).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=image01.dtype).view(-1, 1, 1)
+        return (image01 * self.scale - mean) / std
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.name,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scale": self.scale,
+            "order": self.order,
+        }
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Decoded RGB picture -> model input (METHODS.md 0), as data recorded with every output.
+
+    ``squash``: the whole image resized to ``size`` (aspect ratio not kept). ``crop``: shorter
+    side resized to ``min(size) / crop_fraction``, then the centre ``size`` cut out (torchvision's
+    and timm's eval transforms); the map then covers :meth:`crop_box` of the original image.
+    """
+
+    size: tuple[int, int]  # (height, width)
+    normalisation: Normalisation
+    resize: str = "squash"
+    crop_fraction: float = TORCHVISION_CROP
+    channels: int = 3  # 1: grayscale models
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ModelError(f"unknown resize mode {self.resize!r}; choose from squash, crop")
+        if len(self.size) != 2 or not all(isinstance(s, int) and 8 <= s <= 4096 for s in self.size):
+            raise ModelError(f"input size must be 1 or 2 integers in 8..4096, got {self.size}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ModelError(f"crop fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.channels not in (1, 3):
+            raise ModelError(f"channels must be 1 or 3, got {self.channels}")
+        stats = (self.normalisation.mean, self.normalisation.std)
+        if any(len(v) != self.channels for v in stats):
+            raise ModelError(
+                f"mean and std need {self.channels} value(s) for {self.channels} channel(s)"
+            )
+        if not all(np.isfinite(v).all() for v in stats) or not all(s > 0 for s in stats[1]):
+            raise ModelError("mean must be finite and std finite and > 0")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ModelError(f"unknown interpolation {self.interpolation!r}")
+
+    @property
+    def _mode(self) -> TF.InterpolationMode:
+        return TF.InterpolationMode(self.interpolation)
+
+    def _shorter_side(self) -> int:
+        return round(min(self.size) / self.crop_fraction)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        if self.channels == 1:
+            image = image.convert("L")
+        if self.resize == "squash":
+            resized = TF.resize(image, list(self.size), interpolation=self._mode)
+        else:
+            shorter = TF.resize(image, [self._shorter_side()], interpolation=self._mode)
+            resized = TF.center_crop(shorter, list(self.size))
+        return self.normalisation(TF.to_tensor(resized))
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) in original pixels that the model input (and map) covers."""
+        if self.resize == "squash":
+            return (0.0, 0.0, float(width), float(height))
+        side = self._shorter_side()  # torchvision's resize arithmetic, then its centre crop
+        if width <= height:
+            new_w, new_h = side, int(side * height / width)
+        else:
+            new_w, new_h = int(side * width / height), side
+        top = round((new_h - self.size[0]) / 2.0)
+        left = round((new_w - self.size[1]) / 2.0)
+        sx, sy = width / new_w, height / new_h
+        return (left * sx, top * sy, (left + self.size[1]) * sx, (top + self.size[0]) * sy)
+
+    def describe(self) -> dict[str, object]:
+        crop = {"crop_fraction": self.crop_fraction} if self.resize == "crop" else {}
+        return {
+            "resize": list(self.size),
+            "resize_mode": self.resize,
+            **crop,
+            "interpolation": f"PIL {self.interpolation}",
+            "channels": self.channels,
+            **self.normalisation.describe(),
+        }
+
+
+class CallablePreprocess:
+    """A user's own transform (PIL image -> tensor), e.g. torchvision ``weights.transforms()``."""
+
+    def __init__(self, transform: Callable[[Image.Image], Tensor]) -> None:
+        self.transform = transform
+        probe = transform(Image.new("RGB", (320, 256), (128, 128, 128)))
+        if not isinstance(probe, Tensor) or probe.ndim != 3:
+            raise ModelError("preprocess must map a PIL image to a (C, H, W) tensor")
+        self.channels, height, width = probe.shape
+        self.size = (int(height), int(width))
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.transform(image)
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        # What an arbitrary transform keeps is unknown: overlays assume the whole image.
+        return (0.0, 0.0, float(width), float(height))
+
+    def describe(self) -> dict[str, object]:
+        return {"callable": repr(self.transform), "input_size": list(self.size)}
+
+
+AnyPreprocess = Preprocess | CallablePreprocess
+
+
+def imagenet_preprocess(size: tuple[int, int] = (224, 224), name: str = "imagenet") -> Preprocess:
+    return Preprocess(size, Normalisation.named(name))
+
+
+__all__ = [
+    "TORCHVISION_CROP",
+    "AnyPreprocess",
+    "CallablePreprocess",
+    "Normalisation",
+    "Preprocess",
+    "imagenet_preprocess",
+]

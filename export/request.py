@@ -1,0 +1,117 @@
+"""The model request: what a user asks for (source, weights, layer, preprocessing, class names,
+score), as plain data that imports no torch, so that the command line checks it before start-up.
+
+``ModelRequest.load()`` hands it to :func:`fdpipe.export.loading.load_model`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fdpipe.export.loading import LoadedModel
+    from fdpipe.export.preprocessing import Preprocess
+
+DEFAULT_MODEL = "vgg16"
+OFFLINE_MODEL = "squeezenet1_1"
+RESIZE_MODES = ("squash", "crop")
+SCORES = ("softmax", "sigmoid", "logit")
+NORMALISATIONS = ("imagenet", "caffe", "tf-lite", "none")
+
+
+class ModelError(ValueError):
+    """A model, layer or weights file that cannot be used, with the valid choices in the message."""
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """User overrides of a model's own preprocessing (``--input-size``, ``--resize``, ...)."""
+
+    size: tuple[int, int] | None = None
+    resize: str | None = None
+    normalisation: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None
+    crop_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        """Values checked before any model is built (the CLI's one-line errors)."""
+        if self.mean is not None and not all(math.isfinite(v) for v in self.mean):
+            raise ModelError(f"mean must be finite, got {list(self.mean)}")
+        if self.std is not None and not (
+            all(math.isfinite(v) for v in self.std) and min(self.std) > 0
+        ):
+            raise ModelError(f"std must be finite and > 0, got {list(self.std)}")
+        if self.resize is not None and self.resize not in RESIZE_MODES:
+            raise ModelError(f"unknown resize mode {self.resize!r}; choose from squash, crop")
+
+    def apply(self, base: Preprocess) -> Preprocess:
+        from fdpipe.export.preprocessing import Normalisation
+
+        channels = self.channels or base.channels
+        norm = base.normalisation
+        if self.normalisation is not None:
+            norm = Normalisation.named(self.normalisation, channels)
+        elif channels != base.channels:
+            norm = Normalisation.named(norm.name if norm.name != "custom" else "none", channels)
+        if self.mean is not None or self.std is not None:
+            norm = replace(
+                norm,
+                name="custom",
+                mean=self.mean if self.mean is not None else norm.mean,
+                std=self.std if self.std is not None else norm.std,
+            )
+        return replace(
+            base,
+            size=self.size or base.size,
+            resize=self.resize or base.resize,
+            normalisation=norm,
+            channels=channels,
+            crop_fraction=self.crop_fraction or base.crop_fraction,
+        )
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What the CLI's model options ask for (``--model``, ``--layer``, ``--weights``, ...)."""
+
+    source: str = DEFAULT_MODEL
+    layer: str | None = None
+    weights: Path | None = None
+    pretrained: bool = True
+    class_names: Path | None = None
+    preprocess: PreprocessOptions | None = None
+    score: str = "softmax"
+    trust_pickle: bool = False
+    offline: bool | None = None
+
+    def load(self) -> LoadedModel:
+        from fdpipe.export.loading import load_model
+
+        return load_model(
+            self.source,
+            layer=self.layer,
+            weights=self.weights,
+            pretrained=self.pretrained,
+            class_names=self.class_names,
+            preprocess=self.preprocess,
+            score=self.score,
+            trust_pickle=self.trust_pickle,
+            offline=self.offline,
+        )
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "NORMALISATIONS",
+    "OFFLINE_MODEL",
+    "RESIZE_MODES",
+    "SCORES",
+    "ModelError",
+    "ModelRequest",
+    "PreprocessOptions",
+]

