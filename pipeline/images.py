@@ -3,6 +3,7 @@ from, and a batch of them into the model's preprocessed input tensor."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,9 +56,10 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Im
 
 
 def load_image_sized(
-    path: str | os.PathLike[str] | BinaryIO, max_pixels: int = MAX_PIXELS
+    path: str | os.PathLike[str] | BinaryIO | bytes, max_pixels: int = MAX_PIXELS
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """``load_image`` and the file's full (width, height) after EXIF orientation.
+    """``load_image`` and the file's full (width, height) after EXIF orientation; ``path`` may
+    also be an open file or the file's bytes.
 
     At most ``max_pixels`` pixels are decoded: the header's size is checked before any pixel is
     read, so memory per image stays bounded whatever the file claims. A JPEG decoded at a reduced
@@ -65,7 +67,9 @@ def load_image_sized(
     """
     source = Path(path) if isinstance(path, str | os.PathLike) else path
     try:
-        if isinstance(source, Path):
+        if isinstance(source, bytes):
+            size, source = len(source), io.BytesIO(source)
+        elif isinstance(source, Path):
             size = source.stat().st_size
         else:
             size = os.fstat(source.fileno()).st_size

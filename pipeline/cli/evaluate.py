@@ -170,7 +170,7 @@ def evaluate(
     from fdpipe.evaluation.pointing import load_class_map
     from fdpipe.evaluation.results import OverlayWriter, markdown_table, write_report
     from fdpipe.export.request import ModelError
-    from fdpipe.job.inputs import InputError, InputItem, collect_inputs
+    from fdpipe.job.inputs import Entry, FileSource, InputError, Source, open_source
     from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows
 
     if input_ is None and maps is None:
@@ -188,12 +188,14 @@ def evaluate(
             explainer = Explainer(loaded, [])  # the model only: the maps are stored
             stored = StoredMaps(select_rows(maps, methods=wanted))
             root = input_ or images_root(maps)
-            items = [InputItem(key, root / key) for key in stored.image_paths]
+            images: Source = FileSource(root)
+            items = [Entry(key, str(root / key)) for key in stored.image_paths]
             source = stored
         else:
             assert input_ is not None  # one of --input and --maps, checked above
             loaded = model.request().load()
-            items = collect_inputs(input_).items
+            images = open_source(input_)
+            items = images.entries()
             explainer = Explainer(loaded, specs or split_method_specs(ALL_METHODS))
             source = LiveMaps(explainer)
         ground_truth = read_boxes(boxes) if boxes is not None else None
@@ -206,6 +208,7 @@ def evaluate(
         explainer.network,
         source,
         items[:limit],
+        images,
         protocol=CurveProtocol(**protocol_options),  # type: ignore[arg-type]
         curves=curves,
         boxes=ground_truth,

@@ -28,8 +28,8 @@ from fdpipe.evaluation.pointing import (
     pointing_targets,
 )
 from fdpipe.export.loading import LoadedModel
-from fdpipe.images import ImageDecodeError, load_image
-from fdpipe.job.inputs import InputItem
+from fdpipe.images import ImageDecodeError, load_image_sized
+from fdpipe.job.inputs import Entry, EntryError, Source
 from fdpipe.job.reader import MapRow
 from fdpipe.kernels import SplitNetwork
 from fdpipe.kernels.postprocess import upsample_map
@@ -244,7 +244,8 @@ def compare(
     model: LoadedModel,
     network: SplitNetwork,
     source: MapSource,
-    images: Sequence[InputItem],
+    images: Sequence[Entry],
+    image_source: Source,
     *,
     protocol: CurveProtocol | None = None,
     curves: bool = True,
@@ -256,14 +257,15 @@ def compare(
 ) -> Comparison:
     """Insertion / deletion of every image (``curves``), pointing game where ``boxes`` has it.
 
-    ``boxes`` is keyed by image file stem; ``on_maps`` sees each image's maps for its top class.
+    ``images`` are read through ``image_source``; ``boxes`` is keyed by image file stem;
+    ``on_maps`` sees each image's maps for its top class.
     """
     comparison = Comparison(source.labels, protocol or CurveProtocol(), tolerance)
     device = next(network.parameters(), torch.empty(0)).device  # perturbations run there too
     for item in tqdm(images, desc="evaluate", unit="image", disable=not progress):
         try:
-            picture = load_image(item.path)
-        except (ImageDecodeError, OSError) as exc:
+            picture = load_image_sized(image_source.open(item))[0]
+        except (EntryError, ImageDecodeError, OSError) as exc:
             comparison.skipped[item.key] = str(exc)
             continue
         inputs = model.preprocess(picture)[None].to(device)

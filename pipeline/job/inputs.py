@@ -1,12 +1,24 @@
-"""What a job explains: a sorted, de-duplicated list of image files, optionally one shard of it."""
+"""Where a job's images come from: a ``Source`` lists entries and opens one entry's bytes.
+
+A source is the one interface the job reads its input through. It lists ``Entry`` objects, each
+with a stable, unique ``key`` (the ``image_path`` column), gives each entry a ``ChangeToken``
+(compared on a rerun: an unchanged token means the bytes need not be read again) and opens one
+entry's bytes. ``FileSource`` implements it for local files: a directory walk, a list file or a
+CSV / Parquet manifest of paths; ``open_source`` picks the source for what ``--input`` names.
+Sharding (``select_shard``) works on keys alone, so it holds for every source.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
+import stat
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,44 +27,146 @@ from fdpipe.images import IMAGE_EXTENSIONS
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 PATH_COLUMNS = ("image_path", "path", "file", "filename")
 OUTPUT_MARKER = ".fdpipe-output"  # in every directory fdpipe writes; never walked as input
+MAX_FILE_BYTES = 1 << 30  # an image file above 1 GiB is refused before it is read
 
 
 class InputError(ValueError):
-    """An input that cannot be listed, with the reason."""
+    """An input that cannot be listed, with the reason (a setting error: exit 2)."""
+
+
+class InputMissing(InputError):
+    """The input itself does not exist: nothing to do (exit 3, or 0 with ``--allow-empty``)."""
+
+
+class EntryError(Exception):
+    """One entry cannot be read (not a regular file, too large, gone): its row fails with this
+    message; the rest of the run goes on."""
 
 
 @dataclass(frozen=True, order=True)
-class InputItem:
-    key: str  # the ``image_path`` column: relative to the input root, or as the list gives it
-    path: Path  # where the file is read from
+class Entry:
+    """One image of a source."""
+
+    key: str  # stable across runs and unique in the source: the ``image_path`` column
+    location: str  # where the source reads it (a path, a URL, a shard member): the source's own
     target: str | None = None  # the class to explain (a manifest's --target-column), as written
 
 
-@dataclass(frozen=True)
-class InputList:
-    root: Path  # directory that relative keys resolve against
-    items: list[InputItem]
+class ChangeToken(NamedTuple):
+    """What a source says changes whenever an entry's bytes do, without reading them.
+
+    Stored with each row (``file_size``, ``file_mtime_ns``) and compared on a rerun: an entry
+    whose token is unchanged is not read again; one whose token moved is re-hashed, and explained
+    again only if its SHA-256 changed. So a token may change without the bytes changing (a touch),
+    never the reverse. Files give (size, mtime in ns); a remote store gives the size and whatever
+    integer it bumps on every write (a generation, a last-modified time in ns).
+    """
+
+    size: int
+    version: int
 
 
-def collect_inputs(source: str | os.PathLike[str], target_column: str | None = None) -> InputList:
-    """A directory (walked recursively for image files), a list file, or a CSV/Parquet manifest.
+class Source(ABC):
+    """The interface every input implements: list entries, give their change tokens, open one.
 
-    Items come back sorted by key and without duplicates, so every run sees the same order.
+    A source is small and picklable (the Ray engine ships it to its actors); all methods may be
+    called from several threads at once.
+    """
+
+    @property
+    @abstractmethod
+    def root(self) -> str:
+        """What relative keys resolve against (recorded as the run's ``input_root``)."""
+
+    @abstractmethod
+    def entries(self) -> list[Entry]:
+        """Every entry, sorted by key, keys unique, so every run sees the same order.
+
+        Raises ``InputMissing`` when the input itself does not exist, ``InputError`` when it
+        cannot be listed; an empty source gives an empty list.
+        """
+
+    @abstractmethod
+    def token(self, entry: Entry) -> ChangeToken | None:
+        """``entry``'s change token now; None when it cannot be had (``open`` will say why)."""
+
+    @abstractmethod
+    def open(self, entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """``entry``'s bytes, at most ``max_bytes`` of them.
+
+        Raises ``EntryError`` (or ``OSError``) with the reason when the entry cannot be read:
+        that entry becomes a failed row, the run goes on. Never blocks on a FIFO or device.
+        """
+
+
+def open_source(spec: str | os.PathLike[str], target_column: str | None = None) -> Source:
+    """The source for ``--input``: a local directory, list file or CSV/Parquet manifest.
+
     ``target_column`` names a manifest column holding each image's class to explain.
     """
-    source = Path(source)
-    if target_column is not None:
-        return _with_targets(source, target_column)
-    if source.is_dir():
-        root = source.resolve()
-        found = walk_images(root)
-    elif source.is_file():
-        root = source.resolve().parent
-        found = [(key, root / key) for key in read_manifest(source)]
-    else:
-        raise InputError(f"input {source} does not exist")
-    items = sorted({InputItem(key_text(key), path) for key, path in found})
-    return InputList(root, items)
+    return FileSource(Path(spec), target_column)
+
+
+@dataclass(frozen=True)
+class FileSource(Source):
+    """Local files: a directory (walked recursively for image files), a list file (one path per
+    line, ``#`` comments) or a CSV / Parquet manifest with a path column; relative paths resolve
+    against the list's folder. Tokens are (size, mtime_ns) from ``stat``."""
+
+    path: Path
+    target_column: str | None = None
+
+    @property
+    def root(self) -> str:
+        return str(self.path.resolve() if self.path.is_dir() else self.path.resolve().parent)
+
+    def entries(self) -> list[Entry]:
+        if not self.path.exists():
+            raise InputMissing(f"input {self.path} does not exist")
+        root = Path(self.root)
+        if self.target_column is not None:
+            return _with_targets(self.path, root, self.target_column)
+        if self.path.is_dir():
+            found = walk_images(root)
+        elif self.path.is_file():
+            found = [(key, root / key) for key in read_manifest(self.path)]
+        else:  # a FIFO or device would block the listing
+            raise InputError(f"input {self.path} is not a directory or a regular file")
+        return sorted({Entry(key_text(key), os.fsdecode(path)) for key, path in found})
+
+    def token(self, entry: Entry) -> ChangeToken | None:
+        try:
+            status = os.stat(entry.location)
+        except OSError:
+            return None  # open() reports why
+        return ChangeToken(status.st_size, status.st_mtime_ns)
+
+    def open(self, entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        with open_regular(Path(entry.location), max_bytes) as fh:
+            return fh.read()
+
+
+def open_regular(path: Path, max_bytes: int) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file of at most ``max_bytes`` bytes.
+
+    FIFOs, devices (a symlink to /dev/zero) and sockets would block or never end: they are refused
+    from their ``stat`` before a byte is read, and opened non-blocking in case one replaced the
+    file since.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise EntryError("not a regular file (a FIFO, device or socket): not read")
+        if status.st_size > max_bytes:
+            raise EntryError(
+                f"file too large: {status.st_size} bytes exceeds the limit of {max_bytes}"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def key_text(name: str) -> str:
@@ -138,7 +252,7 @@ def _read_manifest(path: Path) -> list[str]:
     )
 
 
-def _with_targets(source: Path, column: str) -> InputList:
+def _with_targets(source: Path, root: Path, column: str) -> list[Entry]:
     suffix = source.suffix.lower()
     if not source.is_file() or suffix not in {".csv", ".parquet", ".pq"}:
         raise InputError(f"--target-column needs a CSV or Parquet manifest, not {source}")
@@ -157,14 +271,12 @@ def _with_targets(source: Path, column: str) -> InputList:
             raise InputError(f"manifest {source} has no column {column!r}: {', '.join(names)}")
         table = pq.read_table(source, columns=[key, column]).to_pydict()
         pairs = [(p, t) for p, t in zip(table[key], table[column], strict=True) if p]
-    root = source.resolve().parent
     targets: dict[str, str] = {}
     for path, target in pairs:
         value = "" if target is None else str(target).strip()  # "": no class (a failed row)
         if targets.setdefault(path, value) != value:
             raise InputError(f"manifest {source} lists {path} twice with different targets")
-    items = [InputItem(k, root / k, targets[k]) for k in sorted(targets)]
-    return InputList(root, items)
+    return [Entry(k, os.fsdecode(root / k), targets[k]) for k in sorted(targets)]
 
 
 def path_column(path: Path, names: list[str]) -> str:
@@ -191,19 +303,25 @@ def shard_of(key: str, count: int) -> int:
     return int.from_bytes(digest, "big") % count
 
 
-def select_shard(items: list[InputItem], index: int, count: int) -> list[InputItem]:
+def select_shard(entries: list[Entry], index: int, count: int) -> list[Entry]:
     if count == 1:
-        return items
-    return [item for item in items if shard_of(item.key, count) == index]
+        return entries
+    return [entry for entry in entries if shard_of(entry.key, count) == index]
 
 
 __all__ = [
+    "MAX_FILE_BYTES",
     "OUTPUT_MARKER",
+    "ChangeToken",
+    "Entry",
+    "EntryError",
+    "FileSource",
     "InputError",
-    "InputItem",
-    "InputList",
-    "collect_inputs",
+    "InputMissing",
+    "Source",
     "key_text",
+    "open_regular",
+    "open_source",
     "parse_shard",
     "read_manifest",
     "select_shard",

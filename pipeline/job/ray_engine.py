@@ -11,7 +11,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +18,7 @@ import ray
 import torch
 from fdpipe.job.config import JobConfig
 from fdpipe.job.decode import DecodedImage, decode
-from fdpipe.job.inputs import InputItem
+from fdpipe.job.inputs import Entry, Source
 from fdpipe.job.parts import PartSink
 from fdpipe.job.progress import Progress
 from fdpipe.job.rows import explain_rows, job_explainer
@@ -32,14 +31,17 @@ log = logging.getLogger("fdpipe.ray")
 class ExplainActor:
     """Holds one model; decodes a batch of paths on a few threads and explains it."""
 
-    def __init__(self, config: JobConfig, stamp: RunStamp, threads: int) -> None:
+    def __init__(self, config: JobConfig, source: Source, stamp: RunStamp, threads: int) -> None:
         torch.set_num_threads(threads)
         self.explainer = job_explainer(config)
         self.save_weights = config.save_weights
         self.stamp = stamp
         self.pool = ThreadPoolExecutor(max_workers=config.workers)
         self.read = partial(
-            decode, preprocess=self.explainer.model.preprocess, max_pixels=config.max_pixels
+            decode,
+            source=source,
+            preprocess=self.explainer.model.preprocess,
+            max_pixels=config.max_pixels,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -48,13 +50,13 @@ class ExplainActor:
             for t, has in zip(batch["target"], batch["has_target"], strict=True)
         ]
         items = [
-            InputItem(str(k), Path(os.fsdecode(p)), t)
-            for k, p, t in zip(batch["key"], batch["path"], targets, strict=True)
+            Entry(str(k), os.fsdecode(where), t)
+            for k, where, t in zip(batch["key"], batch["location"], targets, strict=True)
         ]
         decoded: list[DecodedImage] = list(self.pool.map(self.read, items))
-        for image, size, mtime in zip(decoded, batch["size"], batch["mtime_ns"], strict=True):
+        for image, size, version in zip(decoded, batch["size"], batch["version"], strict=True):
             image.info.size, image.info.mtime_ns = (
-                (int(size), int(mtime)) if size >= 0 else (None, None)
+                (int(size), int(version)) if size >= 0 else (None, None)
             )
         return explain_rows(self.explainer, decoded, self.stamp, self.save_weights)
 
@@ -73,7 +75,12 @@ def actor_resources(config: JobConfig) -> tuple[int, float, float]:
 
 
 def run_ray(
-    config: JobConfig, plan: Plan, stamp: RunStamp, sink: PartSink, progress: Progress
+    config: JobConfig,
+    source: Source,
+    plan: Plan,
+    stamp: RunStamp,
+    sink: PartSink,
+    progress: Progress,
 ) -> None:
     """``config.methods``: the methods the pending images need."""
     if not plan.pending:
@@ -89,9 +96,9 @@ def run_ray(
         [
             {
                 "key": item.key,
-                "path": os.fsencode(item.path),  # bytes: a name need not be UTF-8
-                "size": plan.stats.get(item.key, (-1, -1))[0],
-                "mtime_ns": plan.stats.get(item.key, (-1, -1))[1],
+                "location": os.fsencode(item.location),  # bytes: a file name need not be UTF-8
+                "size": plan.tokens.get(item.key, (-1, -1))[0],
+                "version": plan.tokens.get(item.key, (-1, -1))[1],
                 # Strings only: a column of None does not survive Ray's numpy batches.
                 "target": item.target or "",
                 "has_target": item.target is not None,
@@ -101,7 +108,12 @@ def run_ray(
     )
     rows = items.map_batches(
         ExplainActor,
-        fn_constructor_kwargs={"config": config, "stamp": stamp, "threads": max(1, int(cpus))},
+        fn_constructor_kwargs={
+            "config": config,
+            "source": source,
+            "stamp": stamp,
+            "threads": max(1, int(cpus)),
+        },
         batch_size=config.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),

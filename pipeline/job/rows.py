@@ -6,7 +6,6 @@ One row per (image, method, class), one per image that could not be decoded, in 
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 from time import perf_counter
 
 import numpy as np
@@ -91,7 +90,7 @@ def versions() -> dict[str, str]:
 
 
 def run_metadata(
-    params: RunParams, explainer: Explainer, config: JobConfig, root: Path, run_id: str
+    params: RunParams, explainer: Explainer, config: JobConfig, root: str, run_id: str
 ) -> dict[str, object]:
     """Everything recorded in each part file under the ``fdpipe`` key."""
     return {
@@ -105,7 +104,7 @@ def run_metadata(
             "shard": list(config.shard),
             "batch_size": config.batch_size,
             "input": str(config.input),
-            "input_root": str(root),
+            "input_root": root,
         },
     }
 

@@ -25,7 +25,17 @@ from pathlib import Path
 from fdpipe.api import Explainer
 from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
-from fdpipe.job.inputs import InputItem, InputList, collect_inputs, select_shard, shard_of
+from fdpipe.job.inputs import (
+    MAX_FILE_BYTES,
+    ChangeToken,
+    Entry,
+    EntryError,
+    InputMissing,
+    Source,
+    open_source,
+    select_shard,
+    shard_of,
+)
 from fdpipe.job.lock import output_lock
 from fdpipe.job.parts import ImageState, OutputDataset, PartSink
 from fdpipe.job.progress import Progress, Summary, peak_memory_bytes
@@ -50,8 +60,8 @@ RUN_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
 class Plan:
     """What a run will do with this shard's inputs."""
 
-    pending: list[InputItem]
-    stats: dict[str, tuple[int, int]]  # key -> (size, mtime_ns) of the pending files
+    pending: list[Entry]
+    tokens: dict[str, ChangeToken]  # key -> change token of the pending entries
     labels: set[str]  # the method labels some pending image needs
     new: int = 0
     changed: int = 0
@@ -61,24 +71,16 @@ class Plan:
     failed_before: int = 0
 
 
-def file_stat(path: Path) -> tuple[int, int] | None:
+def entry_sha256(source: Source, entry: Entry) -> str | None:
     try:
-        stat = path.stat()
-    except OSError:
+        return hashlib.sha256(source.open(entry, MAX_FILE_BYTES)).hexdigest()
+    except (EntryError, OSError):
         return None  # decoding will report why
-    return stat.st_size, stat.st_mtime_ns
-
-
-def file_sha256(path: Path) -> str | None:
-    try:
-        with path.open("rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-    except OSError:
-        return None
 
 
 def plan_run(
-    items: list[InputItem],
+    source: Source,
+    items: list[Entry],
     states: dict[str, ImageState],
     labels: list[str],
     targets: str,
@@ -86,21 +88,21 @@ def plan_run(
     retry: bool,
     workers: int,
 ) -> Plan:
-    """Compare the input with the output: a file is rehashed only when its size or mtime moved."""
+    """Compare the input with the output: an entry is rehashed only when its change token moved."""
 
-    def look(item: InputItem) -> tuple[tuple[int, int] | None, str | None, bool]:
-        stat = file_stat(item.path)
+    def look(item: Entry) -> tuple[ChangeToken | None, bool]:
+        token = source.token(item)
         state = states.get(item.key)
-        if state is None or stat is None:
-            return stat, None, True
-        if (state.size, state.mtime_ns) == stat and state.sha256 is not None:
-            return stat, state.sha256, False
-        sha = file_sha256(item.path)
-        return stat, sha, sha is None or sha != state.sha256
+        if state is None or token is None:
+            return token, True
+        if (state.size, state.mtime_ns) == token and state.sha256 is not None:
+            return token, False
+        sha = entry_sha256(source, item)
+        return token, sha is None or sha != state.sha256
 
     plan = Plan([], {}, set())
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fdpipe-stat") as pool:
-        for item, (stat, _, changed) in zip(items, pool.map(look, items), strict=True):
+        for item, (token, changed) in zip(items, pool.map(look, items), strict=True):
             state = states.get(item.key)
             missing = set(labels)
             if state is None:
@@ -123,8 +125,8 @@ def plan_run(
                     plan.added += 1
             plan.pending.append(item)
             plan.labels |= missing
-            if stat is not None:
-                plan.stats[item.key] = stat
+            if token is not None:
+                plan.tokens[item.key] = token
     return plan
 
 
@@ -155,15 +157,16 @@ def write_json(path: Path, record: dict[str, object]) -> None:
 
 def run_local(
     config: JobConfig,
+    source: Source,
     explainer: Explainer,
     plan: Plan,
     stamp: RunStamp,
     sink: PartSink,
     progress: Progress,
 ) -> None:
-    def read(item: InputItem) -> DecodedImage:
-        image = decode(item, explainer.model.preprocess, max_pixels=config.max_pixels)
-        image.info.size, image.info.mtime_ns = plan.stats.get(item.key, (None, None))
+    def read(item: Entry) -> DecodedImage:
+        image = decode(item, source, explainer.model.preprocess, max_pixels=config.max_pixels)
+        image.info.size, image.info.mtime_ns = plan.tokens.get(item.key, (None, None))
         return image
 
     ahead = 2 * config.batch_size + config.workers  # bounded prefetch: memory independent of N
@@ -196,11 +199,15 @@ def run_job(config: JobConfig) -> Summary:
         },
         "versions": versions(),
     }
-    inputs = collect_inputs(config.input, config.target_column) if config.input.exists() else None
-    if inputs is None or not inputs.items:
+    source = open_source(config.input, config.target_column)
+    try:
+        entries: list[Entry] | None = source.entries()
+    except InputMissing:
+        entries = None
+    if not entries:
         summary = Summary(0, 0, 0, 0, time.perf_counter() - clock, empty=True)
         summary.allow_empty = config.allow_empty
-        log.warning("input %s is %s: nothing to do", config.input, "missing" if inputs is None
+        log.warning("input %s is %s: nothing to do", config.input, "missing" if entries is None
                     else "empty")  # fmt: skip
         try:
             finish(config, record | {"run_id": next_run_id("")}, summary, clock)
@@ -209,17 +216,18 @@ def run_job(config: JobConfig) -> Summary:
         return summary
     explainer = job_explainer(config)
     with output_lock(config.output, config.shard):  # one run per (output, shard)
-        return _run_locked(config, record, clock, inputs, explainer)
+        return _run_locked(config, record, clock, source, entries, explainer)
 
 
 def _run_locked(
     config: JobConfig,
     record: dict[str, object],
     clock: float,
-    inputs: InputList,
+    source: Source,
+    entries: list[Entry],
     explainer: Explainer,
 ) -> Summary:
-    selected = select_shard(inputs.items, *config.shard)
+    selected = select_shard(entries, *config.shard)
     params = run_params(explainer, config)
     dataset = OutputDataset(config.output, config.shard)
     if config.overwrite:
@@ -229,8 +237,10 @@ def _run_locked(
     states, newest_run = dataset.images()
     targets = targets_label(config)
     labels = [method_label(m) for m in config.methods]
-    plan = plan_run(selected, states, labels, targets, retry=config.retry, workers=config.workers)
-    present = {item.key for item in inputs.items}
+    plan = plan_run(
+        source, selected, states, labels, targets, retry=config.retry, workers=config.workers
+    )
+    present = {item.key for item in entries}
     gone = sorted(
         key
         for key in states
@@ -238,7 +248,7 @@ def _run_locked(
     )
     run_id = next_run_id(newest_run)
     stamp = RunStamp(run_id, targets)
-    metadata = run_metadata(params, explainer, config, inputs.root, run_id)
+    metadata = run_metadata(params, explainer, config, source.root, run_id)
     record |= {"run_id": run_id, "params": metadata["params"], "run": metadata["run"]}
     running = record | {"status": "running"}
     try:  # before any work: an output or --summary that cannot be written is a setting error
@@ -250,7 +260,7 @@ def _run_locked(
     log.info(
         "%d images in %s (shard %d/%d: %d): %d new, %d changed, %d to retry, %d to add "
         "methods or classes to, %d skipped, %d gone%s; %s",
-        len(inputs.items),
+        len(entries),
         config.input,
         *config.shard,
         len(selected),
@@ -277,9 +287,9 @@ def _run_locked(
             from fdpipe.job.ray_engine import run_ray  # optional dependency
 
             needed = tuple(m for m in config.methods if method_label(m) in plan.labels)
-            run_ray(replace(config, methods=needed), plan, stamp, sink, progress)
+            run_ray(replace(config, methods=needed), source, plan, stamp, sink, progress)
         else:
-            run_local(config, explainer, plan, stamp, sink, progress)
+            run_local(config, source, explainer, plan, stamp, sink, progress)
         sink.close()
     finally:
         seconds = progress.close()

@@ -36,7 +36,7 @@ from fdpipe.export.runners import OnnxRunner
 from fdpipe.images import ImageDecodeError, load_image_sized
 from fdpipe.job import ConfigError, JobConfig, run_job
 from fdpipe.job.decode import decode
-from fdpipe.job.inputs import InputError, InputItem, collect_inputs, read_manifest
+from fdpipe.job.inputs import Entry, FileSource, InputError, open_source, read_manifest
 from fdpipe.job.lock import output_lock
 from fdpipe.job.parts import OutputDataset
 from fdpipe.kernels.fdcam import FDCAMOptions
@@ -272,8 +272,9 @@ def test_fifos_and_devices_are_failed_rows_not_hangs(images: Path, tmp_path: Pat
 
 
 def test_files_above_the_size_bound_are_not_read(images: Path) -> None:
-    item = InputItem("img_000.jpg", images / "img_000.jpg")
-    decoded = decode(item, load_model("squeezenet1_1", pretrained=False).preprocess, max_bytes=100)
+    item = Entry("img_000.jpg", str(images / "img_000.jpg"))
+    preprocess = load_model("squeezenet1_1", pretrained=False).preprocess
+    decoded = decode(item, FileSource(images), preprocess, max_bytes=100)
     assert decoded.error is not None and "file too large" in decoded.error
     assert decoded.info.sha256 is None  # refused before hashing
 
@@ -282,7 +283,7 @@ def test_a_symlink_loop_is_walked_once(images: Path) -> None:
     (images / "loop").symlink_to(".")
     (images / "nested" / "up").symlink_to("..")
     (images / "twin").symlink_to("nested")
-    keys = [item.key for item in collect_inputs(images).items]
+    keys = [entry.key for entry in open_source(images).entries()]
     assert keys == ["img_000.jpg", "img_001.jpg", "nested/img_002.jpg"]
 
 
@@ -413,7 +414,7 @@ def test_overlays_rendered_into_the_input_are_not_inputs(images: Path, tmp_path:
     assert invoke(*explain(images, tmp_path / "out"))[0] == 0
     code, _ = invoke("render", str(tmp_path / "out"), "--to", str(images / "overlays"))
     assert code == 0 and list((images / "overlays").glob("*.png"))
-    assert len(collect_inputs(images).items) == 3
+    assert len(open_source(images).entries()) == 3
     code, output = invoke("render", str(tmp_path / "out"), "--to", str(images))
     assert code == 2 and "own folder" in output
 

@@ -1,16 +1,23 @@
-"""Listing a job's inputs: directory walk, list files, manifests, sorting and sharding."""
+"""A job's inputs: the source interface, directory walk, list files, manifests, sorting and
+sharding."""
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fdpipe.job.inputs import (
+    ChangeToken,
+    Entry,
+    EntryError,
+    FileSource,
     InputError,
-    InputItem,
-    collect_inputs,
+    InputMissing,
+    open_source,
     parse_shard,
     select_shard,
     shard_of,
@@ -35,15 +42,15 @@ def test_directory_walk_is_recursive_sorted_and_filtered(tmp_path: Path) -> None
         "README",
     ):
         touch(tmp_path / name)
-    listed = collect_inputs(tmp_path)
-    assert [item.key for item in listed.items] == [
+    source = open_source(tmp_path)
+    assert [entry.key for entry in source.entries()] == [
         "a.PNG",
         "b.jpg",
         "sub/c.jpeg",
         "sub/deeper/d.webp",
     ]
-    assert listed.root == tmp_path.resolve()
-    assert all(item.path == listed.root / item.key for item in listed.items)
+    assert source.root == str(tmp_path.resolve())
+    assert all(Path(e.location) == tmp_path.resolve() / e.key for e in source.entries())
 
 
 def test_list_file_relative_absolute_comments_duplicates(tmp_path: Path) -> None:
@@ -51,17 +58,17 @@ def test_list_file_relative_absolute_comments_duplicates(tmp_path: Path) -> None
     listing = tmp_path / "lists" / "todo.txt"
     listing.parent.mkdir()
     listing.write_text(f"# nightly batch\nimgs/b.jpg\n\nimgs/a.jpg\n{absolute}\nimgs/b.jpg\n")
-    listed = collect_inputs(listing)
-    assert [item.key for item in listed.items] == [str(absolute), "imgs/a.jpg", "imgs/b.jpg"]
-    assert listed.items[0].path == absolute
-    assert listed.items[1].path == listing.parent.resolve() / "imgs/a.jpg"
+    entries = open_source(listing).entries()
+    assert [entry.key for entry in entries] == [str(absolute), "imgs/a.jpg", "imgs/b.jpg"]
+    assert Path(entries[0].location) == absolute
+    assert Path(entries[1].location) == listing.parent.resolve() / "imgs/a.jpg"
 
 
 def test_csv_and_parquet_manifests(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("label,path\ncat,x/2.jpg\ndog,x/1.jpg\n")
-    assert [i.key for i in collect_inputs(tmp_path / "m.csv").items] == ["x/1.jpg", "x/2.jpg"]
+    assert [i.key for i in open_source(tmp_path / "m.csv").entries()] == ["x/1.jpg", "x/2.jpg"]
     pq.write_table(pa.table({"image_path": ["q.png", "p.png"]}), tmp_path / "m.parquet")
-    assert [i.key for i in collect_inputs(tmp_path / "m.parquet").items] == ["p.png", "q.png"]
+    assert [i.key for i in open_source(tmp_path / "m.parquet").entries()] == ["p.png", "q.png"]
 
 
 @pytest.mark.parametrize(
@@ -74,12 +81,50 @@ def test_csv_and_parquet_manifests(tmp_path: Path) -> None:
 def test_bad_manifest(tmp_path: Path, name: str, content: str, message: str) -> None:
     (tmp_path / name).write_text(content)
     with pytest.raises(InputError, match=message):
-        collect_inputs(tmp_path / name)
+        open_source(tmp_path / name).entries()
 
 
 def test_missing_input(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
-        collect_inputs(tmp_path / "nope")
+    with pytest.raises(InputMissing, match="does not exist"):
+        open_source(tmp_path / "nope").entries()
+
+
+def test_a_fifo_as_input_is_refused_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "todo.txt")  # reading it would block forever
+    with pytest.raises(InputError, match="not a directory or a regular file"):
+        open_source(tmp_path / "todo.txt").entries()
+
+
+def test_a_source_opens_bytes_and_tokens_follow_writes(tmp_path: Path) -> None:
+    source = FileSource(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"first")
+    (entry,) = source.entries()
+    assert source.open(entry) == b"first"
+    before = source.token(entry)
+    assert before == ChangeToken(5, (tmp_path / "a.jpg").stat().st_mtime_ns)
+    (tmp_path / "a.jpg").write_bytes(b"second!")
+    assert source.token(entry) != before and source.open(entry) == b"second!"
+    with pytest.raises(EntryError, match="file too large"):
+        source.open(entry, max_bytes=3)
+    (tmp_path / "a.jpg").unlink()
+    assert source.token(entry) is None
+    with pytest.raises(OSError):
+        source.open(entry)
+
+
+def test_a_source_refuses_fifos_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "b.jpg")
+    (entry,) = FileSource(tmp_path).entries()
+    with pytest.raises(EntryError, match="not a regular file"):
+        FileSource(tmp_path).open(entry)
+
+
+def test_sources_and_entries_pickle(tmp_path: Path) -> None:
+    # the Ray engine ships the source to its actors
+    touch(tmp_path / "a.jpg")
+    source = open_source(tmp_path)
+    assert pickle.loads(pickle.dumps(source)) == source
+    assert pickle.loads(pickle.dumps(source.entries())) == source.entries()
 
 
 @pytest.mark.parametrize(("text", "expected"), [("0/1", (0, 1)), ("3/4", (3, 4))])
@@ -97,7 +142,7 @@ def test_parse_shard_rejects(text: str) -> None:
 def test_shards_partition_the_input(tmp_path: Path, count: int) -> None:
     for i in range(60):
         touch(tmp_path / f"{i:02d}.jpg")
-    items = collect_inputs(tmp_path).items
+    items = open_source(tmp_path).entries()
     shards = [select_shard(items, index, count) for index in range(count)]
     keys = [item.key for shard in shards for item in shard]
     assert sorted(keys) == [item.key for item in items]  # disjoint and complete
@@ -107,7 +152,7 @@ def test_shards_partition_the_input(tmp_path: Path, count: int) -> None:
 
 def test_growing_dataset_keeps_shard_assignments() -> None:
     # Round-robin on the sorted list would move images between shards when files are added.
-    every = [InputItem(f"{i:03d}.jpg", Path(f"{i:03d}.jpg")) for i in range(40)]
+    every = [Entry(f"{i:03d}.jpg", f"{i:03d}.jpg") for i in range(40)]
     items, grown = every[::2], every
     for index in range(3):
         before = select_shard(items, index, 3)
