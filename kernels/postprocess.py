@@ -50,15 +50,23 @@ def upsample_map(native: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def place_map(
-    native: Tensor, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
+    native: Tensor,
+    size: tuple[int, int],
+    box: tuple[float, float, float, float] | None = None,
+    frame: tuple[int, int] | None = None,
 ) -> Tensor:
     """A (h, w) map on an image of ``size`` (H, W) when the model saw only ``box`` (left, top,
-    right, bottom in image pixels: a centre crop): bilinear inside the box as step 7 does, then
-    min-max there; zero outside. Without a box (or the whole image) it is ``upsample_map``."""
+    right, bottom in pixels of an image of ``frame`` (H, W), default ``size``: a centre crop):
+    bilinear inside the box as step 7 does, then min-max there; zero outside. Without a box (or
+    the whole frame) it is ``upsample_map``. The one way from a stored map to an image: every
+    consumer (render, the report's thumbnails, ``read_maps``, evaluate's overlays and pointing
+    game) calls it, a thumbnail with the original image's size as ``frame``."""
     height, width = size
-    if box is None or tuple(box) == (0, 0, width, height):
+    frame_height, frame_width = frame or size
+    if box is None or tuple(box) == (0, 0, frame_width, frame_height):
         return upsample_map(native, size)
-    left, top, right, bottom = box
+    sx, sy = width / frame_width, height / frame_height
+    left, top, right, bottom = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
     ys = ((torch.arange(height, dtype=native.dtype) + 0.5 - top) / (bottom - top)) * 2 - 1
     xs = ((torch.arange(width, dtype=native.dtype) + 0.5 - left) / (right - left)) * 2 - 1
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
@@ -67,6 +75,8 @@ def place_map(
     )[0, 0]
     inside = (grid[0].abs() <= 1).all(-1)
     values = sampled[inside]
+    if values.numel() == 0:  # a box smaller than a pixel of this image: nothing to show
+        return torch.zeros_like(sampled)
     low, high = values.amin(), values.amax()
     scaled = (sampled - low) / (high - low + MAP_EPS)
     return torch.where(inside, scaled, torch.zeros_like(scaled))

@@ -31,13 +31,16 @@ def overlay(
     box: tuple[float, float, float, float] | None = None,
     display: Display | None = None,
     cmap: Colormap | None = None,
+    frame: tuple[int, int] | None = None,
 ) -> Image.Image:
     """The map brought to the image's size (METHODS.md section 1, step 7) over the part the
-    model saw (``box``: a centre crop; default the whole image), put through the display
-    normalisation, coloured and blended with opacity ``alpha``; a weighted display blends over
-    the dimmed grey photo with opacity ``2 * alpha * value`` (the value at 0.5)."""
+    model saw (``box``: a centre crop in pixels of an image of ``frame`` (H, W), default this
+    one; default the whole image), put through the display normalisation, coloured and blended
+    with opacity ``alpha``; a weighted display blends over the dimmed grey photo with opacity
+    ``2 * alpha * value`` (the value at 0.5)."""
     display = display or Display()
-    full = place_map(torch.from_numpy(native), (image.height, image.width), box).numpy()
+    size = (image.height, image.width)
+    full = place_map(torch.from_numpy(native), size, box, frame).numpy()
     shown = display.apply(full)
     heat = (cmap or colormap())(shown).astype(np.float32)
     picture = image.convert("RGB")
@@ -50,8 +53,10 @@ def overlay(
     blended = Image.fromarray((photo * (1.0 - weight) + heat * weight + 0.5).astype(np.uint8))
     if box is None:
         return blended
-    left, top = max(0, round(box[0])), max(0, round(box[1]))  # outside the crop: the photo
-    right, bottom = min(picture.width, round(box[2])), min(picture.height, round(box[3]))
+    sy, sx = (image.height / frame[0], image.width / frame[1]) if frame else (1.0, 1.0)
+    left, top = max(0, round(box[0] * sx)), max(0, round(box[1] * sy))  # outside: the photo
+    right = min(picture.width, round(box[2] * sx))
+    bottom = min(picture.height, round(box[3] * sy))
     picture.paste(blended.crop((left, top, right, bottom)), (left, top))
     return picture
 
@@ -123,7 +128,7 @@ def render_overlays(
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             shown = display_for(row.method, display)
-            overlay(picture, row.native, alpha, row.box, shown, cmap).save(target)
+            overlay(picture, row.native, alpha, row.box, shown, cmap, row.frame).save(target)
             written[target] = None
     return list(written)
 
@@ -174,7 +179,15 @@ def sheet_line(
     cells = [labelled(picture, title)]
     cells += [
         labelled(
-            overlay(picture, row.native, alpha, row.box, display_for(row.method, display), cmap),
+            overlay(
+                picture,
+                row.native,
+                alpha,
+                row.box,
+                display_for(row.method, display),
+                cmap,
+                row.frame,
+            ),
             row.method,
         )
         for row in rows

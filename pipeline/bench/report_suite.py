@@ -42,10 +42,14 @@ def write_synthetic_output(
     map_size: int = 13,
     seed: int = 0,
     run_id: str = "20261122T000000.000000Z-000000",
+    image_size: tuple[int, int] = (64, 48),
+    map_box: tuple[float, float, float, float] | None = None,
 ) -> None:
     """An ``explain`` output for the image files ``names`` under ``images``: one row per
     (image, method, class) with random maps, or one failed row with the reason in ``failed``;
-    a later ``run_id`` adds rows that supersede an earlier run's (as a rerun does)."""
+    a later ``run_id`` adds rows that supersede an earlier run's (as a rerun does). The images
+    are recorded as ``image_size`` (width, height); ``map_box``: the part of each that the maps
+    cover (as ``--resize crop`` records it)."""
     failed = failed or {}
     stamp = RunStamp(run_id, f"top-{top_k}")
     rng = np.random.default_rng(seed)
@@ -58,7 +62,7 @@ def write_synthetic_output(
     for start in range(0, len(names), PART_IMAGES):
         builder = TableBuilder("synthetic", "features", stamp)
         for name in names[start : start + PART_IMAGES]:
-            info = ImageInfo(name, hashlib.sha256(name.encode()).hexdigest(), 64, 48)
+            info = ImageInfo(name, hashlib.sha256(name.encode()).hexdigest(), *image_size)
             if name in failed:
                 builder.add_failed(info, failed[name], 0.001)
                 continue
@@ -80,6 +84,7 @@ def write_synthetic_output(
                         native_map=native / native.max(),
                         weights=None,
                         seconds=float(rng.uniform(0.005, 0.05)),
+                        map_box=map_box,
                     )
         dataset.write(builder.build(), metadata)
 

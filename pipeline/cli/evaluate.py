@@ -202,7 +202,8 @@ def evaluate(
         labels = load_class_map(class_map, loaded.class_names) if boxes is not None else None
     except (InputError, ModelError, BoxFormatError, FilterError, ValueError, OSError) as exc:
         raise ConfigurationError(str(exc)) from exc
-    writer = OverlayWriter(output / "overlays", loaded.class_names, overlays)
+    crop_box = loaded.preprocess.crop_box  # the overlays' maps cover what the model saw
+    writer = OverlayWriter(output / "overlays", loaded.class_names, overlays, crop_box=crop_box)
     comparison = compare(
         loaded,
         explainer.network,

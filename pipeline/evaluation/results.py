@@ -128,16 +128,26 @@ def plot_curves(path: Path, comparison: Comparison) -> None:
     plt.close(figure)
 
 
+CropBox = Callable[[int, int], tuple[float, float, float, float]]  # (width, height) -> box
+
+
 class OverlayWriter:
-    """``compare``'s ``on_maps``: one PNG per image, the photo then every method's overlay."""
+    """``compare``'s ``on_maps``: one PNG per image, the photo then every method's overlay, each
+    map over the part of the photo the model saw (``crop_box``: the preprocessing's)."""
 
     def __init__(
-        self, directory: Path, class_names: list[str], limit: int, alpha: float = 0.5
+        self,
+        directory: Path,
+        class_names: list[str],
+        limit: int,
+        alpha: float = 0.5,
+        crop_box: CropBox | None = None,
     ) -> None:
         self.directory = directory
         self.class_names = class_names
         self.limit = limit
         self.alpha = alpha
+        self.crop_box = crop_box
         self.written: list[Path] = []
 
     def __call__(
@@ -151,8 +161,9 @@ class OverlayWriter:
         if len(self.written) >= self.limit:
             return
         name = self.class_names[class_index]
+        box = self.crop_box(picture.width, picture.height) if self.crop_box else None
         rows = [
-            MapRow(key, label, 0, class_index, name, probability, native.float().cpu().numpy())
+            MapRow(key, label, 0, class_index, name, probability, native.float().cpu().numpy(), box)
             for label, native in maps.items()
         ]
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
-"""Reading a job's output back: record batches of its current rows (``fdpipe.job.current``: rows
-superseded by a later run are hidden), and the explained rows with their maps as numpy arrays."""
+"""Reading a job's output back, the one way every reader takes (``read_maps``, ``render``,
+``evaluate --maps``, ``report``): record batches of its current rows (``fdpipe.job.current``:
+rows superseded by a later run are hidden), one row filter (``RowFilter``) and one vectorised map
+decoder (``decode_maps``: one copy per batch, a view per row, no per-value Python objects)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +29,9 @@ ROW_COLUMNS = [
     "map_height",
     "map_width",
     "map_box",
+    "original_height",
+    "original_width",
+    "seconds",
     "status",
 ]
 
@@ -41,6 +46,8 @@ class MapRow:
     probability: float
     native: np.ndarray  # (h, w) in [0, 1]
     box: tuple[float, float, float, float] | None = None  # what the map covers (a centre crop)
+    frame: tuple[int, int] | None = None  # (height, width) of the image ``box`` is given in
+    seconds: float = 0.0
 
 
 def iter_rows(
@@ -62,6 +69,104 @@ def iter_rows(
             yield from read_part(path, columns=present).filter(pa.array(keep)).to_batches()
 
 
+@dataclass(frozen=True)
+class RowFilter:
+    """Which explained rows a reader wants: method labels, image globs, class ranks, class
+    indices or names (None: all); failed rows never pass."""
+
+    methods: list[str] | None = None
+    images: list[str] | None = None
+    ranks: list[int] | None = None
+    classes: list[int | str] | None = None
+
+    def mask(self, batch: pa.RecordBatch) -> pa.BooleanArray:
+        keep = pc.equal(batch.column("status"), pa.scalar("ok"))
+        if self.methods is not None:
+            labels = pa.array(self.methods, pa.string())
+            keep = pc.and_(keep, pc.is_in(batch.column("method"), value_set=labels))
+        if self.ranks is not None:
+            wanted = pa.array(self.ranks, pa.int16())
+            keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
+        if self.classes is not None:
+            by_index = pa.array([c for c in self.classes if isinstance(c, int)], pa.int32())
+            by_name = pa.array([c for c in self.classes if isinstance(c, str)], pa.string())
+            either = pc.or_(
+                pc.is_in(batch.column("class_index"), value_set=by_index),
+                pc.is_in(batch.column("class_name"), value_set=by_name),
+            )
+            keep = pc.and_(keep, either)
+        if self.images is not None:  # each distinct path matched once, not each row
+            paths = cast(list[str], pc.unique(batch.column("image_path")).to_pylist())
+            hits = [p for p in paths if any(fnmatchcase(p, g) for g in self.images)]
+            keep = pc.and_(keep, pc.is_in(batch.column("image_path"), pa.array(hits, pa.string())))
+        return keep
+
+
+def filtered_rows(
+    output: str | os.PathLike[str], wanted: RowFilter, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """The current rows of ``output`` that ``wanted`` keeps, batch by batch in stored order."""
+    for batch in iter_rows(output, columns=columns):
+        yield batch.filter(wanted.mask(batch))
+
+
+def decode_maps(rows: pa.RecordBatch | pa.Table) -> list[np.ndarray | None]:
+    """Each row's map as a (map_height, map_width) float32 array (None for a failed row): one
+    copy of the batch's values, then a view per row (writable: torch can take it as it is)."""
+    column = rows.column("map")
+    maps = cast(
+        pa.ListArray, column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    )
+    offsets = maps.offsets.to_numpy()  # absolute into ``maps.values``, also for a slice
+    first = int(offsets[0]) if len(offsets) else 0
+    values = maps.values.slice(first, int(offsets[-1]) - first if len(offsets) else 0)
+    owned = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
+    starts = (offsets - first).tolist()
+    heights, widths = (  # a failed row's null shape reads as NaN: 0 here, never used
+        np.nan_to_num(rows.column(name).to_numpy(zero_copy_only=False)).astype(int).tolist()
+        for name in ("map_height", "map_width")
+    )
+    valid = maps.is_valid().to_numpy(zero_copy_only=False).tolist()
+    return [
+        owned[starts[i] : starts[i + 1]].reshape(heights[i], widths[i]) if valid[i] else None
+        for i in range(len(rows))
+    ]
+
+
+def map_rows(rows: pa.RecordBatch | pa.Table) -> list[MapRow | None]:
+    """Each row of ``rows`` (columns ``ROW_COLUMNS``) as a ``MapRow``, its map decoded by
+    ``decode_maps``; None where the row explains nothing (a failed row)."""
+    maps = decode_maps(rows)
+    names = set(rows.column_names)
+    columns: dict[str, list[Any]] = {
+        name: rows.column(name).to_pylist() if name in names else [None] * len(rows)
+        for name in ROW_COLUMNS
+        if name != "map"
+    }
+    found: list[MapRow | None] = []
+    for i, native in enumerate(maps):
+        if native is None or columns["status"][i] != "ok":
+            found.append(None)
+            continue
+        box = columns["map_box"][i]
+        height, width = columns["original_height"][i], columns["original_width"][i]
+        found.append(
+            MapRow(
+                image_path=columns["image_path"][i],
+                method=columns["method"][i],
+                class_rank=columns["class_rank"][i],
+                class_index=columns["class_index"][i],
+                class_name=columns["class_name"][i] or str(columns["class_index"][i]),
+                probability=columns["probability"][i],
+                native=native,
+                box=tuple(box) if box else None,
+                frame=(height, width) if box and height and width else None,
+                seconds=columns["seconds"][i] or 0.0,
+            )
+        )
+    return found
+
+
 def select_rows(
     output: str | os.PathLike[str],
     *,
@@ -70,29 +175,13 @@ def select_rows(
     ranks: Iterable[int] | None = None,
 ) -> Iterator[MapRow]:
     """Explained rows of ``output`` in stored order; ``images`` are glob patterns on image_path."""
-    patterns = list(images or [])
-    for batch in iter_rows(output, columns=ROW_COLUMNS):
-        keep = pc.equal(batch.column("status"), pa.scalar("ok"))
-        if methods is not None:
-            labels = pa.array(list(methods), pa.string())
-            keep = pc.and_(keep, pc.is_in(batch.column("method"), value_set=labels))
-        if ranks is not None:
-            wanted = pa.array(list(ranks), pa.int16())
-            keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
-        for row in batch.filter(keep).to_pylist():
-            if patterns and not any(fnmatchcase(row["image_path"], p) for p in patterns):
-                continue
-            shape = (row["map_height"], row["map_width"])
-            yield MapRow(
-                image_path=row["image_path"],
-                method=row["method"],
-                class_rank=row["class_rank"],
-                class_index=row["class_index"],
-                class_name=row["class_name"],
-                probability=row["probability"],
-                native=np.asarray(row["map"], dtype=np.float32).reshape(shape),
-                box=tuple(row["map_box"]) if row.get("map_box") else None,
-            )
+    wanted = RowFilter(
+        methods=None if methods is None else list(methods),
+        images=None if images is None else list(images) or None,
+        ranks=None if ranks is None else list(ranks),
+    )
+    for batch in filtered_rows(output, wanted, ROW_COLUMNS):
+        yield from (row for row in map_rows(batch) if row is not None)
 
 
 class FilterError(ValueError):
@@ -161,51 +250,34 @@ def read_maps(
     patterns = [images] if isinstance(images, str) else images
     wanted_classes = list(classes) if classes is not None else None
     check_filters(output, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
-    tables = []
-    for batch in iter_rows(output):
-        keep = pc.equal(batch.column("status"), pa.scalar("ok"))
-        if methods is not None:
-            keep = pc.and_(keep, pc.is_in(batch.column("method"), pa.array(list(methods))))
-        if ranks is not None:
-            wanted = pa.array(list(ranks), pa.int16())
-            keep = pc.and_(keep, pc.is_in(batch.column("class_rank"), value_set=wanted))
-        if wanted_classes is not None:
-            by_index = pa.array([c for c in wanted_classes if isinstance(c, int)], pa.int32())
-            by_name = pa.array([c for c in wanted_classes if isinstance(c, str)], pa.string())
-            either = pc.or_(
-                pc.is_in(batch.column("class_index"), value_set=by_index),
-                pc.is_in(batch.column("class_name"), value_set=by_name),
-            )
-            keep = pc.and_(keep, either)
-        table = pa.Table.from_batches([batch]).filter(keep)
-        if patterns is not None:
-            paths = [str(path) for path in table["image_path"].to_pylist()]
-            hits = [any(fnmatchcase(path, p) for p in patterns) for path in paths]
-            table = table.filter(pa.array(hits, pa.bool_()))
-        tables.append(table)
-    rows = pa.concat_tables(tables)
+    wanted = RowFilter(
+        methods=None if methods is None else list(methods),
+        images=None if patterns is None else list(patterns),
+        ranks=None if ranks is None else list(ranks),
+        classes=wanted_classes,
+    )
+    batches = list(filtered_rows(output, wanted))
+    rows = pa.Table.from_batches(batches)
     shapes = set(zip(rows["map_height"].to_pylist(), rows["map_width"].to_pylist(), strict=True))
     if len(shapes) > 1 and size == "native":
         found = ", ".join(f"{h}x{w}" for h, w in sorted(shapes))
         raise ValueError(f"maps of several shapes ({found}): choose a method, or size='original'")
-    flat = pc.list_flatten(rows["map"]).to_numpy().copy()  # writable, owned
-    counts = (rows["map_height"].to_numpy() * rows["map_width"].to_numpy()).astype(np.int64)
+    natives = [m for batch in batches for m in decode_maps(batch) if m is not None]
     if size == "native":
         h, w = shapes.pop() if shapes else (0, 0)
-        maps: np.ndarray | list[np.ndarray] = flat.reshape(
-            rows.num_rows, cast(int, h), cast(int, w)
+        maps: np.ndarray | list[np.ndarray] = (
+            np.stack(natives) if natives else np.zeros((0, cast(int, h), cast(int, w)), np.float32)
         )
     else:
         import torch
-        from fdpipe.kernels.postprocess import upsample_map
+        from fdpipe.kernels.postprocess import place_map
 
-        maps = []
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        columns = ["map_height", "map_width", "original_height", "original_width"]
-        for i, row in enumerate(rows.select(columns).to_pylist()):
-            native = flat[starts[i] : starts[i + 1]].reshape(row["map_height"], row["map_width"])
-            full = (row["original_height"], row["original_width"])
-            maps.append(upsample_map(torch.from_numpy(native), full).numpy())
+        columns = ["original_height", "original_width", "map_box"]
+        placed = zip(natives, *(rows[c].to_pylist() for c in columns), strict=True)
+        maps = [
+            place_map(torch.from_numpy(native), (height, width), box).numpy()
+            for native, height, width, box in placed
+        ]
     return maps, rows.drop_columns(["map"])
 
 
@@ -223,9 +295,13 @@ __all__ = [
     "ROW_COLUMNS",
     "FilterError",
     "MapRow",
+    "RowFilter",
     "check_filters",
+    "decode_maps",
+    "filtered_rows",
     "images_root",
     "iter_rows",
+    "map_rows",
     "read_maps",
     "select_rows",
 ]

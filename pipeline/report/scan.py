@@ -14,27 +14,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
-import pyarrow as pa
 from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
-from fdpipe.job.reader import ROW_COLUMNS, iter_rows
+from fdpipe.job.reader import ROW_COLUMNS, MapRow, iter_rows, map_rows
 
-COLUMNS = [*ROW_COLUMNS, "image_sha256", "error", "seconds"]  # rows and what the index shows
+COLUMNS = [*ROW_COLUMNS, "image_sha256", "error"]  # rows and what the index shows
 BINS = 20  # histogram bins over [0, 1] (probabilities) and over log10 seconds
-
-
-@dataclass
-class MapEntry:
-    method: str
-    class_rank: int
-    class_index: int
-    class_name: str
-    probability: float
-    seconds: float
-    native: np.ndarray  # (h, w) in [0, 1]
-    box: tuple[float, float, float, float] | None = None  # what the map covers (a centre crop)
 
 
 @dataclass
@@ -43,7 +30,7 @@ class ImageEntry:
     sha256: str | None
     status: str  # "ok" or "failed"
     error: str | None = None
-    maps: list[MapEntry] = field(default_factory=list)
+    maps: list[MapRow] = field(default_factory=list)
     rows: int = 0  # rows read into this entry (its maps and its failed row)
 
 
@@ -52,35 +39,19 @@ def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
     image whose rows lie in several parts, after a rerun, comes in several entries)."""
     current: ImageEntry | None = None
     for batch in iter_rows(output, columns=COLUMNS):
-        maps = cast(pa.ListArray, batch.column("map"))
-        values = maps.values.to_numpy(zero_copy_only=False)
-        offsets = maps.offsets.to_numpy()  # absolute into ``values``, also for a sliced batch
-        columns: dict[str, list[Any]] = {
-            name: batch.column(name).to_pylist() for name in COLUMNS if name != "map"
-        }
-        for i in range(batch.num_rows):
-            path = columns["image_path"][i]
+        explained = map_rows(batch)  # the reader's one decoder
+        columns = {name: batch.column(name).to_pylist() for name in ("image_sha256", "error")}
+        for i, row in enumerate(explained):
+            path = batch.column("image_path")[i].as_py() if row is None else row.image_path
             if current is None or current.path != path:
                 if current is not None:
                     yield current
                 current = ImageEntry(path, columns["image_sha256"][i], "ok")
             current.rows += 1
-            if columns["status"][i] != "ok":
+            if row is None:
                 current.status, current.error = "failed", columns["error"][i] or "unknown error"
-                continue
-            shape = (columns["map_height"][i], columns["map_width"][i])
-            current.maps.append(
-                MapEntry(
-                    method=columns["method"][i],
-                    class_rank=columns["class_rank"][i],
-                    class_index=columns["class_index"][i],
-                    class_name=columns["class_name"][i] or str(columns["class_index"][i]),
-                    probability=columns["probability"][i],
-                    seconds=columns["seconds"][i] or 0.0,
-                    native=values[offsets[i] : offsets[i + 1]].reshape(shape),
-                    box=tuple(columns["map_box"][i]) if columns["map_box"][i] else None,
-                )
-            )
+            else:
+                current.maps.append(row)
     if current is not None:
         yield current
 
@@ -176,7 +147,6 @@ __all__ = [
     "Aggregates",
     "Histogram",
     "ImageEntry",
-    "MapEntry",
     "RunRecord",
     "iter_images",
     "rows_per_image",

@@ -10,11 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from fdpipe.display import Colormap, Display, display_for
 from fdpipe.images import load_image
+from fdpipe.job.reader import MapRow
 from fdpipe.render import overlay
-from fdpipe.report.scan import ImageEntry, MapEntry
+from fdpipe.report.scan import ImageEntry
 from PIL import Image
 
 THUMBS = "thumbs"  # folder of the site
@@ -56,7 +56,7 @@ class Thumbnails:
         overlays = {}
         for index, entry in enumerate(image.maps):
             shown = display_for(entry.method, self.display)
-            drawn = (repr(shown), repr(entry.box), self.cmap.name)
+            drawn = (repr(shown), repr(entry.box), repr(entry.frame), self.cmap.name)
             name = self._name("map", seed, entry.native.tobytes(), *drawn)
             if not self._exists(name):
                 self._save(self._overlay(picture(), entry, shown), name)
@@ -74,12 +74,12 @@ class Thumbnails:
         loaded.thumbnail((self.size, self.size))
         return loaded
 
-    def _overlay(self, picture: Image.Image | None, entry: MapEntry, shown: Display) -> Image.Image:
+    def _overlay(self, picture: Image.Image | None, entry: MapRow, shown: Display) -> Image.Image:
         if picture is None:  # the map alone, coloured, at the thumbnail's size
             heat = self.cmap(shown.apply(entry.native))
             return Image.fromarray(heat).resize((self.size, self.size), Image.Resampling.NEAREST)
-        native = np.array(entry.native)  # a writable copy
-        return overlay(picture, native, 0.5, entry.box, shown, self.cmap)
+        # the box is in the original image's pixels: placed on the thumbnail through its frame
+        return overlay(picture, entry.native, 0.5, entry.box, shown, self.cmap, entry.frame)
 
     def _name(self, kind: str, *parts: str | bytes) -> str:
         digest = hashlib.sha256(f"{kind}|{self.size}".encode())

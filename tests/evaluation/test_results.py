@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.evaluation.results import markdown_table
+from fdpipe.evaluation.results import OverlayWriter, markdown_table
 from fdpipe.kernels import FDCAM
 from fdpipe.methods import MethodSpec, split_method_specs
+from fdpipe.render import LABEL, TILE
 from PIL import Image
 
 CAT_XML = """<annotation><filename>cat.png</filename>
@@ -127,3 +130,18 @@ def test_evaluate_live_and_from_an_explain_output(tmp_path: Path, photos) -> Non
     for key in ("insertion", "deletion"):
         assert from_maps[key] == pytest.approx(scores["gradcam"][key], abs=1e-5)
     assert again["pointing_trials"][0]["point"] == trials[0]["point"]
+
+
+def test_overlays_place_a_crop_map_in_the_box_the_model_saw(tmp_path: Path) -> None:
+    """#19 item 1: evaluate's overlays stretched a cropped map over the whole photo."""
+    picture = Image.new("RGB", (448, 224), (128, 128, 128))  # a cell shows it 224 x 112
+    writer = OverlayWriter(
+        tmp_path, ["zero", "one"], 1, crop_box=lambda w, h: (w / 4, 0.0, 3 * w / 4, float(h))
+    )
+    maps = {"gradcam": torch.rand(7, 7, generator=torch.Generator().manual_seed(0))}
+    writer("cat.png", picture, 1, 0.9, maps)
+    (path,) = writer.written
+    sheet = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    cell = sheet[LABEL + 56 : LABEL + 168, TILE : 2 * TILE]  # the overlay, label and padding off
+    assert (cell[:, :54] == 128).all() and (cell[:, 170:] == 128).all()  # outside: the photo
+    assert np.abs(cell[:, 60:164] - 128).mean() > 20  # the map covers the box (x 56..168)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fdpipe.bench.report_suite import write_synthetic_output
 from fdpipe.report import write_site
 from image_files import write_images
+from PIL import Image
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -48,6 +51,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     failed = {"img_001.jpg": "cannot identify image file"}
     write_synthetic_output(root / "out", root / "images", names, failed=failed)
     write_site(root / "out", root / "site", images_root=root / "images", page_size=3)
+    return root / "site"
+
+
+@pytest.fixture(scope="module")
+def cropped_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``--resize crop`` model's report: 320 x 240 photos, maps over their centre 240 x 240."""
+    root = tmp_path_factory.mktemp("cropped")
+    images = write_images(root / "images", 2, size=(320, 240))
+    names = [p.relative_to(root / "images").as_posix() for p in images]
+    write_synthetic_output(
+        root / "out", root / "images", names, image_size=(320, 240), map_box=(40, 0, 280, 240)
+    )
+    write_site(root / "out", root / "site", images_root=root / "images")
     return root / "site"
 
 
@@ -107,3 +123,24 @@ def test_filters_and_paging(browser: webdriver.Chrome, site: Path) -> None:
     browser.find_element(By.NAME, "file").clear()
     browser.find_element(By.NAME, "file").send_keys("4")
     assert visible_paths(browser) == ["img_004.jpg"]
+
+
+def test_cropped_model_overlay_lies_in_the_box_it_saw(
+    browser: webdriver.Chrome, cropped_site: Path
+) -> None:
+    """#19 item 1: the thumbnail is 160 x 120, the box (original pixels 40..280 of 320) lands
+    on its columns 20..140: the map shows there and the photo on either side, as rendered."""
+    browser.get((cropped_site / "page-00001.html").as_uri())
+    row = browser.find_element(By.CSS_SELECTOR, '#gallery tbody tr[data-path="img_000.jpg"]')
+
+    def shown(selector: str) -> np.ndarray:
+        image = row.find_element(By.CSS_SELECTOR, f"{selector} img")
+        browser.execute_script("arguments[0].scrollIntoView()", image)
+        WebDriverWait(browser, 5).until(lambda _: image.get_property("complete"))
+        return np.asarray(Image.open(BytesIO(image.screenshot_as_png)).convert("RGB"), float)
+
+    photo, overlay = shown("td.name"), shown('td[data-method="gradcam"]')
+    assert photo.shape == overlay.shape == (120, 160, 3)
+    change = np.abs(overlay - photo).mean(axis=(0, 2))  # per column
+    assert change[:14].max() < 4 and change[146:].max() < 4  # left and right of the box
+    assert change[26:134].min() > 10  # the map all across the box
