@@ -1,8 +1,9 @@
 """Insertion and deletion (the RISE protocol, METHODS.md section 4).
 
-Pixels are taken from the most to the least salient (stable sort: ties keep pixel order).
-Deletion starts from the image and swaps pixels for a substrate (zeros of the normalised input by
-default); insertion starts from the substrate (RISE's blur by default) and puts the image's pixels
+Pixels are taken from the most to the least salient (MoRF, stable sort: ties keep pixel order),
+or in exactly the reverse order (LeRF). Deletion starts from the image and swaps pixels for a
+substrate (zeros of the normalised input by default; RISE's blur; or each channel's mean over the
+image); insertion starts from the substrate (RISE's blur by default) and puts the image's pixels
 back. Each curve tracks the score of the class predicted on the clean image at n + 1 points, and
 its area is (sum(p) - p_0 / 2 - p_n / 2) / n.
 """
@@ -21,7 +22,8 @@ from fdpipe.kernels.precision import ieee_fp32
 from scipy.ndimage import gaussian_filter
 from torch import Tensor
 
-Substrate = Literal["zero", "blur"]
+Substrate = Literal["zero", "blur", "mean"]
+Order = Literal["morf", "lerf"]
 Score = Literal["probability", "logit"]
 Classifier = Callable[[Tensor], Tensor]  # (N, C, H, W) inputs -> (N, classes) logits
 
@@ -37,6 +39,7 @@ class CurveProtocol:
     blur_sigma: float = 5.0
     score: Score = "probability"  # softmax probability, or the raw logit
     batch_size: int = 64  # perturbed inputs per forward pass
+    order: Order = "morf"  # most relevant first (the protocol), or least relevant first
 
     def step(self, pixels: int) -> int:
         return max(1, math.ceil(self.step_fraction * pixels))
@@ -59,24 +62,28 @@ def rise_blur_kernel(size: int, sigma: float) -> Tensor:
 
 
 def substrate(images: Tensor, kind: Substrate, protocol: CurveProtocol) -> Tensor:
-    """What removed pixels become: zeros, or each channel blurred with zero padding."""
+    """What removed pixels become: zeros, each channel's mean, or each channel blurred with
+    zero padding."""
     if kind == "zero":
         return torch.zeros_like(images)
+    if kind == "mean":
+        return images.mean((-2, -1), keepdim=True).expand_as(images).clone()
     if kind == "blur":
         size = protocol.blur_kernel
         kernel = rise_blur_kernel(size, protocol.blur_sigma).to(images)
         weight = kernel.expand(images.shape[1], 1, size, size)
         return F.conv2d(images, weight, padding=size // 2, groups=images.shape[1])
-    raise ValueError(f"unknown substrate {kind!r}: zero or blur")
+    raise ValueError(f"unknown substrate {kind!r}: zero, blur or mean")
 
 
-def salience_ranks(saliency: Tensor) -> Tensor:
-    """(R, H, W) -> (R, H * W): each pixel's position in the most-to-least salient order."""
-    order = saliency.flatten(1).sort(dim=1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    positions = torch.arange(order.shape[1], device=order.device)
-    ranks.scatter_(1, order, positions.expand_as(order))
-    return ranks
+def salience_ranks(saliency: Tensor, order: Order = "morf") -> Tensor:
+    """(R, H, W) -> (R, H * W): each pixel's position in the most-to-least salient order (MoRF),
+    or in its reverse (LeRF)."""
+    ordering = saliency.flatten(1).sort(dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(ordering)
+    positions = torch.arange(ordering.shape[1], device=ordering.device)
+    ranks.scatter_(1, ordering, positions.expand_as(ordering))
+    return ranks if order == "morf" else ordering.shape[1] - 1 - ranks
 
 
 def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
@@ -106,32 +113,31 @@ class Curves:
 
 
 @torch.no_grad()
-def _curve(
+def _curves(
     classifier: Classifier,
-    start: Tensor,
-    finish: Tensor,
+    starts: Tensor,
+    finishes: Tensor,
+    ends: Tensor,
     ranks: Tensor,
     classes: Tensor,
     protocol: CurveProtocol,
 ) -> Tensor:
-    """(B, M, n + 1): point i takes the i * step top-ranked pixels from ``finish``."""
-    batch, maps, pixels = ranks.shape
+    """(S, B, M, n + 1) for S (start, finish) pairs (S, B, C, H, W) whose end scores ``ends``
+    (S, B, 2) are known: point i takes the i * step top-ranked pixels from ``finish``."""
+    kinds, batch, maps, pixels = len(starts), *ranks.shape
     step, n = protocol.step(pixels), protocol.n_steps(pixels)
-    ends = torch.stack(
-        [class_scores(classifier(x), classes, protocol.score) for x in (start, finish)], dim=-1
-    )
-    curve = ends.new_empty(batch, maps, n + 1)
-    curve[..., 0] = ends[:, None, 0]  # the same for every map of an image: computed once
-    curve[..., n] = ends[:, None, 1]
-    # The inner points, over every (image, map, step), go through in batches.
-    axes = (torch.arange(batch), torch.arange(maps), torch.arange(1, n))
+    curve = ends.new_empty(kinds, batch, maps, n + 1)
+    curve[..., 0] = ends[:, :, None, 0]  # the same for every map of an image: computed once
+    curve[..., n] = ends[:, :, None, 1]
+    # The inner points of every (curve, image, map, step) share the batches.
+    axes = (torch.arange(kinds), torch.arange(batch), torch.arange(maps), torch.arange(1, n))
     grid = torch.meshgrid(*(axis.to(ranks.device) for axis in axes), indexing="ij")
-    image_of, map_of, point_of = (index.flatten() for index in grid)
+    kind_of, image_of, map_of, point_of = (index.flatten() for index in grid)
     for part in torch.arange(len(image_of), device=ranks.device).split(protocol.batch_size):
-        b, m, i = image_of[part], map_of[part], point_of[part]
-        swapped = (ranks[b, m] < (i * step)[:, None]).view(len(part), 1, *start.shape[-2:])
-        inputs = torch.where(swapped, finish[b], start[b])
-        curve[b, m, i] = class_scores(classifier(inputs), classes[b], protocol.score)
+        k, b, m, i = kind_of[part], image_of[part], map_of[part], point_of[part]
+        swapped = (ranks[b, m] < (i * step)[:, None]).view(len(part), 1, *starts.shape[-2:])
+        inputs = torch.where(swapped, finishes[k, b], starts[k, b])
+        curve[k, b, m, i] = class_scores(classifier(inputs), classes[b], protocol.score)
     return curve
 
 
@@ -141,26 +147,45 @@ def insertion_deletion(
     images: Tensor,
     saliency: Tensor,
     protocol: CurveProtocol | None = None,
+    clean_logits: Tensor | None = None,
 ) -> Curves:
-    """Curves for preprocessed ``images`` (B, C, H, W) and input-size maps (B, M, H, W).
+    """Curves for preprocessed ``images`` (B, C, H, W) and input-size maps (B, M, H, W);
+    ``clean_logits`` (B, classes), the classifier's on ``images``, saves that pass when known.
 
     Everything runs on the images' device, where the classifier must be too, in IEEE FP32.
     """
     with ieee_fp32():
-        return _insertion_deletion(classifier, images, saliency, protocol or CurveProtocol())
+        return _insertion_deletion(
+            classifier, images, saliency, protocol or CurveProtocol(), clean_logits
+        )
 
 
 def _insertion_deletion(
-    classifier: Classifier, images: Tensor, saliency: Tensor, protocol: CurveProtocol
+    classifier: Classifier,
+    images: Tensor,
+    saliency: Tensor,
+    protocol: CurveProtocol,
+    clean_logits: Tensor | None,
 ) -> Curves:
     if saliency.shape[0] != images.shape[0] or saliency.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"maps {tuple(saliency.shape)} do not fit images {tuple(images.shape)}")
-    classes = classifier(images).argmax(1)
-    ranks = salience_ranks(saliency.to(images.device).flatten(0, 1)).view(*saliency.shape[:2], -1)
+    clean = classifier(images) if clean_logits is None else clean_logits
+    classes = clean.argmax(1)
+    flat = saliency.to(images.device).flatten(0, 1)
+    ranks = salience_ranks(flat, protocol.order).view(*saliency.shape[:2], -1)
     removed = substrate(images, protocol.deletion_substrate, protocol)
     inserted_into = substrate(images, protocol.insertion_substrate, protocol)
-    return Curves(
-        classes=classes,
-        insertion=_curve(classifier, inserted_into, images, ranks, classes, protocol),
-        deletion=_curve(classifier, images, removed, ranks, classes, protocol),
+    clean_score = class_scores(clean, classes, protocol.score)
+    ends = torch.stack(
+        [
+            torch.stack(
+                [class_scores(classifier(inserted_into), classes, protocol.score), clean_score], -1
+            ),
+            torch.stack(
+                [clean_score, class_scores(classifier(removed), classes, protocol.score)], -1
+            ),
+        ]
     )
+    starts, finishes = torch.stack([inserted_into, images]), torch.stack([images, removed])
+    insertion, deletion = _curves(classifier, starts, finishes, ends, ranks, classes, protocol)
+    return Curves(classes=classes, insertion=insertion, deletion=deletion)
