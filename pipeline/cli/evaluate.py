@@ -15,12 +15,19 @@ from fdpipe.cli.options import ConfigurationError, ModelOptions, method_specs, m
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
+    from fdpipe.api import Explainer
+    from fdpipe.evaluation.comparison import Comparison
+    from fdpipe.evaluation.randomisation import Cascade
     from fdpipe.export.loading import LoadedModel
+    from fdpipe.job.inputs import Entry, Source
+    from PIL import Image
 
 # Every CAM method; FG-CAM refines one of them and is asked for by name with its base.
 ALL_METHODS = ",".join(CAM_METHODS)
 # --fail-under gates on scores where higher is better.
 GATED_METRICS = ("insertion", "overall", "pointing")
+# --metric: evaluation.comparison.METRIC_FAMILIES, named here so that --help does not load torch
+METRIC_CHOICES = ("curves", "confidence", "road")
 
 
 def parse_thresholds(texts: tuple[str, ...]) -> dict[str, float]:
@@ -41,6 +48,60 @@ def parse_thresholds(texts: tuple[str, ...]) -> dict[str, float]:
             )
         thresholds[metric] = number
     return thresholds
+
+
+def parse_metrics(texts: tuple[str, ...]) -> list[str]:
+    """``--metric`` (repeatable, comma-separated) -> metric families in METRIC_CHOICES order."""
+    names = {n.strip() for text in texts for n in text.split(",") if n.strip()}
+    if not names:
+        return ["curves", "confidence"]
+    if "all" in names:
+        return list(METRIC_CHOICES)
+    unknown = names - set(METRIC_CHOICES)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown {', '.join(sorted(unknown))}: choose from {', '.join(METRIC_CHOICES)}, all",
+            param_hint="--metric",
+        )
+    return [m for m in METRIC_CHOICES if m in names]
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """``--road-fractions 0.1,0.5`` -> (0.1, 0.5), each strictly between 0 and 1."""
+    try:
+        fractions = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        fractions = ()
+    if not fractions or not all(0 < f < 1 for f in fractions):
+        raise click.BadParameter(
+            f"expected comma-separated fractions in (0, 1), got {text!r}",
+            param_hint="--road-fractions",
+        )
+    return fractions
+
+
+def sanity_check(
+    loaded: LoadedModel,
+    explainer: Explainer,
+    comparison: Comparison,
+    entries: list[Entry],
+    source: Source,
+    steps: int,
+    images: int,
+) -> tuple[Cascade, tuple[Image.Image, tuple[float, float, float, float]]]:
+    """The cascade on the first ``images`` scored images; the first one's picture and the part
+    of it the model saw, for its sheet."""
+    import torch
+    from fdpipe.evaluation.randomisation import cascade
+    from fdpipe.images import load_image_sized
+
+    scored = list(dict.fromkeys(s.image for s in comparison.scores))[:images]
+    by_key = {entry.key: entry for entry in entries}
+    pictures = [load_image_sized(source.open(by_key[key]))[0] for key in scored]
+    inputs = torch.stack([loaded.preprocess(p) for p in pictures]).to(explainer.device)
+    result = cascade(loaded, list(explainer.methods), inputs, scored, steps=steps)
+    first = pictures[0]
+    return result, (first, loaded.preprocess.crop_box(first.width, first.height))
 
 
 def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
@@ -115,10 +176,25 @@ def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
     "--step-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.0357, show_default=True
 )
 @click.option(
-    "--deletion-substrate", type=click.Choice(["zero", "blur"]), default="zero", show_default=True
+    "--deletion-substrate",
+    type=click.Choice(["zero", "blur", "mean"]),
+    default="zero",
+    show_default=True,
+    help="What deleted pixels become: zeros of the normalised input, RISE's blur, the image's "
+    "per-channel mean.",
 )
 @click.option(
-    "--insertion-substrate", type=click.Choice(["blur", "zero"]), default="blur", show_default=True
+    "--insertion-substrate",
+    type=click.Choice(["blur", "zero", "mean"]),
+    default="blur",
+    show_default=True,
+)
+@click.option(
+    "--order",
+    type=click.Choice(["morf", "lerf"]),
+    default="morf",
+    show_default=True,
+    help="Insertion / deletion order: most relevant first (the protocol) or least relevant first.",
 )
 @click.option(
     "--score", type=click.Choice(["probability", "logit"]), default="probability", show_default=True
@@ -139,6 +215,48 @@ def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
     help="Exit 1 when a method's mean insertion, overall or pointing is below VALUE "
     "(repeatable; for CI gates).",
 )
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help=f"Comma-separated, of {', '.join(METRIC_CHOICES)} or all (default: curves,confidence; "
+    "the pointing games come with --boxes). ROAD solves a sparse system per removal: slow.",
+)
+@click.option(
+    "--road-fractions",
+    default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    show_default=True,
+    help="Fractions of the pixels ROAD removes.",
+)
+@click.option("--road-noise", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images scored together: their perturbed inputs share the forward passes.",
+)
+@click.option(
+    "--sanity",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Model-randomisation check: re-initialise this many blocks, from the output down, one "
+    "more at a time (0: off).",
+)
+@click.option(
+    "--sanity-images",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Images of the sanity check (the first ones scored).",
+)
+@click.option("--sample", type=click.IntRange(min=1), help="Evaluate a random sample of N images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Of --sample.")
+@click.option(
+    "--choose",
+    is_flag=True,
+    help="Rank every method by every metric and print the recommendation with its interval.",
+)
 @click.option("--overlays", type=click.IntRange(min=0), default=16, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most this many images.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
@@ -156,6 +274,15 @@ def evaluate(
     limit: int | None,
     progress: bool | None,
     fail_under: tuple[str, ...],
+    metrics: tuple[str, ...],
+    road_fractions: str,
+    road_noise: float,
+    chunk: int,
+    sanity: int,
+    sanity_images: int,
+    sample: int | None,
+    seed: int,
+    choose: bool,
     **protocol_options: object,
 ) -> None:
     """Score methods by insertion / deletion (and the pointing game with --boxes).
@@ -165,20 +292,37 @@ def evaluate(
     """
     from fdpipe.api import Explainer
     from fdpipe.evaluation.boxes import BoxFormatError, read_boxes
+    from fdpipe.evaluation.choice import recommend, sample_items
     from fdpipe.evaluation.comparison import LiveMaps, MapSource, StoredMaps, compare
     from fdpipe.evaluation.curves import CurveProtocol
     from fdpipe.evaluation.pointing import load_class_map
-    from fdpipe.evaluation.results import OverlayWriter, markdown_table, write_report
+    from fdpipe.evaluation.results import (
+        OverlayWriter,
+        markdown_table,
+        statistics_of,
+        verdict_line,
+        write_report,
+    )
+    from fdpipe.evaluation.road import ROADProtocol
     from fdpipe.export.request import ModelError
-    from fdpipe.job.inputs import Entry, FileSource, InputError, Source, open_source
+    from fdpipe.job.inputs import Entry, FileSource, InputError, open_source
     from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows
 
     if input_ is None and maps is None:
         raise click.UsageError("give the images with --input, or an explain output with --maps")
+    if maps is not None and sanity:
+        raise click.UsageError("--sanity re-runs the methods: give --input, not --maps")
     if maps is not None and input_ is not None and not input_.is_dir():
         raise click.UsageError("with --maps, --input names the folder the images are in now")
     specs = method_specs(methods) if methods else []
     thresholds = parse_thresholds(fail_under)
+    families = parse_metrics(metrics)
+    road = ROADProtocol(
+        fractions=parse_fractions(road_fractions),
+        noise=road_noise,
+        score=protocol_options["score"],  # type: ignore[arg-type]
+        batch_size=protocol_options["batch_size"],  # type: ignore[arg-type]
+    )
     try:
         source: MapSource
         if maps is not None:
@@ -204,14 +348,18 @@ def evaluate(
         raise ConfigurationError(str(exc)) from exc
     crop_box = loaded.preprocess.crop_box  # the overlays' maps cover what the model saw
     writer = OverlayWriter(output / "overlays", loaded.class_names, overlays, crop_box=crop_box)
+    chosen = sample_items(items, sample, seed) if sample is not None else items
+    chosen = chosen[:limit]
     comparison = compare(
         loaded,
         explainer.network,
         source,
-        items[:limit],
+        chosen,
         images,
         protocol=CurveProtocol(**protocol_options),  # type: ignore[arg-type]
-        curves=curves,
+        metrics=families if curves else [f for f in families if f != "curves"],
+        road=road,
+        chunk=chunk,
         boxes=ground_truth,
         class_map=labels,
         tolerance=tolerance,
@@ -220,8 +368,22 @@ def evaluate(
     )
     launched = Path(sys.argv[0]).name == "fdpipe"  # not when called in-process (tests, API)
     command = shlex.join(["fdpipe", *sys.argv[1:]]) if launched else None
-    write_report(output, comparison, model=loaded.name, command=command)
+    cascade, picture = None, None
+    if sanity and comparison.scores:
+        cascade, picture = sanity_check(
+            loaded, explainer, comparison, chosen, images, sanity, sanity_images
+        )
+    write_report(
+        output, comparison, model=loaded.name, command=command, cascade=cascade,
+        cascade_picture=picture,
+    )  # fmt: skip
     click.echo(markdown_table(comparison.summary()), nl=False)
+    statistics = statistics_of(comparison)
+    line = verdict_line(statistics)
+    if choose:
+        click.echo(recommend(statistics))
+    elif line:
+        click.echo(line)
     click.echo(f"report: {output / 'report.md'} ({len(writer.written)} overlay(s))")
     missed = [
         f"{label}: {metric} {row[metric]:.4f} < {bound}"

@@ -1,12 +1,14 @@
 """The method comparison behind ``fdpipe evaluate``.
 
 Maps come from the methods themselves (computed on the fly, each method spec a row of the report)
-or from an ``explain`` output. Each image is scored by insertion / deletion for the class the model
-predicts on it, and, where it has ground-truth boxes, by the pointing game.
+or from an ``explain`` output. Each image is scored for the class the model predicts on it by
+insertion / deletion, Average Drop / Increase in Confidence and ROAD (as asked), and, where it
+has ground-truth boxes, by the pointing game and its energy-based variant.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,9 @@ import numpy as np
 import torch
 from fdpipe.api import Explainer
 from fdpipe.evaluation.boxes import ImageBoxes
+from fdpipe.evaluation.confidence import confidence_change
 from fdpipe.evaluation.curves import CurveProtocol, insertion_deletion
+from fdpipe.evaluation.energy import energy_pointing
 from fdpipe.evaluation.pointing import (
     POINTING_TOLERANCE,
     ClassMap,
@@ -27,6 +31,7 @@ from fdpipe.evaluation.pointing import (
     map_peak,
     pointing_targets,
 )
+from fdpipe.evaluation.road import ROADProtocol, road_scores
 from fdpipe.export.loading import LoadedModel
 from fdpipe.images import ImageDecodeError, load_image_sized
 from fdpipe.job.inputs import Entry, EntryError, Source
@@ -37,6 +42,13 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+# What `--metric` chooses; the pointing games come with ground-truth boxes.
+METRIC_FAMILIES = ("curves", "confidence", "road")
+# Per-image values, in report order.
+IMAGE_METRICS = (
+    "insertion", "deletion", "overall", "average_drop", "increase",
+    "road_morf", "road_lerf", "road",
+)  # fmt: skip
 MapsCallback = Callable[[str, Image.Image, int, float, dict[str, Tensor]], None]
 
 
@@ -105,15 +117,16 @@ class StoredMaps:
 class ImageScores:
     image: str
     method: str
-    class_index: int  # predicted on the clean image; its score is what the curves track
-    insertion: float
-    deletion: float
-    insertion_curve: list[float]
-    deletion_curve: list[float]
+    class_index: int  # predicted on the clean image; its score is what the metrics track
+    class_name: str
+    values: dict[str, float] = field(default_factory=dict)  # metric -> value (IMAGE_METRICS)
+    curves: dict[str, list[float]] = field(default_factory=dict)  # insertion, deletion, road_*
 
-    @property
-    def overall(self) -> float:
-        return self.insertion - self.deletion
+    def row(self) -> dict[str, object]:
+        """The JSON row: identity, every value, every curve as ``<name>_curve``."""
+        head = {"image": self.image, "method": self.method, "class_index": self.class_index}
+        curves = {f"{name}_curve": curve for name, curve in self.curves.items()}
+        return head | {"class_name": self.class_name} | self.values | curves
 
 
 @dataclass
@@ -124,6 +137,7 @@ class PointingTrial:
     model_class: int  # the mapped model class with the highest logit
     point: tuple[int, int]  # (row, column) in the original image
     hit: bool
+    energy: float  # the share of the map's energy inside the class's boxes
 
 
 @dataclass
@@ -131,6 +145,8 @@ class Comparison:
     methods: list[str]
     protocol: CurveProtocol
     tolerance: float = POINTING_TOLERANCE
+    metrics: tuple[str, ...] = ("curves",)  # of METRIC_FAMILIES
+    road: ROADProtocol = field(default_factory=ROADProtocol)
     scores: list[ImageScores] = field(default_factory=list)
     trials: list[PointingTrial] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # image -> reason
@@ -142,20 +158,38 @@ class Comparison:
             games[trial.method].add(trial.dataset_class, trial.hit)
         return games
 
+    def values(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{metric: {method: {unit: value}}}: units are images, or (image, dataset class)
+        trials for the pointing games; the paired statistics work from this."""
+        values: dict[str, dict[str, dict[str, float]]] = {}
+        for s in self.scores:
+            for metric, value in s.values.items():
+                values.setdefault(metric, {}).setdefault(s.method, {})[s.image] = value
+        for t in self.trials:
+            unit = f"{t.image}#{t.dataset_class}"
+            values.setdefault("pointing", {}).setdefault(t.method, {})[unit] = float(t.hit)
+            values.setdefault("energy", {}).setdefault(t.method, {})[unit] = t.energy
+        return values
+
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per method: mean insertion, deletion and overall; pointing accuracy where played."""
+        """Per method: the mean of every image metric; pointing accuracy (per class, then over
+        classes) and the mean energy share where the pointing game was played."""
         games = self.games()
         rows = {}
         for label in self.methods:
             mine = [s for s in self.scores if s.method == label]
             row: dict[str, float] = {"images": len(mine)}
-            if mine:
-                row["insertion"] = float(np.mean([s.insertion for s in mine]))
-                row["deletion"] = float(np.mean([s.deletion for s in mine]))
-                row["overall"] = row["insertion"] - row["deletion"]
+            for metric in IMAGE_METRICS:
+                found = [s.values[metric] for s in mine if metric in s.values]
+                if found:
+                    row[metric] = float(np.mean(found))
             if games[label].trials:
                 row["pointing"] = games[label].mean_accuracy()
                 row["pointing_trials"] = sum(games[label].trials.values())
+                energies = [t.energy for t in self.trials if t.method == label]
+                row["energy"] = (
+                    float(np.nanmean(energies)) if any(map(math.isfinite, energies)) else math.nan
+                )
             rows[label] = row
         return rows
 
@@ -163,44 +197,73 @@ class Comparison:
         """Per method: the (insertion, deletion) curves averaged over images."""
         curves = {}
         for label in self.methods:
-            mine = [s for s in self.scores if s.method == label]
+            mine = [s for s in self.scores if s.method == label and "insertion" in s.curves]
             if mine:
                 curves[label] = (
-                    np.mean([s.insertion_curve for s in mine], axis=0),
-                    np.mean([s.deletion_curve for s in mine], axis=0),
+                    np.mean([s.curves["insertion"] for s in mine], axis=0),
+                    np.mean([s.curves["deletion"] for s in mine], axis=0),
                 )
         return curves
 
 
-def _score_curves(
+def _score_chunk(
     comparison: Comparison,
     network: SplitNetwork,
-    source: MapSource,
-    key: str,
+    keys: list[str],
     inputs: Tensor,
-    top: int,
-) -> dict[str, Tensor]:
-    maps = source.maps(key, inputs, [top])
-    present = {label: per_class[0] for label, per_class in maps.items() if per_class[0] is not None}
-    if not present:
-        comparison.skipped[key] = f"no map for the predicted class {top}"
-        return present
+    logits: Tensor,
+    maps: list[dict[str, Tensor]],
+    class_names: Sequence[str],
+) -> None:
+    """Every metric of ``comparison.metrics`` for a chunk of images at once: the perturbed
+    inputs of every image and method share the forward passes, the clean pass is ``logits``."""
+    labels = [label for label in comparison.methods if any(label in m for m in maps)]
+    if not labels:
+        return
     size = (inputs.shape[-2], inputs.shape[-1])
-    saliency = torch.stack([upsample_map(m.float(), size) for m in present.values()])[None]
-    curves = insertion_deletion(network, inputs, saliency, comparison.protocol)
-    for j, label in enumerate(present):
-        comparison.scores.append(
-            ImageScores(
-                image=key,
-                method=label,
-                class_index=top,
-                insertion=curves.insertion_auc[0, j].item(),
-                deletion=curves.deletion_auc[0, j].item(),
-                insertion_curve=curves.insertion[0, j].tolist(),
-                deletion_curve=curves.deletion[0, j].tolist(),
+    blank = torch.zeros(size, device=inputs.device)
+    saliency = torch.stack(
+        [
+            torch.stack(
+                [upsample_map(m[label].float(), size) if label in m else blank for label in labels]
             )
-        )
-    return present
+            for m in maps
+        ]
+    ).to(inputs.device)
+    tops = logits.argmax(1)
+    values: dict[str, Tensor] = {}
+    curves: dict[str, Tensor] = {}
+    if "curves" in comparison.metrics:
+        result = insertion_deletion(network, inputs, saliency, comparison.protocol, logits)
+        curves["insertion"], curves["deletion"] = result.insertion, result.deletion
+        values["insertion"], values["deletion"] = result.insertion_auc, result.deletion_auc
+        values["overall"] = result.overall
+    if "confidence" in comparison.metrics:
+        change = confidence_change(
+            network, inputs, saliency, logits, comparison.protocol.score,
+            comparison.protocol.batch_size,
+        )  # fmt: skip
+        values["average_drop"], values["increase"] = change.drop, change.increase
+    if "road" in comparison.metrics:
+        for order in ("morf", "lerf"):
+            scores = road_scores(network, inputs, saliency, tops, order, comparison.road)
+            curves[f"road_{order}"], values[f"road_{order}"] = scores, scores.mean(-1)
+        values["road"] = (values["road_lerf"] - values["road_morf"]) / 2
+    for b, key in enumerate(keys):
+        for j, label in enumerate(labels):
+            if label not in maps[b]:
+                continue
+            top = int(tops[b])
+            comparison.scores.append(
+                ImageScores(
+                    image=key,
+                    method=label,
+                    class_index=top,
+                    class_name=class_names[top],
+                    values={name: float(v[b, j]) for name, v in values.items()},
+                    curves={name: c[b, j].tolist() for name, c in curves.items()},
+                )
+            )
 
 
 def _play_pointing(
@@ -235,8 +298,9 @@ def _play_pointing(
             box = crop_box(annotation.width, annotation.height)  # what the model saw
             point = map_peak(native.float(), size, box)
             hit = is_hit(point, targets[dataset_class], comparison.tolerance)
+            energy = energy_pointing(native.float(), size, targets[dataset_class], box)
             comparison.trials.append(
-                PointingTrial(key, label, dataset_class, model_class, point, hit)
+                PointingTrial(key, label, dataset_class, model_class, point, hit, energy)
             )
 
 
@@ -248,46 +312,72 @@ def compare(
     image_source: Source,
     *,
     protocol: CurveProtocol | None = None,
-    curves: bool = True,
+    metrics: Sequence[str] = ("curves",),
+    road: ROADProtocol | None = None,
+    chunk: int = 8,
     boxes: dict[str, ImageBoxes] | None = None,
     class_map: ClassMap | None = None,
     tolerance: float = POINTING_TOLERANCE,
     on_maps: MapsCallback | None = None,
     progress: bool = False,
 ) -> Comparison:
-    """Insertion / deletion of every image (``curves``), pointing game where ``boxes`` has it.
+    """``metrics`` (of METRIC_FAMILIES) of every image, ``chunk`` images scored together; the
+    pointing games where ``boxes`` has the image.
 
     ``images`` are read through ``image_source``; ``boxes`` is keyed by image file stem;
     ``on_maps`` sees each image's maps for its top class.
     """
-    comparison = Comparison(source.labels, protocol or CurveProtocol(), tolerance)
+    unknown = set(metrics) - set(METRIC_FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown metrics {sorted(unknown)}: choose from {METRIC_FAMILIES}")
+    comparison = Comparison(
+        source.labels,
+        protocol or CurveProtocol(),
+        tolerance,
+        tuple(metrics),
+        road or ROADProtocol(),
+    )
     device = next(network.parameters(), torch.empty(0)).device  # perturbations run there too
-    for item in tqdm(images, desc="evaluate", unit="image", disable=not progress):
-        try:
-            picture = load_image_sized(image_source.open(item))[0]
-        except (EntryError, ImageDecodeError, OSError) as exc:
-            comparison.skipped[item.key] = str(exc)
+    bar = tqdm(total=len(images), desc="evaluate", unit="image", disable=not progress)
+    for start in range(0, len(images), chunk):
+        pictures: list[tuple[str, Image.Image]] = []
+        for item in images[start : start + chunk]:
+            try:
+                pictures.append((item.key, load_image_sized(image_source.open(item))[0]))
+            except (EntryError, ImageDecodeError, OSError) as exc:
+                comparison.skipped[item.key] = str(exc)
+        bar.update(len(images[start : start + chunk]))
+        if not pictures:
             continue
-        inputs = model.preprocess(picture)[None].to(device)
+        inputs = torch.stack([model.preprocess(p) for _, p in pictures]).to(device)
         with torch.no_grad():
-            logits = network(inputs)[0]
-        top = int(logits.argmax())
-        if curves:
-            present = _score_curves(comparison, network, source, item.key, inputs, top)
-            if on_maps is not None and present:
-                on_maps(item.key, picture, top, float(logits.softmax(0)[top]), present)
-        annotation = (boxes or {}).get(Path(item.key).stem)
-        if annotation is not None:
-            if class_map is None:
-                raise ValueError("the pointing game needs a class map")
-            _play_pointing(
-                comparison,
-                source,
-                item.key,
-                inputs,
-                logits,
-                annotation,
-                class_map,
-                model.preprocess.crop_box,
-            )
+            logits = network(inputs)  # the clean pass, once for every metric
+        keys, chunk_maps = [], []
+        for b, (key, picture) in enumerate(pictures):
+            top = int(logits[b].argmax())
+            if comparison.metrics:
+                found = source.maps(key, inputs[b : b + 1], [top])
+                present = {label: m[0] for label, m in found.items() if m[0] is not None}
+                if not present:
+                    comparison.skipped[key] = f"no map for the predicted class {top}"
+                else:
+                    keys.append(key)
+                    chunk_maps.append(present)
+                    if on_maps is not None:
+                        on_maps(key, picture, top, float(logits[b].softmax(0)[top]), present)
+            annotation = (boxes or {}).get(Path(key).stem)
+            if annotation is not None:
+                if class_map is None:
+                    raise ValueError("the pointing game needs a class map")
+                _play_pointing(
+                    comparison, source, key, inputs[b : b + 1], logits[b], annotation,
+                    class_map, model.preprocess.crop_box,
+                )  # fmt: skip
+        if keys:
+            index = [next(b for b, (k, _) in enumerate(pictures) if k == key) for key in keys]
+            _score_chunk(
+                comparison, network, keys, inputs[index], logits[index], chunk_maps,
+                model.class_names,
+            )  # fmt: skip
+    bar.close()
     return comparison

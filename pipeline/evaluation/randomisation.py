@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from fdpipe.api import Explainer, Explanation
-from fdpipe.export.models import LoadedModel
+from fdpipe.export.loading import LoadedModel
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import Tensor, nn
@@ -70,6 +70,8 @@ class Cascade:
     ssim: dict[str, list[list[float]]] = field(default_factory=dict)
     maps: dict[str, list[Tensor]] = field(default_factory=dict)  # method -> native map per step
     trained: dict[str, Tensor] = field(default_factory=dict)  # method -> first image's map
+    class_name: str = ""  # the first image's class, as the trained model predicts it
+    probability: float = float("nan")  # and its score there
 
     def means(self) -> dict[str, dict[str, list[float]]]:
         return {
@@ -101,9 +103,16 @@ def cascade(
     compare each method's maps of ``inputs`` (B, C, H, W) with the trained model's."""
     blocks = cascade_blocks(model.module)[:steps]
     with torch.no_grad():
-        classes = model.module(inputs).argmax(1)
+        logits = model.module(inputs)
+    classes = logits.argmax(1)
     trained = _explain(model, methods, inputs, classes)
-    result = Cascade(steps=blocks, images=list(images))
+    first = int(classes[0])
+    result = Cascade(
+        steps=blocks,
+        images=list(images),
+        class_name=model.class_names[first],
+        probability=float(model.scores(logits)[0, first]),
+    )
     result.trained = {label: e.native[0, 0] for label, e in trained.items()}
     module = copy.deepcopy(model.module)
     for j, block in enumerate(blocks):

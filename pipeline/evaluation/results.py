@@ -18,6 +18,8 @@ import numpy as np
 from fdpipe.evaluation.comparison import Comparison
 from fdpipe.evaluation.comparison_page import write_comparison_page
 from fdpipe.evaluation.curves import CurveProtocol
+from fdpipe.evaluation.randomisation import Cascade
+from fdpipe.evaluation.statistics import MetricStatistics, analyse, primary_metric
 from fdpipe.job.reader import MapRow
 from fdpipe.render import file_stem, sheet_line
 from PIL import Image
@@ -30,8 +32,15 @@ COLUMNS: tuple[tuple[str, str, Callable[..., str], str], ...] = (
     ("insertion", "Insertion ↑", max, "{:.4f}"),
     ("deletion", "Deletion ↓", min, "{:.4f}"),
     ("overall", "Overall ↑", max, "{:.4f}"),
+    ("average_drop", "Average drop ↓", min, "{:.2f}%"),
+    ("increase", "Increase in confidence ↑", max, "{:.2f}%"),
+    ("road_morf", "ROAD MoRF ↓", min, "{:.4f}"),
+    ("road_lerf", "ROAD LeRF ↑", max, "{:.4f}"),
+    ("road", "ROAD ↑", max, "{:.4f}"),
     ("pointing", "Pointing game ↑", max, "{:.2%}"),
+    ("energy", "Energy pointing ↑", max, "{:.4f}"),
 )
+HEADERS = {key: header for key, header, _, _ in COLUMNS}
 
 
 def table_cells(
@@ -76,8 +85,107 @@ def _finite(value: object) -> object:
     return value
 
 
-def results_json(comparison: Comparison, *, model: str, command: str | None) -> dict[str, object]:
+def statistics_of(comparison: Comparison) -> dict[str, MetricStatistics]:
+    """The paired statistics of every metric, per-class by the class predicted on the image."""
+    classes = {s.image: s.class_name for s in comparison.scores}
+    return analyse(comparison.values(), classes)
+
+
+def verdict_line(statistics: dict[str, MetricStatistics]) -> str | None:
+    primary = primary_metric(statistics)
+    return None if primary is None else statistics[primary].verdict.line()
+
+
+def statistics_markdown(statistics: dict[str, MetricStatistics]) -> list[str]:
+    """Per metric: mean [95 % interval] and Wilcoxon p against the best, the verdict line."""
+    lines = []
+    for metric, stats in statistics.items():
+        best = stats.verdict.best
+        lines += [
+            "",
+            f"**{HEADERS[metric]}** over {len(stats.units)} paired unit(s): "
+            f"{stats.verdict.line()}.",
+            "",
+            "| Method | mean [95 % bootstrap interval] | Wilcoxon p vs best |",
+            "|---|---:|---:|",
+        ]
+        for label, interval in stats.means.items():
+            p = "–" if label == best else f"{stats.tests[best][label]:.3g}"
+            lines.append(f"| `{label}` | {interval.text()} | {p} |")
+    return lines
+
+
+def cascade_markdown(cascade: Cascade) -> list[str]:
+    """Mean rank correlation (SSIM) with the trained model's maps after each cascade step."""
+    means = cascade.means()
+    lines = [
+        "",
+        f"Sanity check (cascading randomisation, {len(cascade.images)} image(s)): Spearman "
+        "rank correlation (SSIM) of each method's map with the trained model's, after "
+        "re-initialising the blocks from the output down to the one named.",
+        "",
+        "| Method | " + " | ".join(f"`{step}`" for step in cascade.steps) + " |",
+        "|---|" + "---:|" * len(cascade.steps),
+    ]
+    for label, row in means.items():
+        cells = [f"{r:.3f} ({s:.3f})" for r, s in zip(row["rank"], row["ssim"], strict=True)]
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cascade_json(cascade: Cascade) -> dict[str, object]:
+    return {
+        "steps": cascade.steps,
+        "images": cascade.images,
+        "means": cascade.means(),
+        "rank": cascade.rank,
+        "ssim": cascade.ssim,
+    }
+
+
+Box = tuple[float, float, float, float]
+
+
+def draw_cascade(
+    path: Path, cascade: Cascade, picture: Image.Image, box: Box | None, alpha: float = 0.5
+) -> Path:
+    """One line per method: the first image's trained map, then its map after each step
+    (``box``: the part of the picture the model saw)."""
+    lines = []
+    for label, maps in cascade.maps.items():
+        natives = [cascade.trained[label], *maps]
+        names = [f"{label}: trained", *(f"-> {step}" for step in cascade.steps)]
+        rows = [
+            MapRow(
+                cascade.images[0],
+                name,
+                0,
+                0,
+                cascade.class_name,
+                cascade.probability,
+                native.float().cpu().numpy(),
+                box,
+            )
+            for name, native in zip(names, natives, strict=True)
+        ]
+        lines.append(sheet_line(picture, rows, alpha))
+    sheet = Image.new("RGB", (lines[0].width, sum(line.height for line in lines)), "white")
+    for i, line in enumerate(lines):
+        sheet.paste(line, (0, i * line.height))
+    sheet.save(path)
+    return path
+
+
+def results_json(
+    comparison: Comparison,
+    *,
+    model: str,
+    command: str | None,
+    statistics: dict[str, MetricStatistics] | None = None,
+    cascade: Cascade | None = None,
+) -> dict[str, object]:
     games = comparison.games()
+    statistics = statistics_of(comparison) if statistics is None else statistics
     return cast(
         dict[str, object],
         _finite(
@@ -85,13 +193,18 @@ def results_json(comparison: Comparison, *, model: str, command: str | None) -> 
                 "model": model,
                 "command": command,
                 "protocol": asdict(comparison.protocol),
+                "metrics": comparison.metrics,
+                "road": asdict(comparison.road) if "road" in comparison.metrics else None,
                 "tolerance": comparison.tolerance,
                 "methods": comparison.methods,
                 "summary": comparison.summary(),
                 "pointing_per_class": {
                     label: game.accuracy_per_class() for label, game in games.items() if game.trials
                 },
-                "images": [asdict(s) | {"overall": s.overall} for s in comparison.scores],
+                "verdict": verdict_line(statistics),
+                "statistics": {m: stats.document() for m, stats in statistics.items()},
+                "sanity": None if cascade is None else cascade_json(cascade),
+                "images": [s.row() for s in comparison.scores],
                 "pointing_trials": [asdict(t) for t in comparison.trials],
                 "unmapped_classes": dict(comparison.unmapped),
                 "skipped": comparison.skipped,
@@ -183,18 +296,39 @@ def describe_protocol(protocol: CurveProtocol) -> str:
 
 
 def write_report(
-    directory: Path, comparison: Comparison, *, model: str, command: str | None = None
+    directory: Path,
+    comparison: Comparison,
+    *,
+    model: str,
+    command: str | None = None,
+    cascade: Cascade | None = None,
+    cascade_picture: tuple[Image.Image, Box | None] | None = None,
 ) -> list[Path]:
-    """``report.md``, ``results.json``, (with curves) ``curves.png`` and ``report.html`` (the
-    same, with the curves and the overlays already in ``overlays/``) in ``directory``."""
+    """``report.md``, ``results.json``, (with curves) ``curves.png``, (with a ``cascade``)
+    ``cascade.png`` and ``report.html`` (the same, with the curves and the overlays already in
+    ``overlays/``) in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     summary = comparison.summary()
+    statistics = statistics_of(comparison)
     lines = ["# Method comparison", "", f"Model `{model}`.", "", markdown_table(summary)]
     if comparison.scores:
         images = len({s.image for s in comparison.scores})
-        lines.append(
-            f"Insertion / deletion on {images} image(s): {describe_protocol(comparison.protocol)}."
-        )
+        if "curves" in comparison.metrics:
+            lines.append(
+                f"Insertion / deletion on {images} image(s): "
+                f"{describe_protocol(comparison.protocol)}."
+            )
+        if "confidence" in comparison.metrics:
+            lines += ["", "Average Drop / Increase in Confidence: the input times the map."]
+        if "road" in comparison.metrics:
+            road = comparison.road
+            fractions = ", ".join(f"{f:g}" for f in road.fractions)
+            lines += [
+                "",
+                f"ROAD: mean {comparison.protocol.score} after removing {fractions} of the "
+                f"pixels with noisy linear imputation (noise {road.noise:g}); ROAD = (LeRF - "
+                "MoRF) / 2.",
+            ]
         counts = {label: row["images"] for label, row in summary.items()}
         if len(set(counts.values())) > 1:
             lines += ["", f"Methods were scored on different numbers of images: {counts}."]
@@ -202,20 +336,32 @@ def write_report(
         lines += [
             "",
             f"Pointing game over {len(comparison.trials)} (image, class, method) trial(s): "
-            f"{comparison.tolerance:g} px tolerance, accuracy per class averaged over classes.",
+            f"{comparison.tolerance:g} px tolerance, accuracy per class averaged over classes; "
+            "energy pointing: the share of the map's sum inside the class's boxes.",
         ]
+    tail = []
     if command:
-        lines += ["", f"Command: `{command}`"]
+        tail += ["", f"Command: `{command}`"]
     if comparison.skipped:
-        lines += ["", f"Skipped {len(comparison.skipped)} image(s); see results.json."]
+        tail += ["", f"Skipped {len(comparison.skipped)} image(s); see results.json."]
+    sanity = [] if cascade is None else cascade_markdown(cascade)
     written = [directory / "report.md", directory / "results.json"]
-    written[0].write_text("\n".join(lines) + "\n")
-    results = results_json(comparison, model=model, command=command)
+    document = lines + statistics_markdown(statistics) + sanity + tail
+    written[0].write_text("\n".join(document) + "\n")
+    results = results_json(
+        comparison, model=model, command=command, statistics=statistics, cascade=cascade
+    )
     written[1].write_text(json.dumps(results, indent=1) + "\n")
-    if comparison.scores and importlib.util.find_spec("matplotlib") is not None:
+    if comparison.mean_curves() and importlib.util.find_spec("matplotlib") is not None:
         plot_curves(directory / "curves.png", comparison)
         written.append(directory / "curves.png")
-    elif comparison.scores:
+    elif comparison.mean_curves():
         log.warning("no curves.png: matplotlib is missing (pip install 'fdpipe[report]')")
-    written.append(write_comparison_page(directory, table_cells(summary), lines[5:], model))
+    if cascade is not None and cascade_picture is not None and cascade.steps:
+        picture, box = cascade_picture
+        written.append(draw_cascade(directory / "cascade.png", cascade, picture, box))
+    page = write_comparison_page(
+        directory, table_cells(summary), lines[5:] + tail, model, statistics, cascade
+    )
+    written.append(page)
     return written

@@ -147,3 +147,59 @@ def per_class_means(
         for name, group in groups.items():
             result.setdefault(name, {})[method] = float(np.mean(group))
     return dict(sorted(result.items()))
+
+
+@dataclass(frozen=True)
+class MetricStatistics:
+    metric: str
+    units: list[str]  # the images (or pointing trials) every method was scored on
+    means: dict[str, Interval]
+    tests: dict[str, dict[str, float]]  # Wilcoxon p between every two methods
+    verdict: Verdict
+    per_class: dict[str, dict[str, float]]
+
+    def document(self) -> dict[str, object]:
+        return {
+            "units": len(self.units),
+            "higher_is_better": HIGHER_IS_BETTER[self.metric],
+            "means": {m: vars(i) for m, i in self.means.items()},
+            "wilcoxon_p": self.tests,
+            "verdict": vars(self.verdict)
+            | {
+                "lead": None if self.verdict.lead is None else vars(self.verdict.lead),
+                "significant": self.verdict.significant,
+                "line": self.verdict.line(),
+            },
+            "per_class": self.per_class,
+        }
+
+
+def analyse(
+    values: dict[str, dict[str, dict[str, float]]], classes: dict[str, str]
+) -> dict[str, MetricStatistics]:
+    """Per metric of ``values`` ({metric: {method: {unit: value}}}), in HIGHER_IS_BETTER's
+    order: paired means and intervals, tests, the verdict and per-class means (``classes``:
+    unit -> class name; units without one are left out of the breakdown)."""
+    result = {}
+    for metric in HIGHER_IS_BETTER:
+        if metric not in values:
+            continue
+        units, table = paired_table(values[metric])
+        if not units:
+            continue
+        means = bootstrap(table)
+        known = {u: c for u, c in classes.items() if u in set(units)}
+        kept = {m: {u: per[u] for u in known} for m, per in values[metric].items()}
+        result[metric] = MetricStatistics(
+            metric, units, means, pairwise_tests(table), verdict(metric, table, means),
+            per_class_means(kept, known),
+        )  # fmt: skip
+    return result
+
+
+PRIMARY = ("overall", "road", "insertion", "energy", "pointing", "average_drop")
+
+
+def primary_metric(statistics: dict[str, MetricStatistics]) -> str | None:
+    """The metric the one-line verdict speaks of: the first of PRIMARY that was measured."""
+    return next((m for m in PRIMARY if m in statistics), next(iter(statistics), None))

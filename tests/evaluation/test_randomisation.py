@@ -12,7 +12,7 @@ from fdpipe.evaluation.randomisation import (
     rank_correlation,
     ssim,
 )
-from fdpipe.export.models import from_module
+from fdpipe.export.loading import from_module
 from torch import nn
 
 
