@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import click
 from fdpipe.cli.choices import (
@@ -23,8 +30,73 @@ from fdpipe.cli.options import (
     parse_classes,
 )
 
+JOB_STARTED = "fdpipe.job_started"  # context meta: the job writes its own record from here on
 
-@click.command()
+
+def record_refusal(params: Mapping[str, Any], error: click.ClickException) -> None:
+    """A run refused before the job starts (a bad option, variable or combination) still leaves
+    a record: in OUTPUT/_runs when the output exists, and at --summary."""
+    output, summary = params.get("output"), params.get("summary")
+    if output is None and summary is None:
+        return
+    from fdpipe.job.progress import EXIT_USAGE
+    from fdpipe.job.record import RunRecord
+
+    command = shlex.join(["fdpipe", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fdpipe" else None
+    fields = {"command": command, "input": params.get("input_"), "output": output}
+    RunRecord(output, summary, fields).end("refused", EXIT_USAGE, error.format_message())
+
+
+class RecordedCommand(click.Command):
+    """``explain``: every refusal (exit 2) is recorded, those found while parsing too."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, list(args), parent, **extra)
+        except click.ClickException as exc:
+            if not extra.get("resilient_parsing"):  # what parses of the line: output, summary
+                lenient = super().make_context(
+                    info_name, list(args), parent, resilient_parsing=True
+                )
+                record_refusal(lenient.params, exc)
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if not ctx.meta.get(JOB_STARTED):
+                record_refusal(ctx.params, exc)
+            raise
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, systemd stopping a unit) ends the run as Ctrl-C does: nothing
+    half-written is committed, the run record says ``interrupted``, exit 143."""
+    from fdpipe.job.progress import Terminated
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals to it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@click.command(cls=RecordedCommand)
 @click.option(
     "-i",
     "--input",
@@ -151,6 +223,9 @@ def explain(
       2  usage or configuration error (unknown model or method, bad weights file,
          an output made with another model, layer or preprocessing)
       3  nothing to do: the input is empty or missing (0 with --allow-empty)
+      130, 143  interrupted by Ctrl-C or SIGTERM (rerun to resume)
+
+    Every run that knows its OUTPUT or --summary records how it ended, a refusal too.
     """
     fd = {key[3:]: options.pop(key) for key in list(options) if key.startswith("fd_")}
     fg = {key: options.pop(key) for key in ("base", "resolution", "denoise")}
@@ -188,7 +263,9 @@ def explain(
             shard=parse_shard(shard),
             **options,  # type: ignore[arg-type]
         )
-        summary = run_job(config)
+        click.get_current_context().meta[JOB_STARTED] = True
+        with sigterm_as_interrupt():
+            summary = run_job(config)
     except (InputError, ModelError, ResumeError, ConfigError) as exc:
         raise ConfigurationError(str(exc)) from exc
     click.echo(f"{output}: {summary}")

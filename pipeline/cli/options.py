@@ -403,15 +403,15 @@ class FiniteFloat(click.ParamType):
 
 
 class InterruptibleGroup(click.Group):
-    """Ctrl-C exits 130 (128 + SIGINT), as shells expect; click's default is 1, the code of
-    "an image failed"."""
+    """Ctrl-C exits 130 (128 + SIGINT), SIGTERM (where a command handles it, as ``explain``
+    does) 143, as shells expect; click's default is 1, the code of "an image failed"."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("interrupted", err=True)
-            raise SystemExit(130) from None
+            raise SystemExit(getattr(exc, "exit_code", 130)) from None
 
 
 def split_list(text: str) -> list[str]:

@@ -32,8 +32,11 @@ def current_mask(keys: pa.Table) -> np.ndarray:
     )
     table = table.join(heads, "image_path")
     sha, now = table["image_sha256"], table["image_sha256_max"]
+    # Kleene "or": a failure without a hash (broken link, FIFO) has null == null, which the
+    # plain "or" would turn into null and then into "not current", hiding the failure.
     same_content = pc.fill_null(
-        pc.or_(pc.equal(sha, now), pc.and_(pc.is_null(sha), pc.is_null(now))), pa.scalar(False)
+        pc.or_kleene(pc.equal(sha, now), pc.and_(pc.is_null(sha), pc.is_null(now))),
+        pa.scalar(False),
     )
     alive = pc.and_(cast(pa.ChunkedArray, same_content), pc.invert(table["_pruned_any"]))
     failed_now = pc.and_(

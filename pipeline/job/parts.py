@@ -169,10 +169,14 @@ class OutputDataset:
         temp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         record = {METADATA_KEY: json.dumps(metadata, default=str)}
         table = table.cast(SCHEMA).replace_schema_metadata(record)  # whoever built the rows
-        pq.write_table(table, temp, compression=COMPRESSION)
-        with temp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(temp, final)
+        try:
+            pq.write_table(table, temp, compression=COMPRESSION)
+            with temp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(temp, final)
+        except BaseException:  # an interrupt or a full disk: no half-written file stays
+            temp.unlink(missing_ok=True)
+            raise
         directory = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(directory)  # make the rename itself durable

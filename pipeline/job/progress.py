@@ -24,6 +24,13 @@ def format_duration(seconds: float) -> str:
 
 # Exit codes of ``fdpipe explain`` (documented in its --help and the README).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells expect
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: nothing half-written is committed, the record says so."""
+
+    exit_code = EXIT_TERMINATED
 
 
 @dataclass
@@ -142,10 +149,13 @@ class Progress:
 __all__ = [
     "EXIT_EMPTY",
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "Progress",
     "Summary",
+    "Terminated",
     "format_duration",
     "peak_memory_bytes",
 ]

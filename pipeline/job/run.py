@@ -10,19 +10,17 @@ of; ``prune`` marks inputs that are gone. Every run writes a record to ``OUTPUT/
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import secrets
 import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fdpipe.api import Explainer
+from fdpipe.export.models import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
 from fdpipe.job.inputs import (
@@ -30,6 +28,7 @@ from fdpipe.job.inputs import (
     ChangeToken,
     Entry,
     EntryError,
+    InputError,
     InputMissing,
     Source,
     open_source,
@@ -37,8 +36,16 @@ from fdpipe.job.inputs import (
     shard_of,
 )
 from fdpipe.job.lock import output_lock
-from fdpipe.job.parts import ImageState, OutputDataset, PartSink
-from fdpipe.job.progress import Progress, Summary, peak_memory_bytes
+from fdpipe.job.parts import ImageState, OutputDataset, PartSink, ResumeError
+from fdpipe.job.progress import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Progress,
+    Summary,
+    peak_memory_bytes,
+)
+from fdpipe.job.record import RunRecord, newest_record, next_run_id
 from fdpipe.job.rows import (
     explain_rows,
     job_explainer,
@@ -52,8 +59,8 @@ from fdpipe.methods import MethodSpec
 
 log = logging.getLogger("fdpipe.job")
 
-RUNS_DIR = "_runs"  # run records; readers of the parts skip "_" and "." names
-RUN_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
+# A run refused before any work: exit 2 with one line, and a record saying why.
+REFUSALS = (ConfigError, InputError, ModelError, ResumeError)
 
 
 @dataclass
@@ -93,12 +100,13 @@ def plan_run(
     def look(item: Entry) -> tuple[ChangeToken | None, bool]:
         token = source.token(item)
         state = states.get(item.key)
-        if state is None or token is None:
+        if state is None:
             return token, True
-        if (state.size, state.mtime_ns) == token and state.sha256 is not None:
+        if token is not None and (state.size, state.mtime_ns) == token and state.sha256:
             return token, False
-        sha = entry_sha256(source, item)
-        return token, sha is None or sha != state.sha256
+        # No hash now and none before (a broken link, a FIFO): the same failure, not new content
+        sha = entry_sha256(source, item) if token is not None else None
+        return token, sha != state.sha256
 
     plan = Plan([], {}, set())
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fdpipe-stat") as pool:
@@ -134,27 +142,6 @@ def method_label(method: str | MethodSpec) -> str:
     return method.label if isinstance(method, MethodSpec) else MethodSpec.parse(method).label
 
 
-def next_run_id(newest: str) -> str:
-    """The UTC start time, later than every run already in the output (a machine whose clock is
-    behind must still supersede them), with a random tail for runs started at once."""
-    now = datetime.now(UTC)
-    if newest:
-        after = datetime.strptime(newest.split("-")[0], RUN_ID_FORMAT).replace(tzinfo=UTC)
-        now = max(now, after + timedelta(microseconds=1))
-    return f"{now.strftime(RUN_ID_FORMAT)}-{secrets.token_hex(3)}"
-
-
-def write_json(path: Path, record: dict[str, object]) -> None:
-    """Atomically (temp + fsync + rename), so a reader never sees half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temp.open("w") as fh:
-        fh.write(json.dumps(record, indent=2, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(temp, path)
-
-
 def run_local(
     config: JobConfig,
     source: Source,
@@ -177,51 +164,64 @@ def run_local(
 
 
 def run_job(config: JobConfig) -> Summary:
-    """Explain what ``config.output`` lacks of ``config.input`` (this shard); write a run record."""
-    started = datetime.now(UTC)
+    """Explain what ``config.output`` lacks of ``config.input`` (this shard); write a run record
+    however the run ends."""
     clock = time.perf_counter()
-    record: dict[str, object] = {
-        # the command line when run as ``fdpipe`` (not for API calls, whose argv is another's)
-        "command": shlex.join(["fdpipe", *sys.argv[1:]])
-        if Path(sys.argv[0]).name == "fdpipe"
-        else None,
-        "started": started.isoformat(),
-        "input": str(config.input),
-        "output": str(config.output),
-        "shard": list(config.shard),
-        "options": {
-            "retry": config.retry,
-            "prune": config.prune,
-            "overwrite": config.overwrite,
-            "engine": config.engine,
-            "batch_size": config.batch_size,
-            "part_size": config.part_size,
+    record = RunRecord(
+        config.output,
+        config.summary,
+        {
+            # the command line when run as ``fdpipe`` (not for API calls, whose argv is another's)
+            "command": shlex.join(["fdpipe", *sys.argv[1:]])
+            if Path(sys.argv[0]).name == "fdpipe"
+            else None,
+            "input": str(config.input),
+            "output": str(config.output),
+            "shard": list(config.shard),
+            "options": {
+                "retry": config.retry,
+                "prune": config.prune,
+                "overwrite": config.overwrite,
+                "engine": config.engine,
+                "batch_size": config.batch_size,
+                "part_size": config.part_size,
+            },
+            "versions": versions(),
         },
-        "versions": versions(),
-    }
-    source = open_source(config.input, config.target_column)
+    )
     try:
-        entries: list[Entry] | None = source.entries()
-    except InputMissing:
-        entries = None
-    if not entries:
-        summary = Summary(0, 0, 0, 0, time.perf_counter() - clock, empty=True)
-        summary.allow_empty = config.allow_empty
-        log.warning("input %s is %s: nothing to do", config.input, "missing" if entries is None
-                    else "empty")  # fmt: skip
+        source = open_source(config.input, config.target_column)
         try:
-            finish(config, record | {"run_id": next_run_id("")}, summary, clock)
-        except OSError as exc:  # an unmounted output too: exit 3 stays the answer
-            log.warning("cannot write the run record: %s", exc)
-        return summary
-    explainer = job_explainer(config)
-    with output_lock(config.output, config.shard):  # one run per (output, shard)
-        return _run_locked(config, record, clock, source, entries, explainer)
+            entries: list[Entry] | None = source.entries()
+        except InputMissing:
+            entries = None
+        if not entries:
+            summary = Summary(0, 0, 0, 0, time.perf_counter() - clock, empty=True)
+            summary.allow_empty = config.allow_empty
+            log.warning("input %s is %s: nothing to do", config.input, "missing"
+                        if entries is None else "empty")  # fmt: skip
+            try:
+                finish(record, summary, clock)
+            except OSError as exc:  # an unmounted output too: exit 3 stays the answer
+                log.warning("cannot write the run record: %s", exc)
+            return summary
+        explainer = job_explainer(config)
+        with output_lock(config.output, config.shard):  # one run per (output, shard)
+            return _run_locked(config, record, clock, source, entries, explainer)
+    except REFUSALS as exc:
+        record.end("refused", EXIT_USAGE, str(exc))
+        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (``Terminated``)
+        record.end("interrupted", getattr(exc, "exit_code", EXIT_INTERRUPTED))
+        raise
+    except Exception as exc:
+        record.end("failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def _run_locked(
     config: JobConfig,
-    record: dict[str, object],
+    record: RunRecord,
     clock: float,
     source: Source,
     entries: list[Entry],
@@ -246,15 +246,13 @@ def _run_locked(
         for key in states
         if key not in present and shard_of(key, config.shard[1]) == config.shard[0]
     )
-    run_id = next_run_id(newest_run)
+    run_id = next_run_id(max(newest_run, newest_record(config.output)))
     stamp = RunStamp(run_id, targets)
     metadata = run_metadata(params, explainer, config, source.root, run_id)
-    record |= {"run_id": run_id, "params": metadata["params"], "run": metadata["run"]}
-    running = record | {"status": "running"}
     try:  # before any work: an output or --summary that cannot be written is a setting error
-        write_json(config.output / RUNS_DIR / f"{run_id}.json", running)
-        if config.summary is not None:
-            write_json(config.summary, running)
+        record.write(
+            run_id=run_id, params=metadata["params"], run=metadata["run"], status="running"
+        )
     except OSError as exc:
         raise ConfigError(f"cannot write the run record: {exc}") from exc
     log.info(
@@ -293,6 +291,7 @@ def _run_locked(
         sink.close()
     finally:
         seconds = progress.close()
+        record.fields["parts"] = [path.name for path in sink.written]
     summary = Summary(
         progress.done,
         progress.failed,
@@ -306,29 +305,25 @@ def _run_locked(
         pruned=len(gone) if config.prune else 0,
         failures=progress.failures,
     )
-    record["parts"] = [path.name for path in sink.written]
-    finish(config, record, summary, clock)
+    finish(record, summary, clock)
     return summary
 
 
-def finish(config: JobConfig, record: dict[str, object], summary: Summary, clock: float) -> None:
-    """The run record: ``OUTPUT/_runs/<run id>.json`` and ``config.summary``."""
-    record |= {
-        "status": "empty" if summary.empty else "complete",
-        "finished": datetime.now(UTC).isoformat(),
-        "exit_code": summary.exit_code,
-        "counts": summary.counts(),
-        "failures": summary.failures,
-        "timings": {
+def finish(record: RunRecord, summary: Summary, clock: float) -> None:
+    """The record of a run that ran to its end."""
+    record.write(
+        status="empty" if summary.empty else "complete",
+        finished=datetime.now(UTC).isoformat(),
+        exit_code=summary.exit_code,
+        counts=summary.counts(),
+        failures=summary.failures,
+        timings={
             "seconds": time.perf_counter() - clock,
             "explain_seconds": summary.seconds,
             "images_per_second": summary.images_per_second,
         },
-        "peak_memory_bytes": peak_memory_bytes(),
-    }
-    write_json(config.output / RUNS_DIR / f"{record['run_id']}.json", record)
-    if config.summary is not None:
-        write_json(config.summary, record)
+        peak_memory_bytes=peak_memory_bytes(),
+    )
 
 
-__all__ = ["RUNS_DIR", "Plan", "next_run_id", "plan_run", "run_job", "run_local"]
+__all__ = ["REFUSALS", "Plan", "plan_run", "run_job", "run_local"]

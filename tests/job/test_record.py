@@ -1,0 +1,109 @@
+"""Run records (issue 19, items 2 and 14): every run that knows its output leaves a record with
+its real end (``complete``, ``refused``, ``interrupted``, ``failed``), and ``--summary`` is always
+rewritten, so that monitoring never reads last night's success on a night when nothing ran."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fdpipe.cli import main
+from fdpipe.job.parts import OutputDataset
+from image_files import explain_command, write_images
+
+
+def records(output: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((output / "_runs").glob("*.json"))]
+
+
+@pytest.fixture
+def done_once(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An output explained once, with its ``--summary`` saying complete."""
+    images, output, summary = tmp_path / "images", tmp_path / "out", tmp_path / "last.json"
+    write_images(images, 2)
+    result = CliRunner().invoke(main, explain_command(images, output, "--summary", str(summary)))
+    assert result.exit_code == 0 and json.loads(summary.read_text())["status"] == "complete"
+    return images, output, summary
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "reason"),
+    [
+        (["--layer", "features.9"], {}, "layer"),  # refused by the job: another layer
+        ([], {"FDPIPE_EXPLAIN_MAX_PIXELS": "many"}, "max-pixels"),  # refused while parsing
+        (["--classes", "1", "--top-k", "2"], {}, "--classes"),  # refused by the command
+    ],
+)
+def test_a_refused_run_records_why_and_rewrites_the_summary(
+    done_once: tuple[Path, Path, Path], extra: list[str], env: dict[str, str], reason: str
+) -> None:
+    images, output, summary = done_once
+    args = explain_command(images, output, "--summary", str(summary), *extra)
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2, result.output
+    last = json.loads(summary.read_text())
+    assert last["status"] == "refused" and last["exit_code"] == 2
+    assert reason in last["error"] and last["output"] == str(output)
+    assert records(output)[-1] == last and len(records(output)) == 2
+    assert last["run_id"] > records(output)[0]["run_id"]  # the newest record sorts last
+
+
+def test_a_refusal_without_an_output_still_rewrites_the_summary(
+    done_once: tuple[Path, Path, Path],
+) -> None:
+    images, _, summary = done_once
+    result = CliRunner().invoke(main, ["explain", "-i", str(images), "--summary", str(summary)])
+    assert result.exit_code == 2
+    last = json.loads(summary.read_text())
+    assert last["status"] == "refused" and "--output" in last["error"]
+
+
+# Runs the CLI with ``fdpipe.job.rows.method_arrays`` wrapped: its second call sends the process
+# a signal (or raises), as a Ctrl-C, a ``kill`` or a bug would in the middle of a run.
+CHILD = """
+import os, signal, sys
+import fdpipe.job.rows as rows
+what = sys.argv[1]
+original = rows.method_arrays
+calls = [0]
+def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2:
+        if what == "crash":
+            raise RuntimeError("a bug")
+        os.kill(os.getpid(), getattr(signal, what))
+    return original(*args, **kwargs)
+rows.method_arrays = wrapped
+from fdpipe.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("what", "code", "status"),
+    [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "interrupted"), ("crash", 1, "failed")],
+)
+def test_an_interrupted_or_crashed_run_records_how_it_ended(
+    tmp_path: Path, what: str, code: int, status: str
+) -> None:
+    images, output, summary = tmp_path / "images", tmp_path / "out", tmp_path / "last.json"
+    write_images(images, 6)
+    args = explain_command(images, output, "--summary", str(summary))
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, what, *args], capture_output=True, timeout=300
+    )
+    assert done.returncode == code, done.stderr.decode()[-2000:]
+    (record,) = records(output)
+    assert record["status"] == status and record["exit_code"] == code
+    assert json.loads(summary.read_text()) == record
+    if what == "crash":
+        assert "a bug" in record["error"]
+    # the first batch's part is kept, nothing half-written is
+    assert record["parts"] == [p.name for p in OutputDataset(output).parts()]
+    assert not list(output.glob(".*.tmp"))
+    assert done.returncode != 143 or signal.SIGTERM == 15
