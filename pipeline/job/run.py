@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fdpipe.api import Explainer
-from fdpipe.export.models import ModelError
+from fdpipe.export.request import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
 from fdpipe.job.inputs import (
