@@ -30,6 +30,13 @@ from fdpipe.cli.options import (
     parse_classes,
 )
 
+
+class StorageFailure(click.ClickException):
+    """The output could not be written (disk full, file-size limit): one line, exit 4."""
+
+    exit_code = 4  # fdpipe.job.progress.EXIT_STORAGE (not imported: it loads pyarrow)
+
+
 JOB_STARTED = "fdpipe.job_started"  # context meta: the job writes its own record from here on
 
 
@@ -223,6 +230,8 @@ def explain(
       2  usage or configuration error (unknown model or method, bad weights file,
          an output made with another model, layer or preprocessing)
       3  nothing to do: the input is empty or missing (0 with --allow-empty)
+      4  the output could not be written (disk full, file-size limit, I/O error):
+         the parts written so far are kept; make room and rerun to continue
       130, 143  interrupted by Ctrl-C or SIGTERM (rerun to resume)
 
     Every run that knows its OUTPUT or --summary records how it ended, a refusal too.
@@ -251,7 +260,7 @@ def explain(
     from fdpipe.export.request import ModelError
     from fdpipe.job import ConfigError, JobConfig, run_job
     from fdpipe.job.inputs import InputError, parse_shard
-    from fdpipe.job.parts import ResumeError
+    from fdpipe.job.parts import ResumeError, StorageError
 
     try:
         options["model"] = options["model"].request()  # type: ignore[attr-defined]
@@ -268,5 +277,7 @@ def explain(
             summary = run_job(config)
     except (InputError, ModelError, ResumeError, ConfigError) as exc:
         raise ConfigurationError(str(exc)) from exc
+    except StorageError as exc:
+        raise StorageFailure(str(exc)) from exc
     click.echo(f"{output}: {summary}")
     raise SystemExit(summary.exit_code)

@@ -9,6 +9,7 @@ is killed. ``OutputDataset.images`` is what a rerun compares its input with.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,15 @@ FIXED_PARAMS = ("model", "weights_id", "layer", "preprocess")
 
 class ResumeError(ValueError):
     """The output directory holds rows that a run with these parameters cannot join."""
+
+
+class StorageError(Exception):
+    """The output cannot be written (disk full, file-size limit, I/O error): not the input's
+    fault nor a setting's. What was written before stays; a rerun continues."""
+
+
+# What a full or failing file system says, as opposed to a wrong path or permission.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 class PartFileError(ValueError):
@@ -292,11 +302,13 @@ def image_starts(rows: pa.Table) -> np.ndarray:
 __all__ = [
     "FIXED_PARAMS",
     "PART_PATTERN",
+    "STORAGE_ERRNOS",
     "ImageState",
     "OutputDataset",
     "PartFileError",
     "PartSink",
     "ResumeError",
+    "StorageError",
     "check_params",
     "image_starts",
     "part_name",

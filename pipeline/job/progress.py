@@ -24,6 +24,7 @@ def format_duration(seconds: float) -> str:
 
 # Exit codes of ``fdpipe explain`` (documented in its --help and the README).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_EMPTY = 0, 1, 2, 3
+EXIT_STORAGE = 4  # the output cannot be written: disk full, file-size limit, I/O error
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells expect
 
 
@@ -151,6 +152,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
     "Progress",

@@ -9,6 +9,7 @@ of; ``prune`` marks inputs that are gone. Every run writes a record to ``OUTPUT/
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import shlex
@@ -36,10 +37,18 @@ from fdpipe.job.inputs import (
     shard_of,
 )
 from fdpipe.job.lock import output_lock
-from fdpipe.job.parts import ImageState, OutputDataset, PartSink, ResumeError
+from fdpipe.job.parts import (
+    STORAGE_ERRNOS,
+    ImageState,
+    OutputDataset,
+    PartSink,
+    ResumeError,
+    StorageError,
+)
 from fdpipe.job.progress import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_STORAGE,
     EXIT_USAGE,
     Progress,
     Summary,
@@ -211,6 +220,16 @@ def run_job(config: JobConfig) -> Summary:
     except REFUSALS as exc:
         record.end("refused", EXIT_USAGE, str(exc))
         raise
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            record.end("failed", EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        reason = exc.strerror or str(exc)
+        record.end("failed", EXIT_STORAGE, reason)
+        raise StorageError(
+            f"cannot write to {config.output}: {reason} ({errno.errorcode[exc.errno]}); "
+            "the parts written so far are kept: make room and rerun to continue"
+        ) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (``Terminated``)
         record.end("interrupted", getattr(exc, "exit_code", EXIT_INTERRUPTED))
         raise
