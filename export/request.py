@@ -7,6 +7,7 @@ score), as plain data that imports no torch, so that the command line checks it 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,23 @@ NORMALISATIONS = ("imagenet", "caffe", "tf-lite", "none")
 
 class ModelError(ValueError):
     """A model, layer or weights file that cannot be used, with the valid choices in the message."""
+
+
+OFFLINE_ENV = "FDPIPE_OFFLINE"
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def offline_from_environment() -> bool:
+    """``FDPIPE_OFFLINE``: only the documented spellings; a typo must not mean "download"."""
+    text = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ModelError(
+        f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r} is not a boolean: use one of "
+        f"{', '.join(TRUE_WORDS)} (offline) or {', '.join(FALSE_WORDS[:-1])} or empty (online)"
+    )
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,10 @@ class ModelRequest:
     trust_pickle: bool = False
     offline: bool | None = None
 
+    def __post_init__(self) -> None:
+        if self.offline is None:
+            offline_from_environment()  # refused here, before any start-up cost
+
     def load(self) -> LoadedModel:
         from fdpipe.export.loading import load_model
 
@@ -108,10 +130,12 @@ class ModelRequest:
 __all__ = [
     "DEFAULT_MODEL",
     "NORMALISATIONS",
+    "OFFLINE_ENV",
     "OFFLINE_MODEL",
     "RESIZE_MODES",
     "SCORES",
     "ModelError",
     "ModelRequest",
     "PreprocessOptions",
+    "offline_from_environment",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import pickle
 import re
 import zipfile
@@ -17,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from fdpipe.export.request import ModelError
+from fdpipe.export.request import ModelError, offline_from_environment
 from torch import Tensor, nn
-
-OFFLINE_ENV = "FDPIPE_OFFLINE"
 
 
 def sha256_file(path: Path) -> str:
@@ -43,9 +40,7 @@ def tensors_id(module: nn.Module) -> str:
 
 def offline(flag: bool | None = None) -> bool:
     """Whether weights may not be fetched: ``--offline`` or ``FDPIPE_OFFLINE=1``."""
-    if flag is not None:
-        return flag
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes"}
+    return flag if flag is not None else offline_from_environment()
 
 
 # ---- weights files ---------------------------------------------------------------------------
@@ -258,7 +253,6 @@ def load_by_position(module: nn.Module, path: Path) -> None:
 
 
 __all__ = [
-    "OFFLINE_ENV",
     "apply_state_dict",
     "classifier_name",
     "efficientnet_lite0_path",

@@ -6,6 +6,8 @@ The command modules import torch and the models inside their command functions, 
 
 from __future__ import annotations
 
+import os
+
 import click
 from fdpipe import __version__
 from fdpipe.cli.bench import bench
@@ -13,7 +15,13 @@ from fdpipe.cli.demo import demo
 from fdpipe.cli.evaluate import evaluate
 from fdpipe.cli.explain import explain
 from fdpipe.cli.export import export
-from fdpipe.cli.options import ENV_PREFIX, InterruptibleGroup, bind_environment, common_options
+from fdpipe.cli.options import (
+    ENV_PREFIX,
+    InterruptibleGroup,
+    bind_environment,
+    common_options,
+    unknown_variables,
+)
 from fdpipe.cli.render import render
 from fdpipe.cli.report import report
 
@@ -33,6 +41,10 @@ def main() -> None:
     environment variable FDPIPE_<COMMAND>_<OPTION> (e.g. FDPIPE_EXPLAIN_BATCH_SIZE=8); the
     command line wins over the variables, and they over the file.
     """
+    group = click.get_current_context().command
+    assert isinstance(group, click.Group)
+    for name in unknown_variables(group, os.environ):
+        click.echo(f"warning: unknown variable {name} (no option reads it): ignored", err=True)
 
 
 for command in COMMANDS:

@@ -290,6 +290,18 @@ def config_value(param: click.Parameter, value: object) -> object:
     return value
 
 
+def beside(config: Path, param: click.Parameter, value: object) -> object:
+    """A relative path in a config file means beside the file, so that the same file works from
+    any working directory (a path on the command line or in a variable stays the shell's)."""
+    if not isinstance(param.type, click.Path):
+        return value
+    if isinstance(value, list):
+        return [beside(config, param, v) for v in value]
+    if isinstance(value, str) and value:
+        return str(config.parent / Path(value).expanduser())  # an absolute path stays itself
+    return value
+
+
 def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) -> None:
     """``--config FILE``: TOML whose keys are option names, in a table per command
     (``[explain]``) or at the top for every command that has the option. It sets click's
@@ -313,20 +325,23 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: Path | None) 
     if unknown := [k for k in sections if k not in commands]:
         fail(f"no command {unknown[0]!r}")
     default_map: dict[str, dict[str, object]] = {}
+    used: set[str] = set()  # shared keys some command takes (under its option or parameter name)
     for name, command in commands.items():
         known = option_names(command)
         if bad := [k for k in sections.get(name, {}) if normal(k) not in known]:
             fail(f"{name} has no option {bad[0]!r}")
         values = {k: v for k, v in shared.items() if normal(k) in known} | sections.get(name, {})
+        used |= values.keys() & shared.keys()
         params = {p.name: p for p in command.params}
         default_map[name] = {}
         for key, value in values.items():
             option = params[known[normal(key)]]
             try:
-                default_map[name][known[normal(key)]] = config_value(option, value)
+                value = config_value(option, value)
             except ValueError as exc:
                 fail(f"{name}.{key}: {exc}")
-    if orphans := [k for k in shared if not any(k in d for d in default_map.values())]:
+            default_map[name][known[normal(key)]] = beside(path, option, value)
+    if orphans := [k for k in shared if k not in used]:
         fail(f"no command has an option {orphans[0]!r}")
     if ctx.parent is None:
         ctx.default_map = default_map
@@ -345,6 +360,21 @@ def bind_environment(command: click.Command) -> click.Command:
                 if opt.startswith("--")
             ]
     return command
+
+
+def unknown_variables(group: click.Group, environ: Mapping[str, str]) -> list[str]:
+    """``FDPIPE_*`` variables no option reads (a typo would otherwise be ignored silently)."""
+    from fdpipe.export.request import OFFLINE_ENV  # torch-free
+
+    known = {OFFLINE_ENV}
+    for prefix, command in [(ENV_PREFIX, group)] + [
+        (f"{ENV_PREFIX}_{normal(name).upper()}", c) for name, c in group.commands.items()
+    ]:
+        for param in command.params:
+            envvar = param.envvar or []
+            known |= {envvar} if isinstance(envvar, str) else set(envvar)
+            known.add(f"{prefix}_{(param.name or '').upper()}")  # click's auto_envvar_prefix
+    return sorted(k for k in environ if k.startswith(f"{ENV_PREFIX}_") and k not in known)
 
 
 def common_options(command: Command) -> Command:

@@ -1,0 +1,99 @@
+"""The shared command-line front door (``fdpipe.cli.options``): configuration files and FDPIPE_*
+variables (issue 19, items 9, 20, 21)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from fdpipe.cli import main
+from fdpipe.export.request import ModelError
+from fdpipe.export.weights import offline
+from fdpipe.job.parts import OutputDataset, read_metadata
+from image_files import write_images
+
+
+def invoke(args: list[str], **kwargs: object) -> Result:
+    return CliRunner().invoke(main, args, **kwargs)  # type: ignore[arg-type]
+
+
+def params(output: Path) -> dict:
+    return read_metadata(OutputDataset(output).parts()[0])["params"]  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("false", False),
+     ("No", False), ("off", False), ("", False)],  # fmt: skip
+)
+def test_offline_variable_takes_documented_booleans(
+    text: str, value: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FDPIPE_OFFLINE", text)
+    assert offline() is value
+
+
+def test_offline_variable_refuses_other_spellings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FDPIPE_OFFLINE=banana`` once meant online and downloaded weights (item 20)."""
+    monkeypatch.setenv("FDPIPE_OFFLINE", "banana")
+    with pytest.raises(ModelError, match="FDPIPE_OFFLINE"):
+        offline()
+    write_images(tmp_path / "images", 1)
+    args = ["explain", "-i", str(tmp_path / "images"), "-o", str(tmp_path / "out"), "--model",
+            "resnet18", "--no-progress"]  # fmt: skip
+    result = invoke(args, env={"FDPIPE_OFFLINE": "banana"})
+    assert result.exit_code == 2, result.output
+    assert "FDPIPE_OFFLINE='banana'" in result.output and "1, true, yes, on" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_fdpipe_variables_are_warned_about() -> None:
+    result = invoke(
+        ["explain", "--help"], env={"FDPIPE_EXPLAIN_BATCHSIZE": "8", "FDPIPE_OFLINE": "1"}
+    )
+    assert result.exit_code == 0
+    assert "unknown variable FDPIPE_EXPLAIN_BATCHSIZE" in result.output
+    assert "unknown variable FDPIPE_OFLINE" in result.output
+    known = invoke(["explain", "--help"], env={"FDPIPE_EXPLAIN_BATCH_SIZE": "8"})
+    assert "unknown variable" not in known.output
+
+
+def test_a_shared_key_whose_option_name_differs_from_its_parameter(tmp_path: Path) -> None:
+    """``method`` at the top of a config file is ``--method`` (parameter ``methods``) of explain,
+    render and evaluate (item 21)."""
+    write_images(tmp_path / "images", 1)
+    config = tmp_path / "job.toml"
+    config.write_text('model = "squeezenet1_1"\nmethod = "gradcam"\n')
+    out = tmp_path / "out"
+    args = ["--config", str(config), "explain", "-i", str(tmp_path / "images"), "-o", str(out),
+            "--no-progress"]  # fmt: skip
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert params(out)["methods"] == {"gradcam": {}}
+
+
+def test_config_paths_resolve_against_the_file_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same --config works from any directory (item 9)."""
+    job = tmp_path / "job"
+    write_images(job / "images", 1)
+    (job / "classes.txt").write_text("\n".join(f"c{i}" for i in range(1000)) + "\n")
+    (job / "nightly.toml").write_text(
+        'model = "squeezenet1_1"\n[explain]\ninput = "images"\noutput = "out"\n'
+        'summary = "last.json"\nclass_names = "classes.txt"\nmethod = ["gradcam"]\n'
+        "progress = false\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = invoke(["--config", str(job / "nightly.toml"), "explain"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((job / "last.json").read_text())["status"] == "complete"
+    assert OutputDataset(job / "out").parts() and not list(elsewhere.iterdir())
+    flag = invoke(["--config", str(job / "nightly.toml"), "explain", "-o", "here"])
+    assert flag.exit_code == 0 and OutputDataset(elsewhere / "here").parts()  # the line's own
