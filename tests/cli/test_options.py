@@ -25,8 +25,17 @@ def params(output: Path) -> dict:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("false", False),
-     ("No", False), ("off", False), ("", False)],  # fmt: skip
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+        ("", False),
+    ],  # fmt: skip
 )
 def test_offline_variable_takes_documented_booleans(
     text: str, value: bool, monkeypatch: pytest.MonkeyPatch
