@@ -1,8 +1,10 @@
-"""Target layers: checking a named layer, and finding the default (the last spatial map)."""
+"""Target layers: checking a named layer, and finding the default (the last spatial map, or a
+vision transformer's last block)."""
 
 from __future__ import annotations
 
 import torch
+from fdpipe.export.layout import choose_default_layer
 from fdpipe.export.request import ModelError
 from torch import Tensor, nn
 
@@ -24,13 +26,14 @@ def check_layer(module: nn.Module, layer: str) -> None:
 @torch.no_grad()
 def default_layer(module: nn.Module, input_shape: tuple[int, int, int]) -> str:
     """The last module (in execution order) whose output is a (B, K, h, w) map with h*w > 1:
-    ResNet's ``layer4``, DenseNet's and EfficientNet's ``features``, RegNet's ``trunk_output``."""
-    seen: list[str] = []
+    ResNet's ``layer4``, DenseNet's and EfficientNet's ``features``, RegNet's ``trunk_output``;
+    for a vision transformer the first norm of its last block (``choose_default_layer``)."""
+    seen: list[tuple[str, tuple[int, ...]]] = []
     names = {m: n for n, m in module.named_modules() if n}
 
     def hook(m: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, Tensor) and output.ndim == 4 and output.shape[-2:].numel() > 1:
-            seen.append(names[m])
+        if isinstance(output, Tensor) and output.ndim in (3, 4):
+            seen.append((names[m], tuple(output.shape)))
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -42,11 +45,13 @@ def default_layer(module: nn.Module, input_shape: tuple[int, int, int]) -> str:
     finally:
         for handle in handles:
             handle.remove()
-    if not seen:
+    layer = choose_default_layer(module, seen, (input_shape[1], input_shape[2]))
+    if layer is None:
         raise ModelError(
-            "no module of this model gives a (B, K, h, w) feature map: name one with --layer"
+            "no module of this model gives a (B, K, h, w) feature map or patch tokens: name one "
+            "with --layer"
         )
-    return seen[-1]
+    return layer
 
 
 def device_of(module: nn.Module) -> torch.device:

@@ -4,18 +4,21 @@ TorchScript archive its top-level children run in order.
 The head never works in place: an in-place op after the cut (DenseNet's ``F.relu(features,
 inplace=True)``, a ``ReLU(inplace=True)`` module) would overwrite the shared activations and break
 autograd on them, so the head gets out-of-place copies of such ops (the caller's modules are not
-touched). A layer whose output is not a (B, K, h, w) map (a vision transformer's tokens) is
-refused with the fix in the message.
+touched). A layer whose output is tokens or channels-last (``export/layout.py``) is turned into a
+(B, K, h, w) map at the end of the backbone and back at the start of the head; the prefix tokens
+travel to the head as its first extra input, unmasked.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable
 
 import torch
 import torch.fx as fx
 from fdpipe.export.layers import check_layer
+from fdpipe.export.layout import Layout, detect_layout
 from fdpipe.export.request import ModelError
 from fdpipe.kernels.network import SplitNetwork
 from torch import Tensor, nn
@@ -49,8 +52,62 @@ class _CutTracer(fx.Tracer):
 
 
 def _is_free(node: fx.Node) -> bool:
-    """Nodes that hold no per-image value and can be copied to either side."""
-    return node.op == "get_attr"
+    """Nodes that hold no per-image value and can be copied to either side: attributes, and
+    forward arguments other than the image (timm's ``attn_mask=None``), which take their
+    defaults."""
+    return node.op == "get_attr" or (node.op == "placeholder" and node.prev.op == "placeholder")
+
+
+SIZE_ARITHMETIC = (operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod)
+
+
+def _is_size(node: fx.Node) -> bool:
+    """A number computed from tensor sizes only (``x.shape[1] // 7``)."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] == "shape"
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target is operator.getitem:
+        first = node.args[0]
+        return isinstance(first, fx.Node) and _is_size(first)
+    if node.op == "call_function" and node.target in SIZE_ARITHMETIC:
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(_is_size(n) for n in inputs)
+    return False
+
+
+def _to_map(graph: fx.Graph, output: fx.Node, layout: Layout) -> list[fx.Node]:
+    """Backbone side: the layer's output as a (B, K, h, w) map, then the prefix tokens."""
+    if layout.kind == "channels-last":
+        return [graph.call_method("permute", (output, 0, 3, 1, 2))]
+    if layout.kind == "map":
+        return [output]
+    patches = graph.call_function(
+        operator.getitem, (output, (slice(None), slice(layout.prefix, None)))
+    )
+    grid = graph.call_method(
+        "unflatten", (graph.call_method("transpose", (patches, 1, 2)), 2, layout.grid)
+    )
+    if not layout.prefix:
+        return [grid]
+    prefix = graph.call_function(
+        operator.getitem, (output, (slice(None), slice(None, layout.prefix)))
+    )
+    return [grid, prefix]
+
+
+def _from_map(graph: fx.Graph, layout: Layout) -> fx.Node:
+    """Head side: placeholders for the map (and prefix tokens), the layer's output rebuilt."""
+    activations = graph.placeholder("activations")
+    if layout.kind == "channels-last":
+        return graph.call_method("permute", (activations, 0, 2, 3, 1))
+    if layout.kind == "map":
+        return activations
+    tokens = graph.call_method("transpose", (graph.call_method("flatten", (activations, 2)), 1, 2))
+    if not layout.prefix:
+        return tokens
+    prefix = graph.placeholder("prefix_tokens")
+    return graph.call_function(torch.cat, ([prefix, tokens], 1))
 
 
 def split_at(
@@ -60,16 +117,49 @@ def split_at(
 
     Tensors computed before the cut and read after it (residual branches that jump over it)
     become extra backbone outputs and extra head inputs, so the head never re-runs the backbone.
-    With ``input_shape`` (C, H, W) the split is checked on a probe batch (``verify_split``).
+    With ``input_shape`` (C, H, W) the layer's layout is found on a probe batch and the split
+    checked on it (``verify_split``); without it the layer's output is taken as a map as it is.
     """
     check_layer(model, layer)
-    network = _split(model, layer)
+    scripted = isinstance(model, torch.jit.ScriptModule)  # children in order: maps only
+    layout = (
+        Layout() if input_shape is None or scripted else layer_layout(model, layer, input_shape)
+    )
+    network = _split(model, layer, layout)
     if input_shape is not None:
         verify_split(model, network, input_shape)
     return network
 
 
-def _split(model: nn.Module, layer: str) -> SplitNetwork:
+def _probe(input_shape: tuple[int, ...], device: torch.device) -> Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, *input_shape, generator=generator).to(device)
+
+
+@torch.no_grad()
+def layer_layout(model: nn.Module, layer: str, input_shape: tuple[int, ...]) -> Layout:
+    """The layout of ``layer``'s output on a probe batch, or ModelError naming the layer."""
+    shapes: list[tuple[int, ...]] = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, out: shapes.append(tuple(out.shape)) if isinstance(out, Tensor) else None
+    )
+    parameter = next(model.parameters(), torch.empty(0))
+    try:
+        model(_probe(input_shape, parameter.device))
+    except Exception as exc:
+        raise ModelError(f"the model does not run: {type(exc).__name__}: {exc}") from None
+    finally:
+        handle.remove()
+    if not shapes:
+        raise ModelError(f"layer {layer!r} gives no tensor on the model's forward")
+    try:
+        layout = detect_layout(model, shapes[-1], (int(input_shape[-2]), int(input_shape[-1])))
+    except ModelError as exc:
+        raise ModelError(f"layer {layer!r} {exc}: CAMs need a map of the image") from None
+    return layout
+
+
+def _split(model: nn.Module, layer: str, layout: Layout) -> SplitNetwork:
     if isinstance(model, torch.jit.ScriptModule):
         return _split_scripted(model, layer)
     tracer = _CutTracer(layer)
@@ -86,33 +176,43 @@ def _split(model: nn.Module, layer: str) -> SplitNetwork:
     before = set(nodes[: nodes.index(cut) + 1])
     after = [n for n in nodes[nodes.index(cut) + 1 :] if n.op != "output"]
 
-    # Values from before the cut that the head reads, in a stable order.
+    # Tensors from before the cut that the head reads, in a stable order. Sizes read before the
+    # cut (Swin's ``B, H, W, C = x.shape``) are read again in the head, from its own inputs,
+    # as the masked head runs on more rows than the backbone.
     extras: list[fx.Node] = []
-    for node in after:
-        for arg in node.all_input_nodes:
-            if arg in before and arg is not cut and not _is_free(arg) and arg not in extras:
-                extras.append(arg)
-    output = next(n for n in nodes if n.op == "output")
-    for arg in output.all_input_nodes:
-        if arg in before and arg is not cut and arg not in extras:
+
+    def need(arg: fx.Node) -> None:
+        if arg not in before or arg is cut or _is_free(arg) or arg in extras:
+            return
+        if _is_size(arg):
+            for source in arg.all_input_nodes:
+                need(source)
+        else:
             extras.append(arg)
+
+    output = next(n for n in nodes if n.op == "output")
+    for node in [*after, output]:
+        for arg in node.all_input_nodes:
+            need(arg)
 
     backbone_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in nodes[: nodes.index(cut) + 1]:
         env[node] = backbone_graph.node_copy(node, lambda n: env[n])
-    outs = [env[cut], *(env[e] for e in extras)]
+    outs = [*_to_map(backbone_graph, env[cut], layout), *(env[e] for e in extras)]
     backbone_graph.output(outs[0] if len(outs) == 1 else tuple(outs))
     backbone = fx.GraphModule(model, backbone_graph, class_name="Backbone")
     backbone.graph.eliminate_dead_code()
     backbone.recompile()
 
     head_graph = fx.Graph()
-    head_env: dict[fx.Node, fx.Node] = {cut: head_graph.placeholder("activations")}
+    head_env: dict[fx.Node, fx.Node] = {cut: _from_map(head_graph, layout)}
     for i, extra in enumerate(extras):
         head_env[extra] = head_graph.placeholder(f"extra_{i}")
 
-    def lookup(n: fx.Node) -> fx.Node:
+    def lookup(n: fx.Node) -> object:
+        if n.op == "placeholder" and n not in head_env:  # a forward argument: its default
+            return n.args[0] if n.args else None
         if n not in head_env:  # a parameter/buffer read before the cut: copy the read itself
             head_env[n] = head_graph.node_copy(n, lookup)
         return head_env[n]
@@ -208,8 +308,7 @@ def verify_split(
     model: nn.Module, network: SplitNetwork, input_shape: tuple[int, ...], tolerance: float = 1e-4
 ) -> None:
     """Refuse a split that does not give the model's own logits, or a layer without a map."""
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(2, *input_shape, generator=generator).to(network.device)
+    images = _probe(input_shape, network.device)
     with torch.no_grad():
         try:
             activations, extras = network.features(images)
@@ -218,17 +317,17 @@ def verify_split(
             raise ModelError(
                 f"the model cut at {network.layer!r} does not run: {type(exc).__name__}: {exc}"
             ) from None
-        if activations.ndim != 4:
-            shape = tuple(activations.shape)
-            hint = (
-                "; for a vision transformer's (B, N, D) tokens, reshape them to (B, D, h, w) in "
-                "a wrapper module (drop the class token) and name that module"
-                if activations.ndim == 3
-                else ""
-            )
+        try:
+            kind = detect_layout(
+                network, activations.shape, (input_shape[-2], input_shape[-1])
+            ).kind
+        except ModelError:
+            kind = "none"
+        if kind != "map":
             raise ModelError(
-                f"layer {network.layer!r} gives activations of shape {shape}, not a (B, K, h, w) "
-                f"feature map: CAMs need a convolutional layer{hint}"
+                f"layer {network.layer!r} gives activations of shape {tuple(activations.shape)}, "
+                f"not a (B, K, h, w) feature map of the image: CAMs need a convolutional layer, "
+                f"or the tokens of a vision transformer's block"
             )
         expected = model(images)
     error = float((logits - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
