@@ -61,9 +61,10 @@ def _follows_input(h: int, w: int, size: tuple[int, int], slack: float = 2.0) ->
 def patch_stride(model: nn.Module) -> tuple[int, int] | None:
     """The stride of the patch embedding: the first convolution whose stride equals its kernel."""
     for module in model.modules():
-        patchify = isinstance(module, nn.Conv2d) and module.stride == module.kernel_size
-        if patchify and module.stride != (1, 1):
-            return (int(module.stride[0]), int(module.stride[1]))
+        if isinstance(module, nn.Conv2d) and module.stride == module.kernel_size:
+            stride = tuple(module.stride)
+            if stride != (1, 1):
+                return (int(stride[0]), int(stride[1]))
     return None
 
 
@@ -72,9 +73,9 @@ def prefix_tokens(model: nn.Module) -> int:
     if isinstance(count, int):
         return count
     return sum(
-        int(p.shape[1])
-        for name, p in model.named_parameters()
-        if name.rpartition(".")[2] in PREFIX_PARAMETERS and p.ndim == 3
+        int(parameter.shape[1])
+        for name, parameter in model.named_parameters()
+        if name.rpartition(".")[2] in PREFIX_PARAMETERS and parameter.ndim == 3
     )
 
 

@@ -64,7 +64,7 @@ SIZE_ARITHMETIC = (operator.add, operator.sub, operator.mul, operator.floordiv, 
 def _is_size(node: fx.Node) -> bool:
     """A number computed from tensor sizes only (``x.shape[1] // 7``)."""
     if node.op == "call_function" and node.target is getattr:
-        return node.args[1] == "shape"
+        return bool(node.args[1] == "shape")
     if node.op == "call_method" and node.target in ("size", "dim"):
         return True
     if node.op == "call_function" and node.target is operator.getitem:
@@ -210,7 +210,7 @@ def _split(model: nn.Module, layer: str, layout: Layout) -> SplitNetwork:
     for i, extra in enumerate(extras):
         head_env[extra] = head_graph.placeholder(f"extra_{i}")
 
-    def lookup(n: fx.Node) -> object:
+    def lookup(n: fx.Node) -> fx.node.Argument:
         if n.op == "placeholder" and n not in head_env:  # a forward argument: its default
             return n.args[0] if n.args else None
         if n not in head_env:  # a parameter/buffer read before the cut: copy the read itself

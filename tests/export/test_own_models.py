@@ -25,6 +25,7 @@ from fdpipe.export.onnx import PARITY_TOLERANCE, export_model, load_manifest
 from fdpipe.export.preprocessing import Normalisation, Preprocess
 from fdpipe.export.request import ModelError, PreprocessOptions
 from fdpipe.export.split import split_at
+from torch import nn
 
 FACTORY = """
 import torch
@@ -285,11 +286,24 @@ def test_callable_preprocess_such_as_torchvision_transforms(photos: dict) -> Non
     torch.testing.assert_close(explainer.batch(photos["cat"])[0].cpu(), transforms(photos["cat"]))
 
 
-def test_vision_transformer_tokens_are_refused_with_the_fix() -> None:
-    timm = pytest.importorskip("timm")
-    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3)
-    with pytest.raises(ModelError, match=r"\(2, 197, 192\), not a \(B, K, h, w\).*reshape"):
-        fdpipe.Explainer(vit, "gradcam", target_layer="blocks.11")
+class _Tokens(nn.Module):
+    """(B, N, K) with N = 8 channels of a 16 x 16 conv map: tokens that are not the image's grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 8, 4, stride=4)
+        self.mix = nn.Identity()
+        self.classifier = nn.Linear(8 * 256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.mix(self.proj(x).flatten(2)).flatten(1))
+
+
+def test_tokens_that_are_not_a_patch_grid_are_refused() -> None:
+    with pytest.raises(
+        ModelError, match=r"'mix' 8 tokens are not 0 prefix tokens plus a patch grid"
+    ):
+        fdpipe.Explainer(_Tokens(), "gradcam", target_layer="mix", preprocess=SMALL)
 
 
 @pytest.mark.parametrize("score", ["sigmoid", "logit"])

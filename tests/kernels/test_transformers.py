@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import reference
 import torch
-from fdpipe.export.models import ModelError, PreprocessOptions
+from fdpipe.export.request import ModelError, PreprocessOptions
 from fdpipe.kernels import SplitNetwork, make_method, prepare
 from test_methods import assert_matches
 from torch import Tensor, nn
@@ -26,13 +26,25 @@ MODELS = {
     "deit": ("deit_tiny_distilled_patch16_224", 64, "blocks.11.norm1", (4, 4), 2),
     "swin": ("swin_tiny_patch4_window7_224", 96, "norm", (3, 3), None),
 }
+# The reference re-runs the whole model per mask: 2K of them for FD-CAM. The same classes,
+# shallower and (Swin) narrower: 4 blocks, 96 channels.
+SHALLOW = {
+    "vit": {"depth": 4},
+    "deit": {"depth": 4},
+    "swin": {"depths": (1, 1, 1, 1), "embed_dim": 12},
+}
 METHODS = ["gradcam", "gradcampp", "layercam", "fdcam", "ablationcam", "scorecam", "groupcam"]
 
 
-def build(which: str) -> nn.Module:
+def build(which: str, *, shallow: bool = False) -> nn.Module:
     name, size = MODELS[which][:2]
     torch.manual_seed(0)
-    return timm.create_model(name, num_classes=5, img_size=size).eval()
+    kwargs = SHALLOW[which] if shallow else {}
+    return timm.create_model(name, num_classes=5, img_size=size, **kwargs).eval()
+
+
+def default_layer(which: str, shallow: bool) -> str:
+    return MODELS[which][2].replace("11", "3") if shallow else MODELS[which][2]
 
 
 def to_map(tokens: Tensor, prefix: int | None, grid: tuple[int, int]) -> tuple[Tensor, ...]:
@@ -85,7 +97,8 @@ class _HookHead(nn.Module):
 
 
 def hook_network(model: nn.Module, which: str) -> SplitNetwork:
-    _, _, layer, grid, prefix = MODELS[which]
+    _, _, _, grid, prefix = MODELS[which]
+    layer = default_layer(which, shallow=True)
     return SplitNetwork(
         _HookBackbone(model, layer, prefix, grid), _HookHead(model, layer, prefix), layer
     )
@@ -94,7 +107,7 @@ def hook_network(model: nn.Module, which: str) -> SplitNetwork:
 @pytest.fixture(scope="module", params=list(MODELS))
 def explained(request: pytest.FixtureRequest) -> tuple[str, nn.Module, fdpipe.Explainer]:
     which = request.param
-    model = build(which)
+    model = build(which, shallow=True)
     size = MODELS[which][1]
     explainer = fdpipe.Explainer(
         model, METHODS, preprocess=PreprocessOptions(size=(size, size)), device="cpu"
@@ -104,8 +117,9 @@ def explained(request: pytest.FixtureRequest) -> tuple[str, nn.Module, fdpipe.Ex
 
 def test_layout_default_layer_and_map_size(explained) -> None:
     which, _, explainer = explained
-    _, size, layer, grid, _ = MODELS[which]
-    assert explainer.model.layer == layer
+    _, size, _, grid, _ = MODELS[which]
+    assert explainer.model.layer == default_layer(which, shallow=True)
+    assert fdpipe.load_model(f"timm:{MODELS[which][0]}", pretrained=False).layer == MODELS[which][2]
     images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     results = explainer(images)
     for result in results.values():
@@ -151,18 +165,18 @@ def test_gradcam_equals_pytorch_grad_cam_with_its_reshape_transform(which: str) 
 
 def test_a_layer_without_the_image_grid_is_refused() -> None:
     """An attention tensor (B, heads, N, D) is 4-D but not a map: refused, not read as one."""
-    model = build("vit")
-    with pytest.raises(ModelError, match=r"'blocks\.11\.attn\.k_norm'.*follow the 64x64 input"):
+    model = build("vit", shallow=True)
+    with pytest.raises(ModelError, match=r"'blocks\.3\.attn\.k_norm'.*follow the 64x64 input"):
         fdpipe.Explainer(
-            model, "gradcam", target_layer="blocks.11.attn.k_norm",
+            model, "gradcam", target_layer="blocks.3.attn.k_norm",
             preprocess=PreprocessOptions(size=(64, 64)),
         )  # fmt: skip
 
 
 def test_other_blocks_and_the_state_are_maps() -> None:
-    model = build("deit")
+    model = build("deit", shallow=True)
     explainer = fdpipe.Explainer(
-        model, "fdcam", target_layer="blocks.5", preprocess=PreprocessOptions(size=(64, 64))
+        model, "fdcam", target_layer="blocks.2", preprocess=PreprocessOptions(size=(64, 64))
     )
     state = prepare(explainer.network, torch.randn(2, 3, 64, 64))
     assert state.activations.shape == (2, 192, 4, 4)
@@ -172,4 +186,6 @@ def test_other_blocks_and_the_state_are_maps() -> None:
 
 def test_fgcam_is_refused_with_its_reason() -> None:
     with pytest.raises((ModelError, ValueError), match="FG-CAM"):
-        fdpipe.Explainer(build("vit"), "fgcam", preprocess=PreprocessOptions(size=(64, 64)))
+        fdpipe.Explainer(
+            build("vit", shallow=True), "fgcam", preprocess=PreprocessOptions(size=(64, 64))
+        )
