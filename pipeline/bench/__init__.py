@@ -6,7 +6,8 @@ peak memory (``pipeline.py``); "startup": ``fdpipe --help`` against importing to
 (``startup.py``); "fidelity": bf16/fp16 maps against fp32 per model and method
 (``fidelity.py``); "precision": FD-CAM seconds per image per precision beside the fp32 floor,
 API and job (``precision.py``); "report": ``fdpipe report`` rows/s and peak RSS
-(``report_suite.py``).
+(``report_suite.py``); "evaluation": (image, method) pairs per second of each evaluation metric
+against scoring one pair per call (``evaluation_suite.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from fdpipe.bench.evaluation_suite import evaluation_suite
 from fdpipe.bench.fidelity import fidelity_suite
 from fdpipe.bench.pipeline import pipeline_suite
 from fdpipe.bench.precision import precision_suite
@@ -43,6 +45,7 @@ SUITES: dict[str, Suite] = {
     "startup": startup_suite,
     "fidelity": fidelity_suite,
     "precision": precision_suite,
+    "evaluation": evaluation_suite,
 }
 
 

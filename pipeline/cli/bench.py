@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-SUITE_NAMES = ("runners", "pipeline", "report", "startup", "fidelity", "precision")  # bench.SUITES
+SUITE_NAMES = (
+    "runners",
+    "pipeline",
+    "report",
+    "startup",
+    "fidelity",
+    "precision",
+    "evaluation",
+)  # bench.SUITES
 RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
 
 
@@ -53,7 +61,7 @@ def bench(output: Path, suites: tuple[str, ...], repeats: int, threads: int) -> 
         result["machine"]["load_average_at_end"] = os.getloadavg()
         (output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         click.echo(benchmarks.table(result["rows"], result.get("columns")))
-        for key in ("vgg16", "targets_met"):
+        for key in ("vgg16", "targets_met", "curves_speedup_over_one_per_call"):
             if key in result:
                 click.echo(f"{key}: {json.dumps(result[key])}")
         click.echo(f"wrote {output / f'{name}.json'}")
