@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import click
 from fdpipe.cli.choices import CAM_METHODS, POINTING_TOLERANCE, VOC_TO_IMAGENET
-from fdpipe.cli.options import ConfigurationError, ModelOptions, method_specs, model_options
+from fdpipe.cli.options import (
+    ConfigurationError,
+    FiniteFloat,
+    ModelOptions,
+    method_specs,
+    model_options,
+)
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
@@ -228,7 +234,13 @@ def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
     show_default=True,
     help="Fractions of the pixels ROAD removes.",
 )
-@click.option("--road-noise", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option(
+    "--road-noise",
+    type=FiniteFloat(0.0, 10.0),
+    default=0.01,
+    show_default=True,
+    help="Standard deviation of the noise ROAD adds to imputed pixels (normalised input units).",
+)
 @click.option(
     "--chunk",
     type=click.IntRange(min=1),

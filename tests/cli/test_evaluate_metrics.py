@@ -60,6 +60,7 @@ def test_every_metric_with_intervals_the_cascade_and_a_recommendation(
         (["--road-fractions", "0.5,1.5"], "fractions in (0, 1)"),
         (["--road-fractions", "nan"], "fractions in (0, 1)"),
         (["--road-noise", "-1"], "--road-noise"),
+        (["--road-noise", "nan"], "not a finite number"),
         (["--sample", "0"], "--sample"),
         (["--maps", "."], "--sanity re-runs the methods"),
     ],

@@ -119,3 +119,12 @@ def test_deletion_with_a_perfect_map_beats_a_random_map_on_squeezenet(
     # Both curves of an image start at the clean probability of the predicted class.
     clean = logits.detach().softmax(1).gather(1, top[:, None])
     assert torch.allclose(curves.deletion[..., 0], clean.expand(-1, 2), atol=1e-5)
+
+
+def test_lerf_is_the_reverse_order_and_mean_is_the_per_channel_mean(ramp: Tensor) -> None:
+    lerf = replace(QUARTERS, order="lerf", deletion_substrate="mean")
+    curves = insertion_deletion(sum_classifier, ramp, ramp[:, :1], lerf)
+    # LeRF deletes 1..4 first, then 5..8, ...; each deleted pixel becomes the mean, 8.5.
+    assert curves.deletion[0, 0].tolist() == [136.0, 160.0, 168.0, 160.0, 136.0]  # +34 - 10, ...
+    assert torch.equal(substrate(ramp, "mean", lerf), torch.full_like(ramp, 8.5))
+    assert curves.insertion[0, 0].tolist() == [0.0, 10.0, 36.0, 78.0, 136.0]  # zeros, 1..4 first
