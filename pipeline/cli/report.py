@@ -48,7 +48,7 @@ def report(
     galleries; it opens from file:// with no server."""
     from fdpipe.job.parts import OutputDataset, PartFileError, ResumeError, read_metadata
     from fdpipe.job.reader import images_root as recorded_root
-    from fdpipe.report import write_site
+    from fdpipe.report import ReportTargetError, check_site, write_site
 
     parts = OutputDataset(maps).parts()
     if not parts:
@@ -68,7 +68,10 @@ def report(
     if site.resolve() == maps.resolve():
         raise ConfigurationError("the report needs its own directory, not MAPS itself")
     try:
+        check_site(site)
         site.mkdir(parents=True, exist_ok=True)
+    except ReportTargetError as exc:
+        raise ConfigurationError(str(exc)) from None
     except OSError as exc:
         raise ConfigurationError(f"cannot create {site}: {exc.strerror or exc}") from None
     summary = write_site(

@@ -19,6 +19,7 @@ from typing import TextIO
 
 import numpy as np
 from fdpipe.display import Colormap, Display, colormap
+from fdpipe.job.inputs import OUTPUT_MARKER
 from fdpipe.report.pages import (
     FAILURES_ON_INDEX,
     GalleryRow,
@@ -32,8 +33,32 @@ from fdpipe.report.scan import Aggregates, ImageEntry, iter_images, rows_per_ima
 from fdpipe.report.thumbnails import Thumbnails
 
 PAGE_SIZE = 50  # images per gallery page
+SITE_MARKER = ".fdpipe-report"  # in every report folder: the next report may replace its files
+# What a report writes: a folder of only these, its static files among them, is a report made
+# before the marker existed.
+SITE_FILES = ("index.html", "failures.html", "images.js", "page-*.html", "thumbs", ".*.tmp")
 THUMBNAIL = 160  # pixels, longest side
 STATIC = ("report.css", "report.js")
+
+
+class ReportTargetError(ValueError):
+    """A report folder that holds files fdpipe did not write: they are never overwritten."""
+
+
+def check_site(site: Path) -> None:
+    """``site`` may be written: new, empty, or an earlier report (marked, or only its files)."""
+    if site.exists() and not site.is_dir():
+        raise ReportTargetError(f"{site} is a file, not a folder")
+    if not site.is_dir() or (site / SITE_MARKER).is_file():
+        return
+    own = (*SITE_FILES, *STATIC, OUTPUT_MARKER)
+    names = sorted(p.name for p in site.iterdir())
+    foreign = [name for name in names if not any(Path(name).match(n) for n in own)]
+    if foreign or (names and not all((site / name).is_file() for name in STATIC)):
+        raise ReportTargetError(
+            f"{site} is not an fdpipe report folder (it holds {', '.join((foreign or names)[:3])}"
+            f"{', ...' if len(foreign or names) > 3 else ''}): choose a new or empty folder for -o"
+        )
 
 
 @dataclass
@@ -58,7 +83,10 @@ def write_site(
 ) -> SiteSummary:
     """Write the report of ``output`` into ``site``; ``images_root`` None: show maps alone."""
     cmap = cmap or colormap()
+    check_site(site)
     site.mkdir(parents=True, exist_ok=True)
+    (site / SITE_MARKER).touch()
+    (site / OUTPUT_MARKER).touch()  # never walked as input (a report inside the image folder)
     for name in STATIC:
         source = resources.files("fdpipe.report").joinpath("static", name)
         write_text(site / name, source.read_text(encoding="utf-8"))
@@ -213,4 +241,13 @@ def pending_rows(image: ImageEntry, merged: Pending) -> list[GalleryRow]:
     return [rows[rank] for rank in sorted(rows)]
 
 
-__all__ = ["PAGE_SIZE", "THUMBNAIL", "Pending", "SiteSummary", "write_site"]
+__all__ = [
+    "PAGE_SIZE",
+    "SITE_MARKER",
+    "THUMBNAIL",
+    "Pending",
+    "ReportTargetError",
+    "SiteSummary",
+    "check_site",
+    "write_site",
+]

@@ -35,7 +35,7 @@ def params(output: Path) -> dict:
         ("No", False),
         ("off", False),
         ("", False),
-    ],  # fmt: skip
+    ],
 )
 def test_offline_variable_takes_documented_booleans(
     text: str, value: bool, monkeypatch: pytest.MonkeyPatch

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fdpipe.bench.report_suite import write_synthetic_output
 from fdpipe.cli import main
-from fdpipe.report import write_site
+from fdpipe.report import ReportTargetError, write_site
 from image_files import write_images
 
 HOSTILE = 'evil<script>alert(1)</script>&"x.jpg'  # a file name is data, never markup
@@ -171,3 +171,22 @@ def test_report_command_and_usage_errors(output: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     refused = runner.invoke(main, ["report", str(output), "-o", str(tmp_path / "file")])
     assert refused.exit_code == 2
+
+
+def test_report_refuses_a_folder_that_is_not_its_own(output: Path, tmp_path: Path) -> None:
+    """``report -o`` once overwrote someone else's index.html (issue 19, item 17)."""
+    foreign = tmp_path / "homepage"
+    foreign.mkdir()
+    (foreign / "index.html").write_text("mine")
+    result = CliRunner().invoke(main, ["report", str(output), "-o", str(foreign)])
+    assert result.exit_code == 2 and "not an fdpipe report" in result.output, result.output
+    assert "index.html" in result.output and (foreign / "index.html").read_text() == "mine"
+    assert sorted(p.name for p in foreign.iterdir()) == ["index.html"]
+    with pytest.raises(ReportTargetError):
+        write_site(output, foreign, images_root=None)
+    own = tmp_path / "own"  # an earlier report of fdpipe's, or an empty folder, is replaced
+    write_site(output, own, images_root=None)
+    assert (own / ".fdpipe-report").is_file()
+    write_site(output, own, images_root=None)
+    (tmp_path / "empty").mkdir()
+    write_site(output, tmp_path / "empty", images_root=None)
