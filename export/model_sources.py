@@ -346,6 +346,18 @@ def recorded_source(source: str) -> str:
     return source
 
 
+def runs_code(source: str) -> bool:
+    """Whether building ``source`` (given or as recorded) imports or runs code from outside
+    torchvision and timm: a factory, a ``file.py:factory``, a TorchScript archive, a pickle."""
+    kind, _, name = source.partition(":")
+    return not (
+        source in REGISTRY
+        or kind == "timm"
+        or source in _torchvision_names()
+        or (kind == "torchvision" and name in _torchvision_names())
+    )
+
+
 def _is_file_source(source: str) -> bool:
     path = Path(source)
     return path.suffix.lower() in TORCHSCRIPT_SUFFIXES or path.is_file()
@@ -380,4 +392,12 @@ def build(
     )
 
 
-__all__ = ["REGISTRY", "TORCHSCRIPT_SUFFIXES", "Built", "ModelSpec", "build", "is_torchscript"]
+__all__ = [
+    "REGISTRY",
+    "TORCHSCRIPT_SUFFIXES",
+    "Built",
+    "ModelSpec",
+    "build",
+    "is_torchscript",
+    "runs_code",
+]

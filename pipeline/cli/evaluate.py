@@ -113,6 +113,8 @@ def sanity_check(
 def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
     """The model an explain output was made with, from its metadata; options may restate it but
     never contradict it (other weights, layer or preprocessing would score foreign maps)."""
+    from fdpipe.export.model_sources import recorded_source, runs_code
+    from fdpipe.export.request import ModelError
     from fdpipe.job.parts import OutputDataset, read_metadata
 
     parts = OutputDataset(maps).parts()
@@ -120,7 +122,13 @@ def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
         raise ValueError(f"--maps {maps} holds no part files")
     params = read_metadata(parts[0])["params"]
     assert isinstance(params, dict)
-    request = model.request(source=params.get("source") or params["model"])
+    recorded = str(params.get("source") or params["model"])
+    if model.source is None and runs_code(recorded):  # an output is data: never run what it names
+        raise ModelError(
+            f"--maps {maps} was made with {recorded!r}, a model source that runs code: fdpipe "
+            f"runs it only when you name it yourself (--model {recorded_source(recorded)})"
+        )
+    request = model.request(source=recorded)
     loaded = replace(request, layer=request.layer or params["layer"]).load()
     mine = {
         "model": loaded.name,
