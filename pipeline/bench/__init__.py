@@ -7,7 +7,8 @@ peak memory (``pipeline.py``); "startup": ``fdpipe --help`` against importing to
 (``fidelity.py``); "precision": FD-CAM seconds per image per precision beside the fp32 floor,
 API and job (``precision.py``); "report": ``fdpipe report`` rows/s and peak RSS
 (``report_suite.py``); "evaluation": (image, method) pairs per second of each evaluation metric
-against scoring one pair per call (``evaluation_suite.py``).
+against scoring one pair per call (``evaluation_suite.py``); "reader": stored maps read back for
+``render`` and ``evaluate --maps`` against per-row decoding (``reader_suite.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fdpipe.bench.evaluation_suite import evaluation_suite
 from fdpipe.bench.fidelity import fidelity_suite
 from fdpipe.bench.pipeline import pipeline_suite
 from fdpipe.bench.precision import precision_suite
+from fdpipe.bench.reader_suite import reader_suite
 from fdpipe.bench.report_suite import report_suite
 from fdpipe.bench.runners import BATCH, runners_suite
 from fdpipe.bench.startup import startup_suite
@@ -42,6 +44,7 @@ SUITES: dict[str, Suite] = {
     "runners": runners_suite,
     "pipeline": pipeline_suite,
     "report": report_suite,
+    "reader": reader_suite,
     "startup": startup_suite,
     "fidelity": fidelity_suite,
     "precision": precision_suite,

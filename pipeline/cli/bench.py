@@ -14,6 +14,7 @@ SUITE_NAMES = (
     "runners",
     "pipeline",
     "report",
+    "reader",
     "startup",
     "fidelity",
     "precision",

@@ -326,7 +326,13 @@ def evaluate(
     from fdpipe.evaluation.road import ROADProtocol
     from fdpipe.export.request import ModelError
     from fdpipe.job.inputs import Entry, FileSource, InputError, open_source
-    from fdpipe.job.reader import FilterError, check_filters, images_root, select_rows
+    from fdpipe.job.reader import (
+        CurrentRows,
+        FilterError,
+        check_filters,
+        images_root,
+        select_rows,
+    )
 
     if input_ is None and maps is None:
         raise click.UsageError("give the images with --input, or an explain output with --maps")
@@ -348,9 +354,10 @@ def evaluate(
         if maps is not None:
             loaded = maps_model(maps, model)
             wanted = [spec.label for spec in specs] or None
-            check_filters(maps, methods=wanted)
+            current = CurrentRows(maps)  # which rows are current: worked out once for both
+            check_filters(current, methods=wanted)
             explainer = Explainer(loaded, [])  # the model only: the maps are stored
-            stored = StoredMaps(select_rows(maps, methods=wanted))
+            stored = StoredMaps(select_rows(current, methods=wanted))
             root = input_ or images_root(maps)
             images: Source = FileSource(root)
             items = [Entry(key, str(root / key)) for key in stored.image_paths]

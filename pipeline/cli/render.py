@@ -58,7 +58,7 @@ def render(
     """
     from fdpipe import render as rendering
     from fdpipe.job.parts import OutputDataset, PartFileError, ResumeError, read_metadata
-    from fdpipe.job.reader import FilterError, check_filters, select_rows
+    from fdpipe.job.reader import CurrentRows, FilterError, check_filters, select_rows
     from fdpipe.job.reader import images_root as find_root
 
     labels = [label for text in methods for label in split_method_specs(text)] or None
@@ -67,8 +67,9 @@ def render(
     try:
         for part in OutputDataset(maps).parts():
             read_metadata(part)  # a foreign or damaged file is named before any work
-        check_filters(maps, methods=labels, images=images, ranks=ranks)
-        rows = select_rows(maps, methods=labels, images=images or None, ranks=ranks or None)
+        stored = CurrentRows(maps)  # which rows are current: worked out once for both
+        check_filters(stored, methods=labels, images=images, ranks=ranks)
+        rows = select_rows(stored, methods=labels, images=images or None, ranks=ranks or None)
         root = images_root or find_root(maps)
         if to.resolve() == root.resolve():
             raise ConfigurationError(f"--to {to} is the images' own folder: choose another")

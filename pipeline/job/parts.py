@@ -205,10 +205,16 @@ def set_aside(path: Path, exc: Exception) -> Path:
     return aside
 
 
-def read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A part file's rows; PartFileError naming the file when it cannot be read."""
+def read_part(
+    path: Path, columns: list[str] | None = None, *, present_only: bool = False
+) -> pa.Table:
+    """A part file's rows; PartFileError naming the file when it cannot be read.
+    ``present_only``: of ``columns``, those the file has (older outputs lack newer columns)."""
     try:
-        return pq.read_table(path, columns=columns)
+        with pq.ParquetFile(path) as part:  # not read_table: no dataset set-up per file
+            if present_only and columns is not None:
+                columns = [c for c in columns if c in part.schema_arrow.names]
+            return part.read(columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise PartFileError(path, exc) from None
 

@@ -10,13 +10,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fdpipe.job.current import KEY_COLUMNS, current_mask
-from fdpipe.job.parts import OutputDataset, read_metadata, read_part, read_schema
+from fdpipe.job.parts import OutputDataset, read_metadata, read_part
 
 ROW_COLUMNS = [
     "image_path",
@@ -50,23 +50,54 @@ class MapRow:
     seconds: float = 0.0
 
 
-def iter_rows(
-    directory: str | os.PathLike[str], columns: list[str] | None = None
-) -> Iterator[pa.RecordBatch]:
+class CurrentRows:
+    """An output's part files and which of their rows are current (``fdpipe.job.current``),
+    worked out once: a command that checks its filters and then reads rows reads the keys once."""
+
+    def __init__(self, output: str | os.PathLike[str]) -> None:
+        self.output = output
+        self.parts = OutputDataset(output).parts()
+        keys = [read_part(path, columns=KEY_COLUMNS) for path in self.parts]  # names a bad file
+        self.counts = [table.num_rows for table in keys]
+        self.keys = pa.concat_tables(keys) if keys else None
+        self.mask = current_mask(self.keys) if self.keys is not None else np.zeros(0, bool)
+
+    def current_keys(self) -> pa.Table | None:
+        """The key columns (``KEY_COLUMNS``) of the current rows; None without part files."""
+        return None if self.keys is None else self.keys.filter(pa.array(self.mask))
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Record batches of the current rows, in part order (rows of an image stay together);
+        key columns come from the keys already read, the others from the part files."""
+        assert self.keys is not None or not self.parts
+        start = 0
+        for path, count in zip(self.parts, self.counts, strict=True):
+            keep = self.mask[start : start + count]
+            keys = cast(pa.Table, self.keys).slice(start, count)
+            start += count
+            if not keep.any():
+                continue
+            if columns is None:
+                part = read_part(path)
+            else:
+                others = [c for c in columns if c not in KEY_COLUMNS]
+                part = read_part(path, others, present_only=True) if others else keys
+                for name in columns:
+                    if name in KEY_COLUMNS and name not in part.column_names:
+                        part = part.append_column(name, keys[name])
+            yield from (part if keep.all() else part.filter(pa.array(keep))).to_batches()
+
+
+Output = str | os.PathLike[str] | CurrentRows  # a path, or its current rows already worked out
+
+
+def current_rows(output: Output) -> CurrentRows:
+    return output if isinstance(output, CurrentRows) else CurrentRows(output)
+
+
+def iter_rows(output: Output, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Record batches of the current rows, in part order (rows of an image stay together)."""
-    parts = OutputDataset(directory).parts()
-    keys = [read_part(path, columns=KEY_COLUMNS) for path in parts]  # names a bad file
-    if not keys:
-        return
-    mask = current_mask(pa.concat_tables(keys))
-    start = 0
-    for path, part_keys in zip(parts, keys, strict=True):
-        keep = mask[start : start + part_keys.num_rows]
-        start += part_keys.num_rows
-        if keep.any():
-            names = read_schema(path).names  # outputs written before a column existed lack it
-            present = [c for c in columns if c in names] if columns else None
-            yield from read_part(path, columns=present).filter(pa.array(keep)).to_batches()
+    return current_rows(output).batches(columns)
 
 
 @dataclass(frozen=True)
@@ -103,11 +134,12 @@ class RowFilter:
 
 
 def filtered_rows(
-    output: str | os.PathLike[str], wanted: RowFilter, columns: list[str] | None = None
+    output: Output, wanted: RowFilter, columns: list[str] | None = None
 ) -> Iterator[pa.RecordBatch]:
     """The current rows of ``output`` that ``wanted`` keeps, batch by batch in stored order."""
     for batch in iter_rows(output, columns=columns):
-        yield batch.filter(wanted.mask(batch))
+        keep = wanted.mask(batch)
+        yield batch if keep.false_count == 0 else batch.filter(keep)
 
 
 def decode_maps(rows: pa.RecordBatch | pa.Table) -> list[np.ndarray | None]:
@@ -121,54 +153,75 @@ def decode_maps(rows: pa.RecordBatch | pa.Table) -> list[np.ndarray | None]:
     first = int(offsets[0]) if len(offsets) else 0
     values = maps.values.slice(first, int(offsets[-1]) - first if len(offsets) else 0)
     owned = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=True)
-    starts = (offsets - first).tolist()
+    valid = maps.is_valid().to_numpy(zero_copy_only=False)
     heights, widths = (  # a failed row's null shape reads as NaN: 0 here, never used
-        np.nan_to_num(rows.column(name).to_numpy(zero_copy_only=False)).astype(int).tolist()
+        np.nan_to_num(rows.column(name).to_numpy(zero_copy_only=False)).astype(np.int64)
         for name in ("map_height", "map_width")
     )
-    valid = maps.is_valid().to_numpy(zero_copy_only=False).tolist()
+    if valid.any():
+        height, width = int(heights[valid][0]), int(widths[valid][0])
+        lengths = np.diff(offsets)
+        if (lengths == np.where(valid, height * width, 0)).all() and (
+            (heights[valid] == height).all() and (widths[valid] == width).all()
+        ):  # one shape (the usual case): one reshape
+            stacked = iter(owned.reshape(-1, height, width))
+            return [next(stacked) if ok else None for ok in valid.tolist()]
+    starts = (offsets - first).tolist()
     return [
-        owned[starts[i] : starts[i + 1]].reshape(heights[i], widths[i]) if valid[i] else None
-        for i in range(len(rows))
+        owned[starts[i] : starts[i + 1]].reshape(heights[i], widths[i]) if ok else None
+        for i, ok in enumerate(valid.tolist())
     ]
 
 
 def map_rows(rows: pa.RecordBatch | pa.Table) -> list[MapRow | None]:
     """Each row of ``rows`` (columns ``ROW_COLUMNS``) as a ``MapRow``, its map decoded by
     ``decode_maps``; None where the row explains nothing (a failed row)."""
-    maps = decode_maps(rows)
     names = set(rows.column_names)
-    columns: dict[str, list[Any]] = {
-        name: rows.column(name).to_pylist() if name in names else [None] * len(rows)
-        for name in ROW_COLUMNS
-        if name != "map"
-    }
+    missing = [None] * len(rows)  # a column that outputs written before it existed lack
+    columns = [
+        rows.column(name).to_pylist() if name in names else missing
+        for name in (
+            "image_path", "method", "class_rank", "class_index", "class_name", "probability",
+            "map_box", "original_height", "original_width", "seconds", "status",
+        )
+    ]  # fmt: skip
     found: list[MapRow | None] = []
-    for i, native in enumerate(maps):
-        if native is None or columns["status"][i] != "ok":
+    for (
+        native,
+        path,
+        method,
+        rank,
+        index,
+        name,
+        probability,
+        box,
+        height,
+        width,
+        seconds,
+        status,
+    ) in zip(decode_maps(rows), *columns, strict=True):
+        if native is None or status != "ok":
             found.append(None)
             continue
-        box = columns["map_box"][i]
-        height, width = columns["original_height"][i], columns["original_width"][i]
         found.append(
             MapRow(
-                image_path=columns["image_path"][i],
-                method=columns["method"][i],
-                class_rank=columns["class_rank"][i],
-                class_index=columns["class_index"][i],
-                class_name=columns["class_name"][i] or str(columns["class_index"][i]),
-                probability=columns["probability"][i],
-                native=native,
-                box=tuple(box) if box else None,
-                frame=(height, width) if box and height and width else None,
-                seconds=columns["seconds"][i] or 0.0,
+                path,
+                method,
+                rank,
+                index,
+                name or str(index),
+                probability,
+                native,
+                tuple(box) if box else None,
+                (height, width) if box and height and width else None,
+                seconds or 0.0,
             )
         )
     return found
 
 
 def select_rows(
-    output: str | os.PathLike[str],
+    output: Output,
     *,
     methods: Iterable[str] | None = None,
     images: Iterable[str] | None = None,
@@ -189,41 +242,47 @@ class FilterError(ValueError):
 
 
 def check_filters(
-    output: str | os.PathLike[str],
+    output: Output,
     *,
     methods: Iterable[str] | None = None,
     images: Iterable[str] | None = None,
     ranks: Iterable[int] | None = None,
     classes: Iterable[int | str] | None = None,
 ) -> None:
-    """Every filter value must match some explained row: a typo is an error, not empty output."""
-    columns = ["image_path", "method", "class_rank", "class_index", "class_name", "status"]
-    batches = list(iter_rows(output, columns=columns))
-    if not batches:
-        raise FilterError(f"{output} holds no rows (no part files)")
-    table = pa.Table.from_batches(batches)
-    table = table.filter(pc.equal(table["status"], pa.scalar("ok")))
+    """Every filter value must match some explained row: a typo is an error, not empty output.
+    Methods, ranks and images are checked on the key columns already read; classes read theirs."""
+    stored = current_rows(output)
+    name = stored.output
+    keys = stored.current_keys()
+    if keys is None:
+        raise FilterError(f"{name} holds no rows (no part files)")
+    keys = keys.filter(pc.equal(keys["status"], pa.scalar("ok")))
 
-    def present(column: str) -> list:
+    def present(table: pa.Table, column: str) -> list:
         return sorted(pc.unique(table[column]).to_pylist())
 
-    stored_methods = present("method")
+    stored_methods = present(keys, "method")
     for method in methods or ():
         if method not in stored_methods:
             raise FilterError(
-                f"method {method!r} is not in {output}; it holds {', '.join(stored_methods)}"
+                f"method {method!r} is not in {name}; it holds {', '.join(stored_methods)}"
             )
     for rank in ranks or ():
-        if rank not in (stored := present("class_rank")):
-            raise FilterError(f"no class rank {rank} in {output}; it holds ranks {stored}")
-    indices, names = set(present("class_index")), set(present("class_name"))
-    for wanted in classes or ():
-        if wanted not in (indices if isinstance(wanted, int) else names):
-            raise FilterError(f"class {wanted!r} is not explained in {output}")
-    paths = present("image_path") if images else []
+        if rank not in (ranked := present(keys, "class_rank")):
+            raise FilterError(f"no class rank {rank} in {name}; it holds ranks {ranked}")
+    wanted_classes = list(classes or ())
+    if wanted_classes:
+        batches = list(stored.batches(["class_index", "class_name", "status"]))
+        table = pa.Table.from_batches(batches)
+        table = table.filter(pc.equal(table["status"], pa.scalar("ok")))
+        indices, names = set(present(table, "class_index")), set(present(table, "class_name"))
+        for wanted in wanted_classes:
+            if wanted not in (indices if isinstance(wanted, int) else names):
+                raise FilterError(f"class {wanted!r} is not explained in {name}")
+    paths = present(keys, "image_path") if images else []
     for pattern in images or ():
         if not any(fnmatchcase(path, pattern) for path in paths):
-            raise FilterError(f"no image of {output} matches {pattern!r}")
+            raise FilterError(f"no image of {name} matches {pattern!r}")
 
 
 def read_maps(
@@ -249,14 +308,15 @@ def read_maps(
     methods = [method] if isinstance(method, str) else method
     patterns = [images] if isinstance(images, str) else images
     wanted_classes = list(classes) if classes is not None else None
-    check_filters(output, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
+    stored = current_rows(output)
+    check_filters(stored, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
     wanted = RowFilter(
         methods=None if methods is None else list(methods),
         images=None if patterns is None else list(patterns),
         ranks=None if ranks is None else list(ranks),
         classes=wanted_classes,
     )
-    batches = list(filtered_rows(output, wanted))
+    batches = list(filtered_rows(stored, wanted))
     rows = pa.Table.from_batches(batches)
     shapes = set(zip(rows["map_height"].to_pylist(), rows["map_width"].to_pylist(), strict=True))
     if len(shapes) > 1 and size == "native":
@@ -293,10 +353,12 @@ def images_root(output: str | os.PathLike[str]) -> Path:
 
 __all__ = [
     "ROW_COLUMNS",
+    "CurrentRows",
     "FilterError",
     "MapRow",
     "RowFilter",
     "check_filters",
+    "current_rows",
     "decode_maps",
     "filtered_rows",
     "images_root",
