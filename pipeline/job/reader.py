@@ -356,6 +356,7 @@ __all__ = [
     "CurrentRows",
     "FilterError",
     "MapRow",
+    "Output",
     "RowFilter",
     "check_filters",
     "current_rows",

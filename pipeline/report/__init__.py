@@ -20,6 +20,7 @@ from typing import TextIO
 import numpy as np
 from fdpipe.display import Colormap, Display, colormap
 from fdpipe.job.inputs import OUTPUT_MARKER
+from fdpipe.job.reader import CurrentRows
 from fdpipe.report.pages import (
     FAILURES_ON_INDEX,
     GalleryRow,
@@ -92,7 +93,8 @@ def write_site(
         write_text(site / name, source.read_text(encoding="utf-8"))
     # First pass, one column: how many current rows each image has, in first-seen order. After
     # a rerun an image's rows may lie in several parts; it is drawn once all have been read.
-    remaining = rows_per_image(output)
+    current = CurrentRows(output)  # which rows are current: worked out once for both passes
+    remaining = rows_per_image(current)
     order = {path: index for index, path in enumerate(remaining)}
     pages = max(1, -(-len(order) // page_size))
     thumbnails = Thumbnails(site, THUMBNAIL, cmap, display, images_root)
@@ -106,7 +108,7 @@ def write_site(
     ):
         failures.write(FAILURES_HEAD.format(navigation=navigation(pages)))
         found.write("window.fdpipeImages = [\n")  # [path, top-1 class, status, page] per image
-        for chunk in iter_images(output):
+        for chunk in iter_images(current):
             merged = pending.setdefault(chunk.path, Pending(chunk.path, chunk.sha256))
             merged.add(chunk, thumbnails)
             remaining[chunk.path] -= chunk.rows

@@ -18,7 +18,7 @@ from typing import cast
 
 import numpy as np
 from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
-from fdpipe.job.reader import ROW_COLUMNS, MapRow, iter_rows, map_rows
+from fdpipe.job.reader import ROW_COLUMNS, MapRow, Output, current_rows, iter_rows, map_rows
 
 COLUMNS = [*ROW_COLUMNS, "image_sha256", "error"]  # rows and what the index shows
 BINS = 20  # histogram bins over [0, 1] (probabilities) and over log10 seconds
@@ -34,7 +34,7 @@ class ImageEntry:
     rows: int = 0  # rows read into this entry (its maps and its failed row)
 
 
-def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
+def iter_images(output: Output) -> Iterator[ImageEntry]:
     """Each run of consecutive rows of one image, with its explained rows, in stored order (an
     image whose rows lie in several parts, after a rerun, comes in several entries)."""
     current: ImageEntry | None = None
@@ -56,13 +56,13 @@ def iter_images(output: str | os.PathLike[str]) -> Iterator[ImageEntry]:
         yield current
 
 
-def rows_per_image(output: str | os.PathLike[str]) -> dict[str, int]:
-    """Current rows per image, in first-seen order, reading only the path column."""
+def rows_per_image(output: Output) -> dict[str, int]:
+    """Current rows per image, in first-seen order, from the key columns the reader holds."""
+    keys = current_rows(output).current_keys()
+    paths = [] if keys is None else cast(list[str], keys["image_path"].to_pylist())  # not null
     counts: dict[str, int] = {}
-    for batch in iter_rows(output, columns=["image_path"]):
-        paths = cast(list[str], batch.column("image_path").to_pylist())  # never null (schema)
-        for path in paths:
-            counts[path] = counts.get(path, 0) + 1
+    for path in paths:
+        counts[path] = counts.get(path, 0) + 1
     return counts
 
 
