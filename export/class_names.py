@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import torchvision
 from fdpipe.export.request import ModelError
+
+log = logging.getLogger("fdpipe.models")
 
 
 def _imagenet_categories() -> list[str]:
@@ -50,6 +53,7 @@ def read_class_names(path: str | os.PathLike[str], count: int | None = None) -> 
         names = [line.strip() for line in text.splitlines()]
         while names and not names[-1]:
             names.pop()
+    warn_duplicates(path, names)
     if count is not None and len(names) != count:
         raise ModelError(
             f"class names file {path} has {len(names)} names; the model has {count} classes"
@@ -57,11 +61,29 @@ def read_class_names(path: str | os.PathLike[str], count: int | None = None) -> 
     return names
 
 
+def warn_duplicates(path: Path, names: list[str]) -> None:
+    """Names that cannot select their class (``--classes``): repeated or empty ones."""
+    where: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        where.setdefault(name, []).append(i)
+    for name, indices in where.items():
+        if not name:
+            log.warning(
+                "class names file %s: class %s has no name", path, ", ".join(map(str, indices))
+            )
+        elif len(indices) > 1:
+            log.warning(
+                "class names file %s: %r names classes %s (select them by index)",
+                path, name, ", ".join(map(str, indices)),
+            )  # fmt: skip
+
+
 def class_indices(tokens: Sequence[int | str], class_names: Sequence[str]) -> list[int]:
     """Class indices from indices or names (``tabby`` or ``281``); unknown ones are errors."""
-    lookup = {name: i for i, name in enumerate(class_names)}
+    exact: dict[str, list[int]] = {}
     folded: dict[str, list[int]] = {}
     for i, name in enumerate(class_names):
+        exact.setdefault(name, []).append(i)
         folded.setdefault(name.casefold(), []).append(i)
     indices = []
     for token in tokens:
@@ -72,12 +94,16 @@ def class_indices(tokens: Sequence[int | str], class_names: Sequence[str]) -> li
                 raise ModelError(
                     f"class index {index} out of range: valid are 0..{len(class_names) - 1}"
                 )
-        elif text in lookup:
-            index = lookup[text]
-        elif len(folded.get(text.casefold(), [])) == 1:
-            index = folded[text.casefold()][0]
         else:
-            raise ModelError(f"unknown class {text!r}: not an index nor one of the class names")
+            found = exact.get(text) or folded.get(text.casefold(), [])
+            if not found:
+                raise ModelError(f"unknown class {text!r}: not an index nor one of the class names")
+            if len(found) > 1:
+                raise ModelError(
+                    f"class name {text!r} is ambiguous: classes {', '.join(map(str, found))} "
+                    "bear it; give the index"
+                )
+            index = found[0]
         indices.append(index)
     return indices
 

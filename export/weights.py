@@ -77,6 +77,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         raise ModelError(f"weights file {path} is not a state dict: its values must all be tensors")
     if all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:  # a diverged run or a damaged file; later checks would blame the architecture
+        raise ModelError(
+            f"weights file {path} holds non-finite values (NaN or inf) in {len(broken)} "
+            f"tensor(s): {', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}"
+        )
     return state
 
 
@@ -84,8 +90,27 @@ def apply_state_dict(module: nn.Module, state: Mapping[str, Tensor], path: Path)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
+        detail = key_mismatch(module.state_dict(), state) or " ".join(str(exc).split())[:400]
         raise ModelError(f"weights file {path} does not fit this architecture: {detail}") from None
+
+
+def key_mismatch(wanted: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
+    """A short account of how ``given``'s keys differ from ``wanted``'s (counts, the first few,
+    the likely cause), or None when the keys match (the shapes differ: torch says which)."""
+    missing = [k for k in wanted if k not in given]
+    unexpected = [k for k in given if k not in wanted]
+    if not missing and not unexpected:
+        return None
+    first = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    extra = ", ".join(unexpected[:3]) + (", ..." if len(unexpected) > 3 else "")
+    text = f"{len(missing)} missing keys ({first}), {len(unexpected)} unexpected ({extra})"
+    heads = {u[: -len(missing[0])] for u in unexpected if missing and u.endswith(missing[0])}
+    for prefix in sorted(heads, key=len):  # every missing key under one prefix: a wrapper's
+        if prefix and all(prefix + m in given for m in missing):
+            return text + f"; the file's keys carry the prefix {prefix!r}: strip it"
+    if missing and len(missing) == len(unexpected):
+        return text + "; the same count under other names: a checkpoint of another implementation"
+    return text + "; a checkpoint of another architecture, or of part of this one"
 
 
 def load_state_dict(module: nn.Module, path: Path) -> None:
