@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from fdpipe.export.onnx import ArtifactMismatch
+from fdpipe.kernels.budget import MASK_GRANULE, MemoryBudget
 from fdpipe.kernels.masked_head import MaskedHeadScorer
 from torch import Tensor, nn
 
@@ -344,14 +345,19 @@ class RunnerMaskedHead:
         *,
         extras: tuple[Tensor, ...] = (),
         probabilities: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> Tensor:
         runner = self.runners[probabilities]
         if bool((masks < 0).any()):
             return self.fallback(
-                activations, masks, classes, extras=extras, probabilities=probabilities
-            )
+                activations, masks, classes, extras=extras, probabilities=probabilities,
+                budget=budget,
+            )  # fmt: skip
         inputs = (activations, masks, classes, *extras)[: len(runner.input_names)]
         chunk = self.chunks[probabilities] or masks.shape[1]
+        if budget is not None:  # the graph's own working set is unknown: three activation copies
+            row = 3 * activations.numel() * activations.element_size()
+            chunk = min(chunk, budget.rows("masked-head", row, masks.shape[1], MASK_GRANULE))
         targets = self.max_targets[probabilities] or classes.shape[1]
         rows = [
             torch.cat(

@@ -34,7 +34,9 @@ class AblationCAM(ChannelWeightsCAM):
             channels, dtype=state.activations.dtype, device=state.activations.device
         )
         masks = ablate_one.expand(batch, -1, -1)
-        ablated = state.scorer(state.activations, masks, state.classes, extras=state.extras)
+        ablated = state.scorer(
+            state.activations, masks, state.classes, extras=state.extras, budget=state.budget
+        )
         clean = state.target_logits[..., None]
         drop = clean - ablated
         return drop / clean, drop

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from fdpipe.kernels.budget import MASK_GRANULE, MemoryBudget
 from fdpipe.kernels.masked_head import ExplicitMaskedHead, select_scores
 from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -200,7 +201,11 @@ class FactorisedHead(nn.Module):
             self.middle = self.after if dtype == torch.float32 else copy.deepcopy(self.after)
             self.middle.to(dtype)
 
-    def forward(self, activations: Tensor, masks: Tensor, classes: Tensor) -> Tensor:
+    def forward(
+        self, activations: Tensor, masks: Tensor, classes: Tensor, chunk: int = 0
+    ) -> Tensor:
+        """Scores of every mask; ``chunk`` > 0 runs the masks through a Linear head that many at
+        a time (the contributions are computed once), bounding the (B, chunk, hidden) features."""
         features = self.before(activations)
         per_channel = features.reshape(features.shape[0], self.channels, -1)  # (B, K, s)
         if isinstance(self.mix, nn.Conv2d):
@@ -215,13 +220,35 @@ class FactorisedHead(nn.Module):
             per_channel, masks = per_channel.to(self.dtype), masks.to(self.dtype)
             bias = self.mix_bias
         contributions = (per_channel.transpose(0, 1) @ self.blocks).transpose(0, 1)  # (B, K, O)
-        hidden = self.middle(masks @ contributions + bias)  # (B, M, H)
+        if chunk <= 0 or chunk >= masks.shape[1]:
+            return self._hidden_scores(masks @ contributions + bias, classes)
+        parts = [
+            self._hidden_scores(part @ contributions + bias, classes)
+            for part in masks.split(chunk, dim=1)
+        ]
+        return torch.cat(parts, dim=2)
+
+    @property
+    def chunks_masks(self) -> bool:
+        """Whether ``forward`` holds (B, masks, hidden) features: a Linear head with layers
+        after its mixing Linear (or all logits)."""
+        return hasattr(self, "middle")
+
+    def mask_bytes(self, batch: int) -> int:
+        """Bytes one mask of a batch holds in ``forward``'s Linear branch: its mixed features
+        and two hidden layers' outputs, in the compute type."""
+        widths = [self.mix.weight.shape[0]]
+        widths += [m.weight.shape[0] for m in self.middle if isinstance(m, nn.Linear)]
+        return batch * 3 * max(widths) * torch.finfo(self.dtype).bits // 8
+
+    def _hidden_scores(self, mixed: Tensor, classes: Tensor) -> Tensor:
+        hidden = self.middle(mixed)  # (B, M, H)
         if self.dtype != torch.float32:
             hidden = hidden.float()
         if self.probabilities:
             logits = hidden if self.last is None else self.last(hidden)
-            picked = select_scores(logits, classes[:, None, :].expand(-1, masks.shape[1], -1), True)
-            return picked.transpose(1, 2)
+            wanted = classes[:, None, :].expand(-1, mixed.shape[1], -1)
+            return select_scores(logits, wanted, True).transpose(1, 2)
         assert self.last is not None  # a last Linear is all that is left
         rows, row_bias = self.last.weight[classes], self._bias(self.last)[classes]  # (B, T, H)
         return rows @ hidden.transpose(1, 2) + row_bias[..., None]
@@ -323,13 +350,19 @@ class FactorisedMaskedHead:
         *,
         extras: tuple[Tensor, ...] = (),
         probabilities: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> Tensor:
         module = None if extras else self.module_for(activations.shape[1:], probabilities)
         if module is None or bool((masks < 0).any()):
             return self.explicit(
-                activations, masks, classes, extras=extras, probabilities=probabilities
-            )
-        return module(activations, masks, classes)
+                activations, masks, classes, extras=extras, probabilities=probabilities,
+                budget=budget,
+            )  # fmt: skip
+        chunk = 0
+        if budget is not None and module.chunks_masks:
+            row = module.mask_bytes(len(activations))
+            chunk = budget.rows("masked-head", row, masks.shape[1], MASK_GRANULE)
+        return module(activations, masks, classes, chunk)
 
 
 __all__ = [

@@ -19,7 +19,8 @@ smaller, so there can be fewer than G blocks when G does not divide K (K = 512, 
 blocks); the default G = 32 divides K = 512 (VGG16 pool5, SqueezeNet 1.1's last Fire module).
 A group map that is constant over the image (for example all zero after the ReLU) has no
 min-max span; its mask is 0 rather than NaN, so the mixed input is the blur itself and the
-group scores 0. The mask min-max has no eps.
+group scores 0. The mask min-max has no eps. The mixed inputs are built a chunk of groups at a
+time, sized by ``state.budget``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from fdpipe.kernels.base import CAMMethod, RawCAM
+from fdpipe.kernels.budget import FORWARD_GRANULE
 from fdpipe.kernels.gradcam import gradient_weights
 from fdpipe.kernels.postprocess import minmax_vector
 from fdpipe.kernels.state import LayerState
@@ -55,28 +57,28 @@ class GroupCAM(CAMMethod):
             [block.sum(dim=2) for block in weighted.chunk(self.groups, dim=2)], dim=2
         ).clamp_min(0)  # (B, T, G, h, w)
         batch, targets, groups = group_maps.shape[:3]
-        up = F.interpolate(
-            group_maps.flatten(0, 2)[:, None],
-            size=state.input_size,
-            mode="bilinear",
-            align_corners=False,
-        ).view(batch, targets, groups, *state.input_size)
-        masks = minmax_vector(up.flatten(-2)).view_as(up)  # no eps: a constant map gives 0
         blurred = gaussian_blur(state.inputs, [self.blur_kernel] * 2, [self.blur_sigma] * 2)
+        pixels = state.input_size[0] * state.input_size[1]
+        # Per (class, group): its upsampled map, its mask, the mixed input, a forward pass.
+        row = (2 + 3) * pixels * 4 + state.network.input_bytes(tuple(state.inputs.shape[1:]))
+        chunk = state.budget.rows(self.name, row, targets * groups, FORWARD_GRANULE)
         with torch.no_grad():
             base = state.network(blurred).softmax(-1).gather(1, state.classes)  # (B, T)
-            scores = group_maps.new_empty(batch, targets, groups)
+            scores = group_maps.new_empty(batch, targets * groups)
             for b in range(batch):
-                mixed = state.inputs[b] * masks[b, :, :, None] + blurred[b] * (
-                    1 - masks[b, :, :, None]
-                )  # (T, G, 3, H, W)
-                probs = state.network.logits_in_chunks(
-                    mixed.flatten(0, 1), state.full_forward_chunk
-                )
-                probs = probs.softmax(-1).view(targets, groups, -1)
-                scores[b] = probs.gather(
-                    2, state.classes[b].view(targets, 1, 1).expand(-1, groups, 1)
-                )[..., 0]
+                planes = group_maps[b].flatten(0, 1)  # (T * G, h, w)
+                wanted = state.classes[b].repeat_interleave(groups)  # each row's class
+                for start in range(0, targets * groups, chunk):
+                    part = planes[start : start + chunk, None]
+                    up = F.interpolate(
+                        part, size=state.input_size, mode="bilinear", align_corners=False
+                    )
+                    masks = minmax_vector(up.flatten(-2)).view_as(up)  # a constant map gives 0
+                    mixed = state.inputs[b] * masks + blurred[b] * (1 - masks)  # (chunk, 3, H, W)
+                    probs = state.network.logits_in_chunks(mixed, min(chunk, FORWARD_GRANULE))
+                    rows = wanted[start : start + chunk, None]
+                    scores[b, start : start + chunk] = probs.softmax(-1).gather(1, rows)[:, 0]
+        scores = scores.view(batch, targets, groups)
         scores = (scores - base[..., None]).clamp_min(0)
         raw = (scores[..., None, None] * group_maps).sum(dim=2)
         return RawCAM(raw, None, scores)

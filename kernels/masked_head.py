@@ -6,7 +6,7 @@ plain, explicit evaluation that section 5's exact acceleration must reproduce.
 Every scorer has the same call: ``scorer(activations (B,K,h,w), masks (B,M,K), classes (B,T))``
 returns ``(B,T,M)``: the head output for class ``classes[b,t]`` on ``activations[b]`` with channel
 ``k`` multiplied by ``masks[b,m,k]``. ``probabilities=True`` scores softmax probabilities instead
-of logits.
+of logits. ``budget`` bounds the masked tensors held at once (``fdpipe.kernels.budget``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from fdpipe.kernels.budget import MemoryBudget
 from torch import Tensor, nn
 
 
@@ -28,6 +29,7 @@ class MaskedHeadScorer(Protocol):
         *,
         extras: tuple[Tensor, ...] = (),
         probabilities: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> Tensor: ...
 
 
@@ -40,7 +42,8 @@ def select_scores(logits: Tensor, classes: Tensor, probabilities: bool) -> Tenso
 class ExplicitMaskedHead:
     """Reference scorer: materialises each masked activation tensor and runs the head on it.
 
-    ``chunk`` masked tensors go through the head at once (the authors' code uses 128).
+    ``chunk`` masked tensors go through the head at once (the authors' code uses 128), fewer
+    where ``budget`` cannot hold that many.
     """
 
     name = "torch-explicit"
@@ -58,12 +61,17 @@ class ExplicitMaskedHead:
         *,
         extras: tuple[Tensor, ...] = (),
         probabilities: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> Tensor:
         batch, n_masks = masks.shape[:2]
         out = activations.new_empty(batch, classes.shape[1], n_masks)
+        chunk = self.chunk
+        if budget is not None:  # a masked copy of one image's activations, and the head's work
+            row = 3 * activations[0].numel() * activations.element_size()
+            chunk = min(chunk, budget.rows("masked-head", row, n_masks, self.chunk))
         for b in range(batch):
-            for start in range(0, n_masks, self.chunk):
-                part = masks[b, start : start + self.chunk]
+            for start in range(0, n_masks, chunk):
+                part = masks[b, start : start + chunk]
                 masked = activations[b] * part[:, :, None, None]
                 repeated = tuple(e[b : b + 1].expand(len(part), *e.shape[1:]) for e in extras)
                 logits = self.head(masked, *repeated)

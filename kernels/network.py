@@ -7,6 +7,8 @@ methods re-run only the head on masked activations, and the methods that mask th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +25,7 @@ class SplitNetwork(nn.Module):
         self.backbone = backbone
         self.head = head
         self.layer = layer
+        self._input_bytes: dict[tuple[int, ...], int] = {}
 
     @property
     def device(self) -> torch.device:
@@ -39,6 +42,30 @@ class SplitNetwork(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         activations, extras = self.features(images)
         return self.head(activations, *extras)
+
+    @torch.no_grad()
+    def input_bytes(self, input_shape: tuple[int, ...]) -> int:
+        """Bytes one input of ``input_shape`` holds at most during a forward pass: the input and
+        the two largest outputs of any module alive together, measured once on a probe."""
+        key = tuple(input_shape)
+        if key not in self._input_bytes:
+            sizes: list[int] = []
+
+            def record(_module: nn.Module, _args: object, output: object) -> None:
+                if isinstance(output, Tensor):
+                    sizes.append(output.numel() * output.element_size())
+
+            leaves = [m for m in self.modules() if not list(m.children())]
+            hooks = [m.register_forward_hook(record) for m in leaves]
+            try:
+                parameter = next(self.parameters(), torch.empty(0))
+                self(torch.zeros(1, *key, device=self.device, dtype=parameter.dtype))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            largest = sorted(sizes)[-2:]
+            self._input_bytes[key] = 4 * math.prod(key) + 2 * sum(largest)
+        return self._input_bytes[key]
 
     @torch.no_grad()
     def logits_in_chunks(self, images: Tensor, chunk: int) -> Tensor:

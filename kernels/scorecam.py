@@ -17,6 +17,7 @@ baseline term is the same for every channel, and a softmax over channels is unch
 a constant, so it is left out (as in the grad-cam library). The resize uses align_corners=False;
 the grad-cam library uses align_corners=True, so the oracle test swaps in the False version
 before comparing. The eps 1e-8 keeps an all-constant channel's mask at 0 instead of NaN.
+The masked inputs are built a chunk of channels at a time, sized by ``state.budget``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from fdpipe.kernels.base import ChannelWeightsCAM
+from fdpipe.kernels.budget import FORWARD_GRANULE
 from fdpipe.kernels.postprocess import minmax
 from fdpipe.kernels.state import LayerState
 from torch import Tensor
@@ -35,14 +37,22 @@ class ScoreCAM(ChannelWeightsCAM):
     name = "scorecam"
 
     def channel_weights(self, state: LayerState) -> tuple[Tensor, Tensor]:
-        up = F.interpolate(
-            state.activations, size=state.input_size, mode="bilinear", align_corners=False
-        )
-        masks = minmax(up, eps=SCORECAM_MASK_EPS)  # (B, K, H, W)
+        channels = state.activations.shape[1]
+        pixels = state.input_size[0] * state.input_size[1]
+        # Per channel: its upsampled mask, the normalised mask, the masked input, a forward pass.
+        row = (2 + 3) * pixels * 4 + state.network.input_bytes(tuple(state.inputs.shape[1:]))
+        chunk = state.budget.rows(self.name, row, channels, FORWARD_GRANULE)
         scores = []
-        for image, image_masks, targets in zip(state.inputs, masks, state.classes, strict=True):
-            masked = image[None] * image_masks[:, None]  # (K, 3, H, W)
-            logits = state.network.logits_in_chunks(masked, state.full_forward_chunk)
-            scores.append(logits[:, targets].T)  # (T, K)
+        for b, (image, targets) in enumerate(zip(state.inputs, state.classes, strict=True)):
+            logits = []
+            for start in range(0, channels, chunk):
+                part = state.activations[b : b + 1, start : start + chunk]
+                up = F.interpolate(
+                    part, size=state.input_size, mode="bilinear", align_corners=False
+                )
+                masks = minmax(up, eps=SCORECAM_MASK_EPS)[0]  # (chunk, H, W)
+                masked = image[None] * masks[:, None]  # (chunk, 3, H, W)
+                logits.append(state.network.logits_in_chunks(masked, min(chunk, FORWARD_GRANULE)))
+            scores.append(torch.cat(logits)[:, targets].T)  # (T, K)
         logit_scores = torch.stack(scores)
         return logit_scores.softmax(dim=-1), logit_scores

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from fdpipe.kernels.budget import CPU_CAP, MemoryBudget, default_budget
 from fdpipe.kernels.masked_head import ExplicitMaskedHead, MaskedHeadScorer
 from fdpipe.kernels.network import SplitNetwork
 from torch import Tensor
@@ -25,7 +26,7 @@ class LayerState:
     logits: Tensor  # (B, N) on the clean images
     classes: Tensor  # (B, T) target class indices
     scorer: MaskedHeadScorer
-    full_forward_chunk: int = 32
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(CPU_CAP))
     _gradients: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -89,8 +90,12 @@ def prepare(
     classes: Tensor | list | None = None,
     top_k: int = 1,
     scorer: MaskedHeadScorer | None = None,
+    budget: MemoryBudget | None = None,
 ) -> LayerState:
-    """One backbone pass for the batch; every method then works from this state."""
+    """One backbone pass for the batch; every method then works from this state.
+
+    ``budget``: the memory its perturbation work may hold at once (default ``default_budget``).
+    """
     activations, extras = network.features(inputs)
     logits = network.head(activations, *extras)
     return LayerState(
@@ -101,4 +106,5 @@ def prepare(
         logits=logits,
         classes=resolve_classes(logits, classes, top_k),
         scorer=scorer or ExplicitMaskedHead(network.head),
+        budget=budget or MemoryBudget(default_budget(inputs.device)),
     )

@@ -25,6 +25,7 @@ from fdpipe.export.preprocessing import AnyPreprocess
 from fdpipe.export.request import PreprocessOptions
 from fdpipe.images import Images, as_batch
 from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
+from fdpipe.kernels.budget import MemoryBudget, default_budget
 from fdpipe.kernels.precision import ieee_fp32
 from fdpipe.methods import MethodSpec, build_methods
 from PIL import Image
@@ -136,6 +137,8 @@ class Explainer:
     every image, or one row per image) or ``top_k`` are the default targets of each call.
     ``runtime``, ``artifacts`` and ``device`` choose the runner, ``precision`` (fp32, bf16, fp16,
     auto) the arithmetic of the backbone and the masked-head products (``fdpipe.backends``).
+    ``max_memory`` (bytes) bounds what each batch's perturbation work holds at once (default:
+    ``fdpipe.kernels.budget.default_budget``); ``budget.chunks`` records the chunks it gave.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class Explainer:
         runtime: str = "auto",
         artifacts: Path | None = None,
         precision: str = "fp32",
+        max_memory: int | None = None,
         classes: Classes = None,
         top_k: int = 1,
         **method_options: Any,
@@ -191,6 +195,7 @@ class Explainer:
         if classes is not None and top_k != 1:
             raise ValueError("give classes or top_k, not both: classes are explained as given")
         self.backend = backend_for(self.model, runtime, artifacts, precision, device)
+        self.budget = MemoryBudget(max_memory or default_budget(self.device))
         self.methods: dict[str, CAMMethod] = build_methods(methods, method_options)
         for method in self.methods.values():
             method.check(self.network)  # e.g. an FG-CAM resolution that is not a layer
@@ -234,6 +239,7 @@ class Explainer:
                 classes=self.classes if classes is None else self.class_targets(classes),  # type: ignore[arg-type]
                 top_k=self.top_k if top_k is None else top_k,
                 scorer=self.backend.scorer,
+                budget=self.budget,
             )
 
     def explanations(self, state: LayerState) -> Iterator[tuple[str, Explanation]]:

@@ -8,7 +8,9 @@ peak memory (``pipeline.py``); "startup": ``fdpipe --help`` against importing to
 API and job (``precision.py``); "report": ``fdpipe report`` rows/s and peak RSS
 (``report_suite.py``); "evaluation": (image, method) pairs per second of each evaluation metric
 against scoring one pair per call (``evaluation_suite.py``); "reader": stored maps read back for
-``render`` and ``evaluate --maps`` against per-row decoding (``reader_suite.py``).
+``render`` and ``evaluate --maps`` against per-row decoding (``reader_suite.py``); "memory":
+peak RSS and seconds per method on EfficientNet-Lite0, each in its own process
+(``memory_suite.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import onnxruntime as ort
 import torch
 from fdpipe.bench.evaluation_suite import evaluation_suite
 from fdpipe.bench.fidelity import fidelity_suite
+from fdpipe.bench.memory_suite import memory_suite
 from fdpipe.bench.pipeline import pipeline_suite
 from fdpipe.bench.precision import precision_suite
 from fdpipe.bench.reader_suite import reader_suite
@@ -49,6 +52,7 @@ SUITES: dict[str, Suite] = {
     "fidelity": fidelity_suite,
     "precision": precision_suite,
     "evaluation": evaluation_suite,
+    "memory": memory_suite,
 }
 
 

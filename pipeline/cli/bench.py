@@ -19,6 +19,7 @@ SUITE_NAMES = (
     "fidelity",
     "precision",
     "evaluation",
+    "memory",
 )  # bench.SUITES
 RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
 

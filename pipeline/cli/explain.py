@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shlex
 import signal
@@ -11,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 from fdpipe.cli.choices import (
@@ -29,6 +30,30 @@ from fdpipe.cli.options import (
     model_options,
     parse_classes,
 )
+
+
+class ByteSize(click.ParamType):
+    """A positive size in bytes, with an optional K/M/G/T suffix (powers of 1024)."""
+
+    name = "size"
+    UNITS: ClassVar[dict[str, int]] = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            number, unit = float(value), ""
+        else:
+            text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+            unit = text[-1:] if text[-1:] in self.UNITS else ""
+            try:
+                number = float(text.removesuffix(unit)) if unit else float(text)
+            except ValueError:
+                number = math.nan
+        size = number * self.UNITS[unit]
+        if not (math.isfinite(size) and size >= 1):
+            self.fail(f"{value!r} is not a positive size (2G, 512M, 1000000)", param, ctx)
+        return int(size)
 
 
 class StorageFailure(click.ClickException):
@@ -160,8 +185,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=min(4, os.cpu_count() or 1),
-    show_default=True,
+    default=os.cpu_count() or 1,
+    show_default="the CPU cores",
     help="Decode threads.",
 )
 @click.option(
@@ -198,6 +223,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
     default=MAX_PIXELS,
     show_default=True,
     help="Decoded pixels per image at most (bounds memory); larger JPEGs are decoded reduced.",
+)
+@click.option(
+    "--max-memory",
+    type=ByteSize(),
+    help="Memory each batch's perturbation work may hold at once (2G, 512M, bytes); "
+    "default: a quarter of the available memory up to 1G, or half a GPU's free memory.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 @click.option("--fd-threshold", type=FiniteFloat(0.0, 1.0), help="FD-CAM grouping quantile (0.95).")

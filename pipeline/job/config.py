@@ -35,7 +35,8 @@ class JobConfig:
     top_k: int = 1
     target_column: str | None = None  # manifest column with each image's class to explain
     batch_size: int = 16
-    workers: int = min(4, os.cpu_count() or 1)  # decode threads
+    workers: int = os.cpu_count() or 1  # decode threads
+    max_memory: int | None = None  # bytes a batch's perturbation work holds; None: the default
     part_size: int = 256  # images per part file: the most work a kill can lose
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False

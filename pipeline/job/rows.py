@@ -36,6 +36,7 @@ def job_explainer(config: JobConfig) -> Explainer:
             runtime=config.runtime,
             artifacts=config.artifacts,
             precision=config.precision,
+            max_memory=config.max_memory,
             top_k=config.top_k,
         )
         if config.classes is not None:
@@ -103,6 +104,7 @@ def run_metadata(
             "engine": config.engine,
             "shard": list(config.shard),
             "batch_size": config.batch_size,
+            "max_memory_bytes": explainer.budget.bytes,
             "input": str(config.input),
             "input_root": root,
         },

@@ -311,6 +311,7 @@ def _run_locked(
     finally:
         seconds = progress.close()
         record.fields["parts"] = [path.name for path in sink.written]
+        record.fields["memory"] = explainer.budget.record()  # the chunks the budget gave
     summary = Summary(
         progress.done,
         progress.failed,

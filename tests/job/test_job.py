@@ -18,8 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from click.testing import CliRunner
 from fdpipe import api as api_module
 from fdpipe.api import explain
+from fdpipe.cli import main
 from fdpipe.export.loading import LoadedModel
 from fdpipe.images import load_image
 from fdpipe.job import JobConfig, run_job
@@ -27,7 +29,7 @@ from fdpipe.job.decode import DecodedImage, batches, ordered_map
 from fdpipe.job.parts import OutputDataset, read_metadata
 from fdpipe.job.progress import Progress
 from fdpipe.job.schema import SCHEMA, ImageInfo
-from image_files import write_images
+from image_files import explain_command, write_images
 
 METHODS = {"gradcam": {}, "layercam": {}}
 
@@ -220,3 +222,24 @@ def test_plain_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert "4/10 images (40.0%)" in caplog.text
     assert "images/s, 1 failed, ETA" in caplog.text
     progress.close()
+
+
+def test_the_memory_budget_and_its_chunks_are_recorded(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", 2)
+    args = explain_command(tmp_path / "images", tmp_path / "out", "--method", "groupcam")
+    result = CliRunner().invoke(main, [*args, "--max-memory", "1G"])
+    assert result.exit_code == 0, result.output
+    (record_file,) = (tmp_path / "out" / "_runs").iterdir()
+    record = json.loads(record_file.read_text())
+    assert record["memory"] == {"max_memory_bytes": 1 << 30, "chunks": {"groupcam": 32}}
+    (part,) = OutputDataset(tmp_path / "out").parts()
+    assert read_metadata(part)["run"]["max_memory_bytes"] == 1 << 30
+
+
+@pytest.mark.parametrize("size", ["0", "-1G", "nan", "inf", "2X", "", "0.1"])
+def test_a_bad_memory_budget_is_a_usage_error(tmp_path: Path, size: str) -> None:
+    args = explain_command(tmp_path, tmp_path / "out", "--max-memory", size)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "not a positive size" in result.output
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from fdpipe.kernels.fdcam import (
 )
 from fdpipe.kernels.masked_head import ExplicitMaskedHead
 from fdpipe.kernels.state import LayerState
+from torch.overrides import TorchFunctionMode
 
 # Variants run on 112 px inputs: SqueezeNet's head then sees 6 x 6 activations, cheap to re-run
 # 1,024 times per variant; the formulas do not depend on the size.
@@ -206,11 +207,55 @@ def test_dedup_of_identical_masks_keeps_scores(small_state: LayerState) -> None:
     "weights", [None, torch.zeros(6, dtype=torch.float64)], ids=["keys", "all-collide"]
 )
 def test_unique_rows_are_torch_uniques_rows(weights: torch.Tensor | None) -> None:
-    """The distinct rows and the inverse of ``torch.unique(dim=0)``, also when keys collide."""
+    """Per image the distinct rows and the inverse of ``torch.unique(dim=0)``, zero-padded to
+    the widest image, also when keys collide."""
     generator = torch.Generator().manual_seed(1)
-    rows = (torch.rand(40, 6, generator=generator) > 0.5).float()
-    rows = torch.cat([rows, rows[:10].flip(0)])  # repeats in another order
+    rows = (torch.rand(2, 40, 6, generator=generator) > 0.5).float()
+    rows = torch.cat([rows, rows[:, :10].flip(1)], dim=1)  # repeats in another order
+    rows[1, 20:] = rows[1, 0]  # the second image has fewer distinct rows
     unique, inverse = unique_rows(rows, weights)
-    expected, _ = torch.unique(rows, dim=0, return_inverse=True)
-    assert torch.equal(unique[inverse], rows)
-    assert sorted(map(tuple, unique.tolist())) == sorted(map(tuple, expected.tolist()))
+    counts = []
+    for b in range(2):
+        expected, _ = torch.unique(rows[b], dim=0, return_inverse=True)
+        counts.append(len(expected))
+        assert torch.equal(unique[b].gather(0, inverse[b, :, None].expand(-1, 6)), rows[b])
+        assert sorted(map(tuple, unique[b, : len(expected)].tolist())) == sorted(
+            map(tuple, expected.tolist())
+        )
+        assert not unique[b, len(expected) :].any()  # padding
+    assert unique.shape[1] == max(counts) and counts[1] < counts[0]
+
+
+SYNCS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.numpy,
+    torch.equal,
+}
+
+
+class CountSyncs(TorchFunctionMode):
+    """Counts the calls that make the host wait for the device's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func in SYNCS
+        return func(*args, **(kwargs or {}))
+
+
+def test_fdcam_waits_for_the_device_once_per_batch_not_per_image(small_state: LayerState) -> None:
+    counts = []
+    for batch in (1, 4):
+        state = prepare(small_state.network, small_state.inputs.repeat(batch, 1, 1, 1), top_k=2)
+        state.gradients  # noqa: B018 - the shared gradients are not FD-CAM's own work
+        with CountSyncs() as syncs:
+            make_method("fdcam")(state)
+        counts.append(syncs.count)
+    assert counts[0] == counts[1] <= 2  # the unique rows' width; the scorer's mask sign check
