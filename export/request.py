@@ -77,11 +77,15 @@ class PreprocessOptions:
         elif channels != base.channels:
             norm = Normalisation.named(norm.name if norm.name != "custom" else "none", channels)
         if self.mean is not None or self.std is not None:
+
+            def per_channel(values: tuple[float, ...]) -> tuple[float, ...]:
+                return values * channels if len(values) == 1 else values  # one for every channel
+
             norm = replace(
                 norm,
                 name="custom",
-                mean=self.mean if self.mean is not None else norm.mean,
-                std=self.std if self.std is not None else norm.std,
+                mean=per_channel(self.mean) if self.mean is not None else norm.mean,
+                std=per_channel(self.std) if self.std is not None else norm.std,
             )
         return replace(
             base,

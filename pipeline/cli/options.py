@@ -94,6 +94,10 @@ def _floats(
         raise click.BadParameter(f"expected numbers like 0.5,0.5,0.5, got {text!r}") from None
     if not values:
         raise click.BadParameter("no value given")
+    if not all(math.isfinite(v) for v in values):
+        raise click.BadParameter(f"{param.name} must be finite, got {text!r}")
+    if len(values) not in (1, 3):  # checked here, before torch loads: models take 1 or 3 channels
+        raise click.BadParameter(f"give one value (every channel) or three (R,G,B), got {text!r}")
     return values
 
 
@@ -192,10 +196,10 @@ def model_options(
             help="Named input normalisation (default: the model's).",
         ),
         click.option(
-            "--mean", callback=_floats, help="Per-channel mean on [0, 1] pixels: 0.5,0.5,0.5."
+            "--mean", callback=_floats, help="Mean on [0, 1] pixels: 0.5 (every channel) or R,G,B."
         ),
         click.option(
-            "--std", callback=_floats, help="Per-channel std on [0, 1] pixels: 0.5,0.5,0.5."
+            "--std", callback=_floats, help="Std on [0, 1] pixels: 0.5 (every channel) or R,G,B."
         ),
         click.option("--channels", type=click.Choice(["1", "3"]), help="1 for grayscale models."),
         click.option(

@@ -4,6 +4,8 @@ variables (issue 19, items 9, 20, 21)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,37 @@ def test_config_paths_resolve_against_the_file_folder(
     assert OutputDataset(job / "out").parts() and not list(elsewhere.iterdir())
     flag = invoke(["--config", str(job / "nightly.toml"), "explain", "-o", "here"])
     assert flag.exit_code == 0 and OutputDataset(elsewhere / "here").parts()  # the line's own
+
+
+def test_one_mean_or_std_value_is_broadcast_to_every_channel(tmp_path: Path) -> None:
+    """``--mean 0.498`` was refused after the model loaded (issue 19, item 8)."""
+    write_images(tmp_path / "images", 1)
+    args = ["explain", "-i", str(tmp_path / "images"), "-o", str(tmp_path / "out"), "--model",
+            "squeezenet1_1", "--method", "gradcam", "--no-progress", "--mean", "0.498",
+            "--std", "0.25"]  # fmt: skip
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    preprocess = params(tmp_path / "out")["preprocess"]
+    assert preprocess["mean"] == pytest.approx([0.498] * 3)
+    assert preprocess["std"] == pytest.approx([0.25] * 3)
+
+
+# Whether a refused command line got as far as importing torch (seconds of start-up).
+REFUSED = """
+import sys
+from fdpipe.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    print(exc.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("values", ["0.1,0.2", "nan", "0.1,0.2,0.3,0.4"])
+def test_bad_mean_values_are_refused_before_torch_loads(tmp_path: Path, values: str) -> None:
+    args = ["explain", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "--mean", values]
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSED, *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert "--mean" in done.stderr
