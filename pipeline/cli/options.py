@@ -301,7 +301,7 @@ def beside(config: Path, param: click.Parameter, value: object) -> object:
         return value
     if isinstance(value, list):
         return [beside(config, param, v) for v in value]
-    if isinstance(value, str) and value:
+    if isinstance(value, str) and value and "://" not in value:  # a URL is not beside anything
         return str(config.parent / Path(value).expanduser())  # an absolute path stays itself
     return value
 

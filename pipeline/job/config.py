@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from fdpipe.export.request import DEFAULT_MODEL, ModelRequest
 from fdpipe.images import MAX_PIXELS
@@ -21,8 +22,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class JobConfig:
-    input: Path  # directory, list file, or CSV / Parquet manifest
-    output: Path  # directory of Parquet parts
+    # directory, list file or CSV / Parquet manifest; a URL (s3://bucket/prefix/, a manifest of
+    # URLs), WebDataset shards (a brace pattern of .tar files), a Parquet image table
+    input: str | os.PathLike[str]
+    output: Path  # directory of Parquet parts (local until the results table lands)
     model: str | ModelRequest = DEFAULT_MODEL  # a source, or every model option (the CLI)
     layer: str | None = None
     weights: Path | None = None
@@ -50,6 +53,24 @@ class JobConfig:
     actors: int | None = None  # Ray model actors; None: one per GPU, else one per CPU
     progress: bool | None = None  # progress bar; None: when stderr is a terminal
     max_pixels: int = MAX_PIXELS  # decoded pixels per image: bounds decode memory
+    storage_options: dict[str, Any] = field(default_factory=dict)  # the input's filesystem
+
+    def __post_init__(self) -> None:
+        local_output(self.output)
+
+
+REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # a URL ("s3:/" as well: what Path left)
+
+
+def local_output(output: str | os.PathLike[str]) -> Path:
+    """``output`` as a local directory; a URL is refused (exit 2) before any work."""
+    text = os.fspath(output)
+    if REMOTE.match(text):
+        raise ConfigError(
+            f"output {text}: fdpipe writes to a local directory only (an object store output "
+            "comes with the results table); give a local --output"
+        )
+    return Path(text)
 
 
 @dataclass(frozen=True)
@@ -76,4 +97,4 @@ class RunParams:
         return cast(dict[str, object], json.loads(json.dumps(asdict(self), default=str)))
 
 
-__all__ = ["ENGINES", "ConfigError", "JobConfig", "RunParams"]
+__all__ = ["ENGINES", "ConfigError", "JobConfig", "RunParams", "local_output"]

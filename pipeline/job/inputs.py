@@ -18,7 +18,7 @@ import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,6 +90,11 @@ class Source(ABC):
     def token(self, entry: Entry) -> ChangeToken | None:
         """``entry``'s change token now; None when it cannot be had (``open`` will say why)."""
 
+    def shard_key(self, key: str) -> str:
+        """What ``--shard`` hashes for ``key``: the key, or the unit the source reads together
+        (a WebDataset shard), so that the whole unit goes to one fdpipe shard."""
+        return key
+
     @abstractmethod
     def open(self, entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """``entry``'s bytes, at most ``max_bytes`` of them.
@@ -99,12 +104,24 @@ class Source(ABC):
         """
 
 
-def open_source(spec: str | os.PathLike[str], target_column: str | None = None) -> Source:
-    """The source for ``--input``: a local directory, list file or CSV/Parquet manifest.
+def open_source(
+    spec: str | os.PathLike[str],
+    target_column: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Source:
+    """The source for ``--input``: a local directory, list file or CSV/Parquet manifest of paths
+    (``FileSource``); an object-store prefix or a manifest of URLs, WebDataset shards or a
+    Parquet image table (``fdpipe.job.sources``). A URL scheme fdpipe cannot read is an
+    ``InputError`` (exit 2), not a missing input.
 
-    ``target_column`` names a manifest column holding each image's class to explain.
+    ``target_column`` names the column (or WebDataset member) holding each image's class to
+    explain; ``storage_options`` go to the input's fsspec filesystem.
     """
-    return FileSource(Path(spec), target_column)
+    from fdpipe.job.sources import locate  # fsspec loads only when a run reads an input
+
+    text = os.fspath(spec)
+    located = locate(text, target_column, storage_options)
+    return located or FileSource(Path(text.removeprefix("file://")), target_column)
 
 
 @dataclass(frozen=True)
@@ -253,6 +270,12 @@ def _read_manifest(path: Path) -> list[str]:
 
 
 def _with_targets(source: Path, root: Path, column: str) -> list[Entry]:
+    targets = manifest_targets(source, column)
+    return [Entry(k, os.fsdecode(root / k), targets[k]) for k in sorted(targets)]
+
+
+def manifest_targets(source: Path, column: str) -> dict[str, str]:
+    """Path -> its class from a CSV or Parquet manifest's ``column`` ("" where empty)."""
     suffix = source.suffix.lower()
     if not source.is_file() or suffix not in {".csv", ".parquet", ".pq"}:
         raise InputError(f"--target-column needs a CSV or Parquet manifest, not {source}")
@@ -276,7 +299,7 @@ def _with_targets(source: Path, root: Path, column: str) -> list[Entry]:
         value = "" if target is None else str(target).strip()  # "": no class (a failed row)
         if targets.setdefault(path, value) != value:
             raise InputError(f"manifest {source} lists {path} twice with different targets")
-    return [Entry(k, os.fsdecode(root / k), targets[k]) for k in sorted(targets)]
+    return targets
 
 
 def path_column(path: Path, names: list[str]) -> str:
@@ -303,10 +326,11 @@ def shard_of(key: str, count: int) -> int:
     return int.from_bytes(digest, "big") % count
 
 
-def select_shard(entries: list[Entry], index: int, count: int) -> list[Entry]:
+def select_shard(source: Source, entries: list[Entry], index: int, count: int) -> list[Entry]:
+    """The entries of shard ``index`` of ``count``, by the source's shard key of each."""
     if count == 1:
         return entries
-    return [entry for entry in entries if shard_of(entry.key, count) == index]
+    return [entry for entry in entries if shard_of(source.shard_key(entry.key), count) == index]
 
 
 __all__ = [
@@ -320,6 +344,7 @@ __all__ = [
     "InputMissing",
     "Source",
     "key_text",
+    "manifest_targets",
     "open_regular",
     "open_source",
     "parse_shard",

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,20 +22,35 @@ import torch
 from fdpipe.job.config import JobConfig
 from fdpipe.job.decode import DecodedImage, decode
 from fdpipe.job.inputs import Entry, Source
-from fdpipe.job.parts import PartSink
+from fdpipe.job.parts import PartSink, image_starts
 from fdpipe.job.progress import Progress
+from fdpipe.job.ray_files import pack, unpack
 from fdpipe.job.rows import explain_rows, job_explainer
 from fdpipe.job.run import Plan
 from fdpipe.job.schema import RunStamp
 
 log = logging.getLogger("fdpipe.ray")
+NODE_COLUMN = "_ray_node"  # added by the actors, removed by the driver
+ACTOR_START_SECONDS = 600
 
 
 class ExplainActor:
-    """Holds one model; decodes a batch of paths on a few threads and explains it."""
+    """Holds one model; decodes a batch of paths on a few threads and explains it. Its model
+    files come with the job (``ray_files``), its images from the source: no driver path is read.
+    Each row table it returns names its node (``NODE_COLUMN``), which the driver counts."""
 
-    def __init__(self, config: JobConfig, source: Source, stamp: RunStamp, threads: int) -> None:
+    def __init__(
+        self,
+        config: JobConfig,
+        files: ray.ObjectRef,
+        source: Source,
+        stamp: RunStamp,
+        threads: int,
+    ) -> None:
         torch.set_num_threads(threads)
+        self.folder = tempfile.TemporaryDirectory(prefix="fdpipe-actor-")
+        config = unpack(config, ray.get(files), Path(self.folder.name))
+        self.node = ray.get_runtime_context().get_node_id()
         self.explainer = job_explainer(config)
         self.save_weights = config.save_weights
         self.stamp = stamp
@@ -58,7 +76,8 @@ class ExplainActor:
             image.info.size, image.info.mtime_ns = (
                 (int(size), int(version)) if size >= 0 else (None, None)
             )
-        return explain_rows(self.explainer, decoded, self.stamp, self.save_weights)
+        rows = explain_rows(self.explainer, decoded, self.stamp, self.save_weights)
+        return rows.append_column(NODE_COLUMN, pa.array([self.node] * rows.num_rows))
 
 
 def actor_resources(config: JobConfig) -> tuple[int, float, float]:
@@ -81,10 +100,12 @@ def run_ray(
     stamp: RunStamp,
     sink: PartSink,
     progress: Progress,
-) -> None:
-    """``config.methods``: the methods the pending images need."""
+) -> dict[str, int]:
+    """``config.methods``: the methods the pending images need. Returns the images explained
+    per Ray node id (the run record's placement)."""
+    placement: Counter[str] = Counter()
     if not plan.pending:
-        return
+        return dict(placement)
     if not ray.is_initialized():
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     actors, cpus, gpus = actor_resources(config)
@@ -92,6 +113,9 @@ def run_ray(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # parts must cover contiguous input runs
     context.enable_progress_bars = False
+    # Every actor loads its model before the first batch is handed out, so batches spread over
+    # all of them (and a cluster that cannot place them fails instead of waiting forever).
+    context.wait_for_min_actors_s = ACTOR_START_SECONDS
     items = ray.data.from_items(
         [
             {
@@ -106,10 +130,12 @@ def run_ray(
             for item in plan.pending
         ]
     )
+    shipped, files = pack(config)
     rows = items.map_batches(
         ExplainActor,
         fn_constructor_kwargs={
-            "config": config,
+            "config": shipped,
+            "files": ray.put(files),
             "source": source,
             "stamp": stamp,
             "threads": max(1, int(cpus)),
@@ -122,8 +148,12 @@ def run_ray(
     )
     for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
         assert isinstance(table, pa.Table)  # batch_format="pyarrow"
+        nodes = table.column(NODE_COLUMN).take(image_starts(table)).to_pylist()
+        placement.update(str(node) for node in nodes)  # one count per image
+        table = table.drop_columns([NODE_COLUMN])
         sink.add(table)
         progress.record(table)
+    return dict(placement)
 
 
 __all__ = ["ExplainActor", "actor_resources", "run_ray"]

@@ -199,7 +199,7 @@ def run_job(config: JobConfig) -> Summary:
         },
     )
     try:
-        source = open_source(config.input, config.target_column)
+        source = open_source(config.input, config.target_column, config.storage_options)
         try:
             entries: list[Entry] | None = source.entries()
         except InputMissing:
@@ -246,7 +246,7 @@ def _run_locked(
     entries: list[Entry],
     explainer: Explainer,
 ) -> Summary:
-    selected = select_shard(entries, *config.shard)
+    selected = select_shard(source, entries, *config.shard)
     params = run_params(explainer, config)
     dataset = OutputDataset(config.output, config.shard)
     if config.overwrite:
@@ -263,7 +263,8 @@ def _run_locked(
     gone = sorted(
         key
         for key in states
-        if key not in present and shard_of(key, config.shard[1]) == config.shard[0]
+        if key not in present
+        and shard_of(source.shard_key(key), config.shard[1]) == config.shard[0]
     )
     run_id = next_run_id(max(newest_run, newest_record(config.output)))
     stamp = RunStamp(run_id, targets)
@@ -304,7 +305,9 @@ def _run_locked(
             from fdpipe.job.ray_engine import run_ray  # optional dependency
 
             needed = tuple(m for m in config.methods if method_label(m) in plan.labels)
-            run_ray(replace(config, methods=needed), source, plan, stamp, sink, progress)
+            placement = run_ray(replace(config, methods=needed), source, plan, stamp, sink,
+                                progress)  # fmt: skip
+            record.fields["placement"] = {"images_per_ray_node": placement}
         else:
             run_local(config, source, explainer, plan, stamp, sink, progress)
         sink.close()

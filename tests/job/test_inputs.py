@@ -142,8 +142,9 @@ def test_parse_shard_rejects(text: str) -> None:
 def test_shards_partition_the_input(tmp_path: Path, count: int) -> None:
     for i in range(60):
         touch(tmp_path / f"{i:02d}.jpg")
-    items = open_source(tmp_path).entries()
-    shards = [select_shard(items, index, count) for index in range(count)]
+    source = open_source(tmp_path)
+    items = source.entries()
+    shards = [select_shard(source, items, index, count) for index in range(count)]
     keys = [item.key for shard in shards for item in shard]
     assert sorted(keys) == [item.key for item in items]  # disjoint and complete
     assert all(shard == sorted(shard) for shard in shards)  # each shard keeps the order
@@ -153,8 +154,8 @@ def test_shards_partition_the_input(tmp_path: Path, count: int) -> None:
 def test_growing_dataset_keeps_shard_assignments() -> None:
     # Round-robin on the sorted list would move images between shards when files are added.
     every = [Entry(f"{i:03d}.jpg", f"{i:03d}.jpg") for i in range(40)]
-    items, grown = every[::2], every
+    items, grown, source = every[::2], every, FileSource(Path("."))
     for index in range(3):
-        before = select_shard(items, index, 3)
-        assert before == [item for item in select_shard(grown, index, 3) if item in items]
+        before = select_shard(source, items, index, 3)
+        assert before == [item for item in select_shard(source, grown, index, 3) if item in items]
         assert all(shard_of(item.key, 3) == index for item in before)
