@@ -5,6 +5,7 @@ decoder (``decode_maps``: one copy per batch, a view per row, no per-value Pytho
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fdpipe.job.current import KEY_COLUMNS, current_mask
-from fdpipe.job.parts import OutputDataset, read_metadata, read_part
+from fdpipe.job.parts import OutputDataset, PartFileError, read_metadata, read_part
+
+log = logging.getLogger("fdpipe.job")
 
 ROW_COLUMNS = [
     "image_path",
@@ -56,8 +59,13 @@ class CurrentRows:
 
     def __init__(self, output: str | os.PathLike[str]) -> None:
         self.output = output
-        self.parts = OutputDataset(output).parts()
-        keys = [read_part(path, columns=KEY_COLUMNS) for path in self.parts]  # names a bad file
+        self.parts, keys = [], []
+        for path in OutputDataset(output).parts():
+            try:
+                keys.append(read_part(path, columns=KEY_COLUMNS))
+                self.parts.append(path)
+            except PartFileError as exc:  # the next explain sets it aside and redoes its images
+                log.warning("%s: skipped", exc)
         self.counts = [table.num_rows for table in keys]
         self.keys = pa.concat_tables(keys) if keys else None
         self.mask = current_mask(self.keys) if self.keys is not None else np.zeros(0, bool)
@@ -77,15 +85,33 @@ class CurrentRows:
             start += count
             if not keep.any():
                 continue
-            if columns is None:
-                part = read_part(path)
-            else:
-                others = [c for c in columns if c not in KEY_COLUMNS]
-                part = read_part(path, others, present_only=True) if others else keys
-                for name in columns:
-                    if name in KEY_COLUMNS and name not in part.column_names:
-                        part = part.append_column(name, keys[name])
+            try:
+                if columns is None:
+                    part = read_part(path)
+                else:
+                    others = [c for c in columns if c not in KEY_COLUMNS]
+                    part = read_part(path, others, present_only=True) if others else keys
+                    for name in columns:
+                        if name in KEY_COLUMNS and name not in part.column_names:
+                            part = part.append_column(name, keys[name])
+                if "map" in part.column_names:
+                    check_maps(path, part["map"])
+            except PartFileError as exc:  # altered pages behind an intact footer
+                log.warning("%s: skipped", exc)
+                continue
             yield from (part if keep.all() else part.filter(pa.array(keep))).to_batches()
+
+
+def check_maps(path: Path, maps: pa.ChunkedArray) -> None:
+    """Stored maps are finite and in [0, 1] (the job checks it before writing): values outside
+    were not written by fdpipe (bit rot, a tampered file). PartFileError naming the file."""
+    values = pc.list_flatten(maps)
+    if len(values) == 0:
+        return
+    low, high = pc.min_max(values).values()
+    if pc.any(pc.is_nan(values)).as_py() or not 0.0 <= low.as_py() <= high.as_py() <= 1.0:
+        reason = ValueError(f"maps outside [0, 1] (from {low} to {high}): damaged data pages")
+        raise PartFileError(path, reason)
 
 
 Output = str | os.PathLike[str] | CurrentRows  # a path, or its current rows already worked out

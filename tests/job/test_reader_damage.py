@@ -1,0 +1,67 @@
+"""Damaged parts read back (issue 19, item 15): a part whose data pages were altered with its
+footer intact is named and skipped with a warning, never read as maps far outside [0, 1]."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from fdpipe.cli import main
+from fdpipe.job.parts import OutputDataset
+from fdpipe.job.reader import read_maps
+from image_files import explain_command, write_images
+
+
+@pytest.fixture
+def two_parts(tmp_path: Path) -> Path:
+    write_images(tmp_path / "images", 4)
+    output = tmp_path / "out"
+    result = CliRunner().invoke(main, explain_command(tmp_path / "images", output))
+    assert result.exit_code == 0 and len(OutputDataset(output).parts()) == 2
+    return output
+
+
+def out_of_range(part: Path) -> None:
+    """Maps decoded from rotten bytes: values far outside [0, 1] (what a flip gave: 1.4e38)."""
+    table = pq.read_table(part)
+    maps = table["map"].combine_chunks()
+    values = pc.multiply(maps.values, pa.scalar(1e38, pa.float32()))
+    bad = pa.ListArray.from_arrays(maps.offsets, values, mask=maps.is_null())
+    table = table.set_column(table.schema.get_field_index("map"), "map", bad)
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata), part)
+
+
+def flip_bytes(part: Path) -> None:
+    """Up to 400 bytes in the middle of the maps' data pages flipped, the footer intact."""
+    meta = pq.ParquetFile(part).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index("map.list.element"))
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    count = min(400, size // 2)
+    middle = start + (size - count) // 2
+    data = bytearray(part.read_bytes())
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    part.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [out_of_range, flip_bytes])
+def test_a_damaged_part_is_named_and_skipped(
+    two_parts: Path, damage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad, good = OutputDataset(two_parts).parts()
+    damage(bad)  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING):
+        maps, rows = read_maps(two_parts)
+    assert bad.name in caplog.text and "skipped" in caplog.text
+    assert rows["image_path"].to_pylist() == pq.read_table(good)["image_path"].to_pylist()
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    rendered = CliRunner().invoke(
+        main, ["render", str(two_parts), "-o", str(two_parts.parent / "p")]
+    )
+    assert rendered.exit_code == 0 and bad.name in caplog.text, rendered.output
