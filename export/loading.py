@@ -5,7 +5,7 @@ count read from a probe forward, names and preprocessing settled) as a :class:`L
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +17,11 @@ from fdpipe.export.preprocessing import (
     AnyPreprocess,
     CallablePreprocess,
     Preprocess,
+    PreprocessArg,
     imagenet_preprocess,
 )
-from fdpipe.export.request import DEFAULT_MODEL, SCORES, ModelError, PreprocessOptions
+from fdpipe.export.request import DEFAULT_MODEL, ModelError, PreprocessOptions, check_score
 from fdpipe.export.weights import tensors_id
-from PIL import Image
 from torch import Tensor, nn
 
 
@@ -39,8 +39,7 @@ class LoadedModel:
     score: str = "softmax"  # what the stored probability means: softmax, sigmoid or logit
 
     def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise ModelError(f"unknown score {self.score!r}; choose from {', '.join(SCORES)}")
+        check_score(self.score)
         self.source = self.source or self.name
 
     @property
@@ -72,7 +71,7 @@ def load_model(
     pretrained: bool = True,
     seed: int = 0,
     class_names: str | os.PathLike[str] | Sequence[str] | None = None,
-    preprocess: PreprocessOptions | None = None,
+    preprocess: PreprocessArg | None = None,
     score: str = "softmax",
     trust_pickle: bool = False,
     offline: bool | None = None,
@@ -81,7 +80,8 @@ def load_model(
 
     ``pretrained=False`` gives seeded random weights (tests). The class count comes from the
     weights; ``class_names`` (a file or a list) names the classes; ``preprocess`` overrides the
-    model's own preprocessing; ``score`` says what the stored probability is.
+    model's own preprocessing (``PreprocessOptions``) or replaces it (a ``Preprocess`` or any
+    callable PIL image -> tensor); ``score`` says what the stored probability is.
     """
     name = recorded_source(name)
     weights_path = Path(weights) if weights is not None else None
@@ -95,17 +95,20 @@ def finish(
     built: Built,
     layer: str | None,
     class_names: str | os.PathLike[str] | Sequence[str] | None,
-    options: PreprocessOptions | AnyPreprocess | None,
+    options: PreprocessArg | None,
     score: str,
 ) -> LoadedModel:
     """The steps every source shares: eval mode, preprocessing, layer, class count and names."""
     module = built.module.eval()
     for parameter in module.parameters():  # (ScriptModules have no requires_grad_)
         parameter.requires_grad_(False)
+    preprocess: AnyPreprocess
     if isinstance(options, PreprocessOptions):
-        preprocess: AnyPreprocess = options.apply(built.preprocess)
+        preprocess = options.apply(built.preprocess)
+    elif isinstance(options, Preprocess | CallablePreprocess):
+        preprocess = options
     else:
-        preprocess = options if options is not None else built.preprocess
+        preprocess = built.preprocess if options is None else CallablePreprocess(options)
     shape = (preprocess.channels, *preprocess.size)
     target = layer or built.layer or default_layer(module, shape)
     check_layer(module, target)
@@ -147,16 +150,12 @@ def from_module(
     module: nn.Module,
     *,
     layer: str | None = None,
-    preprocess: PreprocessOptions | AnyPreprocess | Callable[[Image.Image], Tensor] | None = None,
+    preprocess: PreprocessArg | None = None,
     class_names: str | os.PathLike[str] | Sequence[str] | None = None,
     score: str = "softmax",
     name: str | None = None,
 ) -> LoadedModel:
     """A ``LoadedModel`` around a module the caller built (it is used as is: copy it first)."""
-    if preprocess is not None and not isinstance(
-        preprocess, PreprocessOptions | Preprocess | CallablePreprocess
-    ):
-        preprocess = CallablePreprocess(preprocess)
     label = name or type(module).__name__
     built = Built(
         module,

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import onnxruntime as ort
 import torch
+from fdpipe.errors import FdpipeError
 from fdpipe.export.loading import LoadedModel
 from fdpipe.export.request import ModelError
 from fdpipe.export.split import split_at
@@ -50,12 +51,16 @@ PARITY_TOLERANCE_FP16 = 1e-2  # FP16 graphs: another summation order moves FP16 
 GRAPH_PRECISIONS = ("fp32", "fp16")
 
 
-class ExportError(RuntimeError):
+class ExportError(FdpipeError, RuntimeError):
     """The model could not be exported faithfully (failed export or parity check)."""
+
+    exit_code = 1
 
 
 class ExportTargetError(ExportError):
     """An export OUTPUT that holds something else than an earlier export: never replaced."""
+
+    exit_code = 2
 
 
 class ArtifactMismatch(ModelError):

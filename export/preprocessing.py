@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from fdpipe.export.request import NORMALISATIONS, RESIZE_MODES, ModelError
+from fdpipe.export.request import NORMALISATIONS, RESIZE_MODES, ModelError, PreprocessOptions
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
@@ -196,6 +196,8 @@ class CallablePreprocess:
 
 
 AnyPreprocess = Preprocess | CallablePreprocess
+# What a caller may give as ``preprocess``: overrides of the model's own, or a whole one.
+PreprocessArg = PreprocessOptions | AnyPreprocess | Callable[[Image.Image], Tensor]
 
 
 def imagenet_preprocess(size: tuple[int, int] = (224, 224), name: str = "imagenet") -> Preprocess:
@@ -208,5 +210,6 @@ __all__ = [
     "CallablePreprocess",
     "Normalisation",
     "Preprocess",
+    "PreprocessArg",
     "imagenet_preprocess",
 ]

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fdpipe.errors import FdpipeError
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fdpipe.export.loading import LoadedModel
-    from fdpipe.export.preprocessing import Preprocess
+    from fdpipe.export.preprocessing import Preprocess, PreprocessArg
 
 DEFAULT_MODEL = "vgg16"
 OFFLINE_MODEL = "squeezenet1_1"
@@ -23,7 +27,7 @@ SCORES = ("softmax", "sigmoid", "logit")
 NORMALISATIONS = ("imagenet", "caffe", "tf-lite", "none")
 
 
-class ModelError(ValueError):
+class ModelError(FdpipeError, ValueError):
     """A model, layer or weights file that cannot be used, with the valid choices in the message."""
 
 
@@ -99,36 +103,42 @@ class PreprocessOptions:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """What the CLI's model options ask for (``--model``, ``--layer``, ``--weights``, ...)."""
+    """The model to explain and how, spelled once: the CLI builds it from its model options
+    (``--model``, ``--layer``, ``--weights``, ``--class-names``, ``--score``, preprocessing),
+    ``JobConfig`` holds it, ``Explainer`` and ``explain`` take it; ``load()`` makes the model.
 
-    source: str = DEFAULT_MODEL
+    ``source``: see :mod:`fdpipe.export.model_sources`; ``None`` is the default model, or where
+    an output records one (``evaluate --maps``), that one. ``pretrained=False``: seeded random
+    weights (tests, benchmarks). ``class_names``: a file or a list. ``preprocess``: overrides of
+    the model's own (``PreprocessOptions``, what the CLI gives), a whole ``Preprocess``, or any
+    callable PIL image -> (C, H, W) tensor.
+    """
+
+    source: str | None = None
     layer: str | None = None
     weights: Path | None = None
     pretrained: bool = True
-    class_names: Path | None = None
-    preprocess: PreprocessOptions | None = None
+    class_names: str | os.PathLike[str] | Sequence[str] | None = None
+    preprocess: PreprocessArg | None = None
     score: str = "softmax"
     trust_pickle: bool = False
     offline: bool | None = None
 
     def __post_init__(self) -> None:
+        check_score(self.score)
         if self.offline is None:
             offline_from_environment()  # refused here, before any start-up cost
 
     def load(self) -> LoadedModel:
         from fdpipe.export.loading import load_model
 
-        return load_model(
-            self.source,
-            layer=self.layer,
-            weights=self.weights,
-            pretrained=self.pretrained,
-            class_names=self.class_names,
-            preprocess=self.preprocess,
-            score=self.score,
-            trust_pickle=self.trust_pickle,
-            offline=self.offline,
-        )
+        rest = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+        return load_model(self.source or DEFAULT_MODEL, **rest)
+
+
+def check_score(score: str) -> None:
+    if score not in SCORES:
+        raise ModelError(f"unknown score {score!r}; choose from {', '.join(SCORES)}")
 
 
 __all__ = [
@@ -141,5 +151,6 @@ __all__ = [
     "ModelError",
     "ModelRequest",
     "PreprocessOptions",
+    "check_score",
     "offline_from_environment",
 ]

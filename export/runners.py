@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 import torch
+from fdpipe.errors import FdpipeError
 from fdpipe.export.onnx import ArtifactMismatch
 from fdpipe.kernels.budget import MASK_GRANULE, MemoryBudget
 from fdpipe.kernels.masked_head import MaskedHeadScorer
@@ -34,8 +35,10 @@ class Runner(Protocol):
     def __call__(self, *inputs: Tensor) -> list[Tensor]: ...
 
 
-class RunnerError(RuntimeError):
+class RunnerError(FdpipeError, RuntimeError):
     """A graph or engine that cannot run as asked (wrong provider, shape outside a profile)."""
+
+    exit_code = 1  # a failure while running; at set-up it is a BackendError (exit 2)
 
 
 def onnx_providers() -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any  # Fire modules are duck-typed: any module with its six c
 
 import torch
 import torch.nn.functional as F
+from fdpipe.errors import FdpipeError
 from fdpipe.kernels.network import SplitNetwork
 from fdpipe.kernels.precision import AutocastBackbone
 from torch import Tensor, nn
@@ -47,7 +48,7 @@ FIRE_PARTS = (
 )
 
 
-class UnsupportedArchitecture(ValueError):
+class UnsupportedArchitecture(FdpipeError, ValueError):
     """The backbone or layer is outside what FG-CAM's walk knows; the message says what is."""
 
 

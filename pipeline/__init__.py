@@ -18,6 +18,7 @@ _PUBLIC = {
     "METHODS": "fdpipe.kernels",
     "available_models": "fdpipe.export.loading",
     "load_model": "fdpipe.export.loading",
+    "ModelRequest": "fdpipe.export.request",
     "PreprocessOptions": "fdpipe.export.request",
     "split_at": "fdpipe.export.split",
     "read_maps": "fdpipe.job.reader",
@@ -26,7 +27,7 @@ _PUBLIC = {
 if TYPE_CHECKING:
     from fdpipe.api import Explainer, Explanation, explain
     from fdpipe.export.loading import available_models, load_model
-    from fdpipe.export.request import PreprocessOptions
+    from fdpipe.export.request import ModelRequest, PreprocessOptions
     from fdpipe.export.split import split_at
     from fdpipe.job.reader import read_maps
     from fdpipe.kernels import METHODS
@@ -42,6 +43,7 @@ __all__ = [
     "METHODS",
     "Explainer",
     "Explanation",
+    "ModelRequest",
     "PreprocessOptions",
     "__version__",
     "available_models",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import os
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,20 +20,18 @@ from typing import Any
 import torch
 from fdpipe.backends import Backend, select_backend
 from fdpipe.export.class_names import class_indices
-from fdpipe.export.loading import LoadedModel, from_module, load_model
-from fdpipe.export.preprocessing import AnyPreprocess
-from fdpipe.export.request import PreprocessOptions
+from fdpipe.export.loading import LoadedModel, from_module
+from fdpipe.export.preprocessing import PreprocessArg
+from fdpipe.export.request import ModelRequest
 from fdpipe.images import Images, as_batch
 from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
 from fdpipe.kernels.budget import MemoryBudget, default_budget
 from fdpipe.kernels.precision import ieee_fp32
 from fdpipe.methods import MethodSpec, build_methods
-from PIL import Image
 from torch import Tensor, device, nn
 
 MethodsArg = str | MethodSpec | CAMMethod | Sequence[str | MethodSpec | CAMMethod]
 Classes = Tensor | Sequence[int | str] | Sequence[Sequence[int]] | int | str | None
-PreprocessArg = PreprocessOptions | AnyPreprocess | Callable[[Image.Image], Tensor] | None
 ClassNames = str | os.PathLike[str] | Sequence[str] | None
 
 
@@ -93,32 +91,50 @@ def _fingerprint(module: nn.Module) -> tuple[int, ...]:
     )
 
 
-def wrap_module(
-    module: nn.Module,
-    *,
-    layer: str | None = None,
-    preprocess: PreprocessArg = None,
-    class_names: ClassNames = None,
-    score: str = "softmax",
-) -> LoadedModel:
-    """A ``LoadedModel`` on a private copy of ``module``, cached while its weights are unchanged."""
-    key = repr((layer, id(preprocess), class_names, score))
+def wrap_module(module: nn.Module, request: ModelRequest | None = None) -> LoadedModel:
+    """A ``LoadedModel`` on a private copy of ``module`` with what ``request`` says of its layer,
+    preprocessing, class names and score; cached while the module's weights are unchanged."""
+    request = request or ModelRequest()
+    key = repr((request.layer, id(request.preprocess), request.class_names, request.score))
     per_module = _COPIES.setdefault(module, {})
     fingerprint = _fingerprint(module)
     if key in per_module and per_module[key][0] == fingerprint:
         return per_module[key][1]
     private = copy.deepcopy(module)
     loaded = from_module(
-        private, layer=layer, preprocess=preprocess, class_names=class_names, score=score
+        private,
+        layer=request.layer,
+        preprocess=request.preprocess,
+        class_names=request.class_names,
+        score=request.score,
     )
     per_module[key] = (fingerprint, loaded)
     return loaded
 
 
+def loaded_model(
+    model: LoadedModel | ModelRequest | str | nn.Module, request: ModelRequest
+) -> LoadedModel:
+    """The model to explain from any form ``Explainer`` takes; ``request``: its model keywords
+    (its source is ``model`` where that is a source)."""
+    if isinstance(model, str):
+        return replace(request, source=model).load()
+    if isinstance(model, nn.Module):
+        if request.weights is not None:
+            raise ValueError("weights apply to a model given by name: load them into it")
+        return wrap_module(model, request)
+    if request != ModelRequest():
+        raise ValueError(
+            "layer, weights, preprocess, class_names and score apply when the model is "
+            "given by name or as a module, not to a LoadedModel or a ModelRequest"
+        )
+    return model if isinstance(model, LoadedModel) else model.load()
+
+
 @lru_cache(maxsize=2)
 def _registered(name: str) -> LoadedModel:
     """``explain("squeezenet1_1", ...)`` in a loop loads the model once."""
-    return load_model(name)
+    return ModelRequest(name).load()
 
 
 class Explainer:
@@ -126,8 +142,9 @@ class Explainer:
 
     ``model`` is any ``nn.Module`` classifier (explained through a private copy: the caller's
     module is never changed), a model source for ``load_model`` (a registry or torchvision name,
-    ``timm:NAME``, ``module:factory``, a TorchScript file; with ``weights``/``pretrained``), or a
-    ``LoadedModel``. ``target_layer`` (alias ``layer``) is the dotted module path to explain;
+    ``timm:NAME``, ``module:factory``, a TorchScript file; with ``weights``/``pretrained``), a
+    ``ModelRequest`` (every model option in one object, as the CLI and ``JobConfig`` hold it), or
+    a ``LoadedModel``. ``target_layer`` (alias ``layer``) is the dotted module path to explain;
     default: the model's registered layer, else the last module giving a (B, K, h, w) map.
     ``preprocess``: ``PreprocessOptions``, a ``Preprocess``, or any callable PIL image -> (C, H, W)
     tensor such as torchvision's ``weights.transforms()``. ``class_names``: a list or a file (one
@@ -143,14 +160,14 @@ class Explainer:
 
     def __init__(
         self,
-        model: LoadedModel | str | nn.Module,
+        model: LoadedModel | ModelRequest | str | nn.Module,
         methods: MethodsArg = "fdcam",
         *,
         target_layer: str | None = None,
         layer: str | None = None,
         weights: str | Path | None = None,
         pretrained: bool = True,
-        preprocess: PreprocessArg = None,
+        preprocess: PreprocessArg | None = None,
         class_names: ClassNames = None,
         score: str = "softmax",
         device: torch.device | str | None = None,
@@ -164,34 +181,15 @@ class Explainer:
     ) -> None:
         if target_layer is not None and layer is not None and target_layer != layer:
             raise ValueError("give target_layer or layer, not both")
-        layer = target_layer or layer
-        if isinstance(model, LoadedModel):
-            given = (layer, weights, preprocess, class_names)
-            if any(v is not None for v in given) or score != "softmax":
-                raise ValueError(
-                    "layer, weights, preprocess, class_names and score apply when the model is "
-                    "given by name or as a module, not to a LoadedModel"
-                )
-            self.model = model
-        elif isinstance(model, nn.Module):
-            if weights is not None:
-                raise ValueError("weights apply to a model given by name: load them into it")
-            self.model = wrap_module(
-                model, layer=layer, preprocess=preprocess, class_names=class_names, score=score
-            )
-        else:
-            options = preprocess
-            if options is not None and not isinstance(options, PreprocessOptions):
-                raise ValueError("for a model given by name, preprocess is a PreprocessOptions")
-            self.model = load_model(
-                model,
-                layer=layer,
-                weights=weights,
-                pretrained=pretrained,
-                class_names=class_names,
-                preprocess=options,
-                score=score,
-            )
+        keywords = ModelRequest(
+            layer=target_layer or layer,
+            weights=None if weights is None else Path(weights),
+            pretrained=pretrained,
+            preprocess=preprocess,
+            class_names=class_names,
+            score=score,
+        )
+        self.model = loaded_model(model, keywords)
         if classes is not None and top_k != 1:
             raise ValueError("give classes or top_k, not both: classes are explained as given")
         self.backend = backend_for(self.model, runtime, artifacts, precision, device)
@@ -272,12 +270,12 @@ class Explainer:
 
 
 def explain(
-    model: LoadedModel | str | nn.Module,
+    model: LoadedModel | ModelRequest | str | nn.Module,
     images: Images,
     method: MethodsArg = "fdcam",
     *,
     target_layer: str | None = None,
-    preprocess: PreprocessArg = None,
+    preprocess: PreprocessArg | None = None,
     class_names: ClassNames = None,
     score: str = "softmax",
     device: torch.device | str | None = None,
@@ -295,10 +293,9 @@ def explain(
     its weights are unchanged), so calling this in a loop is cheap. Several methods share one
     backbone pass and one set of gradients.
     """
-    plain = (target_layer, preprocess, class_names) == (None, None, None) and score == "softmax"
-    loaded = _registered(model) if isinstance(model, str) and plain else model
+    plain = (target_layer, preprocess, class_names) == (None,) * 3 and score == "softmax"
     explainer = Explainer(
-        loaded,
+        _registered(model) if isinstance(model, str) and plain else model,
         method,
         target_layer=target_layer,
         preprocess=preprocess,
@@ -317,4 +314,4 @@ def explain(
     return next(iter(results.values())) if single else results
 
 
-__all__ = ["Explainer", "Explanation", "backend_for", "explain", "wrap_module"]
+__all__ = ["Explainer", "Explanation", "backend_for", "explain", "loaded_model", "wrap_module"]

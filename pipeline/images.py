@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from fdpipe.errors import FdpipeError
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
@@ -22,7 +23,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(FdpipeError, ValueError):
     """A file that is not a usable image; the message says why."""
 
 

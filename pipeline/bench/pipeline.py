@@ -18,6 +18,7 @@ import click
 import numpy as np
 import torch
 from fdpipe.demo import PHOTOS
+from fdpipe.export.request import ModelRequest
 from fdpipe.job import JobConfig, run_job
 from PIL import Image
 
@@ -54,8 +55,7 @@ def throughput(work: Path, engine: str) -> list[dict[str, object]]:
         config = JobConfig(
             input=write_dataset(work / f"images-{count}", count),
             output=work / "out",
-            model=model,
-            pretrained=pretrained,
+            model=ModelRequest(model, pretrained=pretrained),
             methods=(method,),
             batch_size=16,
             overwrite=True,

@@ -28,6 +28,7 @@ from fdpipe.api import Explainer
 from fdpipe.bench.pipeline import write_dataset
 from fdpipe.demo import PHOTOS
 from fdpipe.export.loading import load_model
+from fdpipe.export.request import ModelRequest
 from fdpipe.job import JobConfig, run_job
 from fdpipe.kernels.fdcam import similarity_groups
 from fdpipe.kernels.precision import precision_unsupported
@@ -74,8 +75,7 @@ def _job(name: str, real: bool, precision: str, work: Path) -> float:
         config = JobConfig(
             input=write_dataset(work / f"images-{count}", count),
             output=work / f"out-{name}-{precision}-{count}",
-            model=name,
-            pretrained=real,
+            model=ModelRequest(name, pretrained=real),
             methods=("fdcam",),
             batch_size=BATCH,
             precision=precision,

@@ -17,7 +17,7 @@ from fdpipe.cli.explain import explain
 from fdpipe.cli.export import export
 from fdpipe.cli.options import (
     ENV_PREFIX,
-    InterruptibleGroup,
+    FdpipeGroup,
     bind_environment,
     common_options,
     unknown_variables,
@@ -29,7 +29,7 @@ COMMANDS = (explain, render, report, demo, evaluate, export, bench)
 
 
 @click.group(
-    cls=InterruptibleGroup,
+    cls=FdpipeGroup,
     context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX},
 )
 @click.version_option(__version__, prog_name="fdpipe")

@@ -1,12 +1,15 @@
 """What the command line shows before it runs anything: choices and defaults, torch-free.
 
 ``fdpipe --help`` must answer in a fraction of torch's import time, so the command modules take
-their choices from here; ``tests/cli/test_choices.py`` checks each against its source.
+their choices from here: the model's from the torch-free model request itself, the others as
+mirrors that ``tests/cli/test_consistency.py`` checks against their sources.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from fdpipe.export.request import DEFAULT_MODEL, NORMALISATIONS, RESIZE_MODES, SCORES
 
 METHOD_NAMES = (  # fdpipe.kernels.METHODS
     "fdcam",
@@ -24,10 +27,6 @@ FGCAM_BASES = ("gradcam", "scorecam", "fdcam")
 RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTIMES
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")  # fdpipe.kernels.precision.PRECISION_CHOICES
 ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
-DEFAULT_MODEL = "vgg16"  # fdpipe.export.request.DEFAULT_MODEL
-SCORES = ("softmax", "sigmoid", "logit")  # fdpipe.export.request.SCORES
-RESIZE_MODES = ("squash", "crop")  # fdpipe.export.request.RESIZE_MODES
-NORMALISATIONS = ("imagenet", "caffe", "tf-lite", "none")  # fdpipe.export.request.NORMALISATIONS
 DEFAULT_COLORMAP = "jet"  # fdpipe.display.DEFAULT_COLORMAP
 OPSET = 18  # fdpipe.export.onnx.OPSET
 MAX_PIXELS = 40_000_000  # fdpipe.images.MAX_PIXELS

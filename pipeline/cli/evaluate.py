@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 from fdpipe.cli.choices import CAM_METHODS, POINTING_TOLERANCE, VOC_TO_IMAGENET
-from fdpipe.cli.options import (
-    ConfigurationError,
-    FiniteFloat,
-    ModelOptions,
-    method_specs,
-    model_options,
-)
+from fdpipe.cli.options import FiniteFloat, command_line, method_specs, model_options
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
@@ -25,6 +18,7 @@ if TYPE_CHECKING:
     from fdpipe.evaluation.comparison import Comparison
     from fdpipe.evaluation.randomisation import Cascade
     from fdpipe.export.loading import LoadedModel
+    from fdpipe.export.request import ModelRequest
     from fdpipe.job.inputs import Entry, Source
     from PIL import Image
 
@@ -110,16 +104,16 @@ def sanity_check(
     return result, (first, loaded.preprocess.crop_box(first.width, first.height))
 
 
-def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
+def maps_model(maps: Path, model: ModelRequest) -> LoadedModel:
     """The model an explain output was made with, from its metadata; options may restate it but
     never contradict it (other weights, layer or preprocessing would score foreign maps)."""
     from fdpipe.export.model_sources import recorded_source, runs_code
     from fdpipe.export.request import ModelError
-    from fdpipe.job.parts import OutputDataset, read_metadata
+    from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
 
     parts = OutputDataset(maps).parts()
     if not parts:
-        raise ValueError(f"--maps {maps} holds no part files")
+        raise ResumeError(f"--maps {maps} holds no part files")
     params = read_metadata(parts[0])["params"]
     assert isinstance(params, dict)
     recorded = str(params.get("source") or params["model"])
@@ -128,8 +122,8 @@ def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
             f"--maps {maps} was made with {recorded!r}, a model source that runs code: fdpipe "
             f"runs it only when you name it yourself (--model {recorded_source(recorded)})"
         )
-    request = model.request(source=recorded)
-    loaded = replace(request, layer=request.layer or params["layer"]).load()
+    request = replace(model, source=model.source or recorded, layer=model.layer or params["layer"])
+    loaded = request.load()
     mine = {
         "model": loaded.name,
         "weights_id": loaded.weights_id,
@@ -144,7 +138,7 @@ def maps_model(maps: Path, model: ModelOptions) -> LoadedModel:
             if any(d.startswith("weights_id") for d in differ)
             else ""
         )
-        raise ValueError(
+        raise ModelError(
             f"--maps {maps} was made with another model setup ({'; '.join(differ)}){hint}"
         )
     return loaded
@@ -285,7 +279,7 @@ def evaluate(
     maps: Path | None,
     output: Path,
     methods: tuple[str, ...],
-    model: ModelOptions,
+    model: ModelRequest,
     boxes: Path | None,
     class_map: Path,
     tolerance: float,
@@ -311,7 +305,7 @@ def evaluate(
     Exit 1 when a --fail-under gate is missed; 2 on a usage or configuration error.
     """
     from fdpipe.api import Explainer
-    from fdpipe.evaluation.boxes import BoxFormatError, read_boxes
+    from fdpipe.evaluation.boxes import read_boxes
     from fdpipe.evaluation.choice import recommend, sample_items
     from fdpipe.evaluation.comparison import LiveMaps, MapSource, StoredMaps, compare
     from fdpipe.evaluation.curves import CurveProtocol
@@ -324,15 +318,8 @@ def evaluate(
         write_report,
     )
     from fdpipe.evaluation.road import ROADProtocol
-    from fdpipe.export.request import ModelError
-    from fdpipe.job.inputs import Entry, FileSource, InputError, open_source
-    from fdpipe.job.reader import (
-        CurrentRows,
-        FilterError,
-        check_filters,
-        images_root,
-        select_rows,
-    )
+    from fdpipe.job.inputs import Entry, FileSource, open_source
+    from fdpipe.job.reader import CurrentRows, check_filters, images_root, select_rows
 
     if input_ is None and maps is None:
         raise click.UsageError("give the images with --input, or an explain output with --maps")
@@ -349,30 +336,27 @@ def evaluate(
         score=protocol_options["score"],  # type: ignore[arg-type]
         batch_size=protocol_options["batch_size"],  # type: ignore[arg-type]
     )
-    try:
-        source: MapSource
-        if maps is not None:
-            loaded = maps_model(maps, model)
-            wanted = [spec.label for spec in specs] or None
-            current = CurrentRows(maps)  # which rows are current: worked out once for both
-            check_filters(current, methods=wanted)
-            explainer = Explainer(loaded, [])  # the model only: the maps are stored
-            stored = StoredMaps(select_rows(current, methods=wanted))
-            root = input_ or images_root(maps)
-            images: Source = FileSource(root)
-            items = [Entry(key, str(root / key)) for key in stored.image_paths]
-            source = stored
-        else:
-            assert input_ is not None  # one of --input and --maps, checked above
-            loaded = model.request().load()
-            images = open_source(input_)
-            items = images.entries()
-            explainer = Explainer(loaded, specs or split_method_specs(ALL_METHODS))
-            source = LiveMaps(explainer)
-        ground_truth = read_boxes(boxes) if boxes is not None else None
-        labels = load_class_map(class_map, loaded.class_names) if boxes is not None else None
-    except (InputError, ModelError, BoxFormatError, FilterError, ValueError, OSError) as exc:
-        raise ConfigurationError(str(exc)) from exc
+    source: MapSource
+    if maps is not None:
+        loaded = maps_model(maps, model)
+        wanted = [spec.label for spec in specs] or None
+        current = CurrentRows(maps)  # which rows are current: worked out once for both
+        check_filters(current, methods=wanted)
+        explainer = Explainer(loaded, [])  # the model only: the maps are stored
+        stored = StoredMaps(select_rows(current, methods=wanted))
+        root = input_ or images_root(maps)
+        images: Source = FileSource(root)
+        items = [Entry(key, str(root / key)) for key in stored.image_paths]
+        source = stored
+    else:
+        assert input_ is not None  # one of --input and --maps, checked above
+        loaded = model.load()
+        images = open_source(input_)
+        items = images.entries()
+        explainer = Explainer(loaded, specs or split_method_specs(ALL_METHODS))
+        source = LiveMaps(explainer)
+    ground_truth = read_boxes(boxes) if boxes is not None else None
+    labels = load_class_map(class_map, loaded.class_names) if boxes is not None else None
     crop_box = loaded.preprocess.crop_box  # the overlays' maps cover what the model saw
     writer = OverlayWriter(output / "overlays", loaded.class_names, overlays, crop_box=crop_box)
     chosen = sample_items(items, sample, seed) if sample is not None else items
@@ -393,8 +377,7 @@ def evaluate(
         on_maps=writer,
         progress=sys.stderr.isatty() if progress is None else progress,
     )
-    launched = Path(sys.argv[0]).name == "fdpipe"  # not when called in-process (tests, API)
-    command = shlex.join(["fdpipe", *sys.argv[1:]]) if launched else None
+    command = command_line(click.get_current_context())
     cascade, picture = None, None
     if sanity and comparison.scores:
         cascade, picture = sanity_check(

@@ -5,14 +5,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import shlex
 import signal
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 from fdpipe.cli.choices import (
@@ -24,12 +22,18 @@ from fdpipe.cli.choices import (
     RUNTIMES,
 )
 from fdpipe.cli.options import (
-    ConfigurationError,
     FiniteFloat,
-    method_specs,
+    command_line,
+    method_alias,
     model_options,
     parse_classes,
+    parse_methods,
 )
+from fdpipe.errors import FdpipeError
+
+if TYPE_CHECKING:
+    from fdpipe.export.request import ModelRequest
+    from fdpipe.methods import MethodSpec
 
 
 class ByteSize(click.ParamType):
@@ -56,16 +60,10 @@ class ByteSize(click.ParamType):
         return int(size)
 
 
-class StorageFailure(click.ClickException):
-    """The output could not be written (disk full, file-size limit): one line, exit 4."""
-
-    exit_code = 4  # fdpipe.job.progress.EXIT_STORAGE (not imported: it loads pyarrow)
-
-
 JOB_STARTED = "fdpipe.job_started"  # context meta: the job writes its own record from here on
 
 
-def record_refusal(params: Mapping[str, Any], error: click.ClickException) -> None:
+def record_refusal(ctx: click.Context, params: Mapping[str, Any], error: Exception) -> None:
     """A run refused before the job starts (a bad option, variable or combination) still leaves
     a record: in OUTPUT/_runs when the output exists, and at --summary."""
     output, summary = params.get("output"), params.get("summary")
@@ -75,9 +73,9 @@ def record_refusal(params: Mapping[str, Any], error: click.ClickException) -> No
     from fdpipe.job.progress import EXIT_USAGE
     from fdpipe.job.record import RunRecord
 
-    command = shlex.join(["fdpipe", *sys.argv[1:]]) if Path(sys.argv[0]).name == "fdpipe" else None
-    fields = {"command": command, "input": params.get("input_"), "output": output}
-    RunRecord(output, summary, fields).end("refused", EXIT_USAGE, error.format_message())
+    message = error.format_message() if isinstance(error, click.ClickException) else str(error)
+    fields = {"command": command_line(ctx), "input": params.get("input_"), "output": output}
+    RunRecord(output, summary, fields).end("refused", EXIT_USAGE, message)
 
 
 class RecordedCommand(click.Command):
@@ -97,15 +95,15 @@ class RecordedCommand(click.Command):
                 lenient = super().make_context(
                     info_name, list(args), parent, resilient_parsing=True
                 )
-                record_refusal(lenient.params, exc)
+                record_refusal(lenient, lenient.params, exc)
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.ClickException as exc:
+        except (click.ClickException, FdpipeError) as exc:
             if not ctx.meta.get(JOB_STARTED):
-                record_refusal(ctx.params, exc)
+                record_refusal(ctx, ctx.params, exc)
             raise
 
 
@@ -171,6 +169,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     multiple=True,
     default=("fdcam",),
     show_default=True,
+    callback=parse_methods,
     help=f"Method specs, repeatable or comma-separated, options after a colon "
     f"(fdcam:threshold=0.9); all share one pass: {', '.join(METHOD_NAMES)}.",
 )
@@ -242,23 +241,77 @@ def sigterm_as_interrupt() -> Iterator[None]:
     "default: a quarter of the available memory up to 1G, or half a GPU's free memory.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
-@click.option("--fd-threshold", type=FiniteFloat(0.0, 1.0), help="FD-CAM grouping quantile (0.95).")
-@click.option("--fd-shift", type=FiniteFloat(), help="FD-CAM b in a*exp(s) - b (0.5).")
-@click.option("--fd-grouping/--no-fd-grouping", default=None, help="FD-CAM channel grouping.")
-@click.option("--fd-scoring", type=click.Choice(["both", "off"]), help="Switch-on+off or off only.")
-@click.option("--fd-combination", type=click.Choice(["product", "exp", "exp_shift"]))
-@click.option("--fd-probabilities", is_flag=True, default=None, help="Score probabilities.")
-@click.option("--base", type=click.Choice(FGCAM_BASES), help="FG-CAM base.")
-@click.option("--resolution", help='FG-CAM target: "input" or a layer like features.5.')
-@click.option("--denoise", is_flag=True, default=None, help="FG-CAM SVD denoising.")
+# Aliases of method options, written into the --method specs (cli/options.method_alias).
+@method_alias(
+    "fdcam",
+    "threshold",
+    "--fd-threshold",
+    type=FiniteFloat(0.0, 1.0),
+    help="FD-CAM grouping quantile (0.95).",
+)
+@method_alias(
+    "fdcam", "shift", "--fd-shift", type=FiniteFloat(), help="FD-CAM b in a*exp(s) - b (0.5)."
+)
+@method_alias(
+    "fdcam",
+    "grouping",
+    "--fd-grouping/--no-fd-grouping",
+    default=None,
+    help="FD-CAM channel grouping.",
+)
+@method_alias(
+    "fdcam",
+    "scoring",
+    "--fd-scoring",
+    type=click.Choice(["both", "off"]),
+    help="Switch-on+off or off only.",
+)
+@method_alias(
+    "fdcam", "combination", "--fd-combination", type=click.Choice(["product", "exp", "exp_shift"])
+)
+@method_alias(
+    "fdcam",
+    "probabilities",
+    "--fd-probabilities",
+    is_flag=True,
+    default=None,
+    help="Score probabilities.",
+)
+@method_alias("fgcam", "base", "--base", type=click.Choice(FGCAM_BASES), help="FG-CAM base.")
+@method_alias(
+    "fgcam", "resolution", "--resolution", help='FG-CAM target: "input" or a layer like features.5.'
+)
+@method_alias(
+    "fgcam", "denoise", "--denoise", is_flag=True, default=None, help="FG-CAM SVD denoising."
+)
 def explain(
     input_: str,
     output: str,
     storage_options: tuple[str, ...],
-    methods: tuple[str, ...],
+    model: ModelRequest,
+    artifacts: Path | None,
+    runtime: str,
+    precision: str,
+    methods: list[MethodSpec],
     classes: str | None,
+    top_k: int | None,
+    target_column: str | None,
+    batch_size: int,
+    workers: int,
+    part_size: int,
     shard: str,
-    **options: object,
+    overwrite: bool,
+    retry: bool,
+    prune: bool,
+    allow_empty: bool,
+    summary: Path | None,
+    save_weights: bool,
+    engine: str,
+    address: str | None,
+    actors: int | None,
+    max_pixels: int,
+    max_memory: int | None,
+    progress: bool | None,
 ) -> None:
     """Explain every image of INPUT into a Parquet dataset at OUTPUT.
 
@@ -279,51 +332,56 @@ def explain(
 
     Every run that knows its OUTPUT or --summary records how it ended, a refusal too.
     """
-    fd = {key[3:]: options.pop(key) for key in list(options) if key.startswith("fd_")}
-    fg = {key: options.pop(key) for key in ("base", "resolution", "denoise")}
-    if options["engine"] == "ray" and importlib.util.find_spec("ray") is None:
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
         raise click.UsageError("--engine ray needs Ray: pip install 'fdpipe[ray]'")
     # --classes with --top-k (or a target column) is refused, unless the top-k is a --config
     # file's default, which an explicit --classes replaces as any flag replaces the file's value.
-    source = click.get_current_context().get_parameter_source("top_k")
-    if source == click.core.ParameterSource.DEFAULT_MAP and classes is not None:
-        options["top_k"] = None
-    if classes is not None and (options["top_k"] is not None or options["target_column"]):
+    ctx = click.get_current_context()
+    from_file = ctx.get_parameter_source("top_k") == click.core.ParameterSource.DEFAULT_MAP
+    if from_file and classes is not None:
+        top_k = None
+    if classes is not None and (top_k is not None or target_column):
         raise click.UsageError(
             "--classes explains the same classes for every image: give it alone, not with "
             "--top-k or --target-column"
         )
-    if options["top_k"] is None:
-        options["top_k"] = 0 if options["target_column"] else 1  # the target alone
-    specs = method_specs(
-        methods,
-        {k: v for k, v in fd.items() if v is not None},
-        {k: v for k, v in fg.items() if v is not None},
-    )
-    from fdpipe.export.request import ModelError
-    from fdpipe.job import ConfigError, JobConfig, run_job
+    from fdpipe.job import JobConfig, run_job
     from fdpipe.job.config import local_output
-    from fdpipe.job.inputs import InputError, parse_shard
-    from fdpipe.job.parts import ResumeError, StorageError
+    from fdpipe.job.inputs import parse_shard
     from fdpipe.job.sources.store import parse_storage_options
 
-    try:
-        options["model"] = options["model"].request()  # type: ignore[attr-defined]
-        config = JobConfig(
-            input=input_,
-            output=local_output(output),
-            storage_options=parse_storage_options(storage_options),
-            methods=tuple(specs),
-            classes=parse_classes(classes),
-            shard=parse_shard(shard),
-            **options,  # type: ignore[arg-type]
-        )
-        click.get_current_context().meta[JOB_STARTED] = True
-        with sigterm_as_interrupt():
-            summary = run_job(config)
-    except (InputError, ModelError, ResumeError, ConfigError) as exc:
-        raise ConfigurationError(str(exc)) from exc
-    except StorageError as exc:
-        raise StorageFailure(str(exc)) from exc
-    click.echo(f"{output}: {summary}")
-    raise SystemExit(summary.exit_code)
+    config = JobConfig(
+        input=input_,
+        output=local_output(output),
+        storage_options=parse_storage_options(storage_options),
+        model=model,
+        artifacts=artifacts,
+        runtime=runtime,
+        precision=precision,
+        methods=tuple(methods),
+        classes=parse_classes(classes),
+        top_k=(0 if target_column else 1) if top_k is None else top_k,  # 0: the target alone
+        target_column=target_column,
+        batch_size=batch_size,
+        workers=workers,
+        part_size=part_size,
+        shard=parse_shard(shard),
+        overwrite=overwrite,
+        retry=retry,
+        prune=prune,
+        allow_empty=allow_empty,
+        summary=summary,
+        save_weights=save_weights,
+        engine=engine,
+        address=address,
+        actors=actors,
+        progress=progress,
+        max_pixels=max_pixels,
+        max_memory=max_memory,
+        command=command_line(ctx),
+    )
+    ctx.meta[JOB_STARTED] = True
+    with sigterm_as_interrupt():
+        done = run_job(config)
+    click.echo(f"{output}: {done}")
+    raise SystemExit(done.exit_code)

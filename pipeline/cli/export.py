@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from fdpipe.cli.choices import OPSET
-from fdpipe.cli.options import ConfigurationError, ModelOptions, model_options
+from fdpipe.cli.options import model_options
+
+if TYPE_CHECKING:
+    from fdpipe.export.request import ModelRequest
 
 
 @click.command("export")
@@ -34,7 +38,7 @@ from fdpipe.cli.options import ConfigurationError, ModelOptions, model_options
     help="Largest image batch of the TensorRT optimisation profile.",
 )
 def export(
-    model: ModelOptions,
+    model: ModelRequest,
     output: Path,
     opset: int,
     trt: bool,
@@ -47,32 +51,18 @@ def export(
     Each graph is checked against PyTorch with ONNX Runtime; OUTPUT is only replaced once
     everything, engines included, has been built.
     """
-    from fdpipe.export.onnx import (
-        ExportError,
-        ExportTargetError,
-        check_export_target,
-        export_model,
-    )
-    from fdpipe.export.request import ModelError
+    from fdpipe.export.onnx import check_export_target, export_model
     from fdpipe.export.tensorrt import EngineOptions, build_engines, tensorrt_missing
 
     precision = "fp16" if fp16 else precision
     if trt and (missing := tensorrt_missing()):
         raise click.ClickException(f"--trt: {missing}. Nothing was written.")
-    try:
-        check_export_target(output)
-    except ExportTargetError as exc:  # files export did not write: never replaced
-        raise ConfigurationError(str(exc)) from None
+    check_export_target(output)  # files export did not write are never replaced
     engines = None
     if trt:
         options = EngineOptions(precision=precision, max_batch=max_batch)
         engines = partial(build_engines, options=options)
-    try:
-        loaded = model.request().load()
-        manifest = export_model(loaded, output, opset=opset, engines=engines, precision=precision)
-    except ModelError as exc:  # a wrong model, layer or weights file, a model that cannot be
-        raise ConfigurationError(str(exc)) from exc  # cut or exported: exit 2 as elsewhere
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from exc
+    loaded = model.load()
+    manifest = export_model(loaded, output, opset=opset, engines=engines, precision=precision)
     kinds = ", ".join(f"{k}: {v}" for k, v in manifest.masked_head.items())
     click.echo(f"exported {loaded.name} at {loaded.layer} to {output} ({kinds})")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +21,7 @@ from fdpipe.cli.choices import (
     RESIZE_MODES,
     SCORES,
 )
+from fdpipe.errors import FdpipeError
 from fdpipe.methods import MethodSpec, split_method_specs
 
 if TYPE_CHECKING:
@@ -36,51 +37,6 @@ class ConfigurationError(click.ClickException):
     settings cannot work (unknown model, bad weights file, an output made by another model)."""
 
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """The model options of one command line, as given (torch-free); ``request()`` turns them
-    into a ``fdpipe.export.request.ModelRequest`` once the command runs."""
-
-    source: str | None
-    layer: str | None = None
-    weights: Path | None = None
-    class_names: Path | None = None
-    score: str = "softmax"
-    input_size: tuple[int, int] | None = None
-    resize: str | None = None
-    crop_fraction: float | None = None
-    normalisation: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channels: int | None = None
-    trust_pickle: bool = False
-    offline: bool | None = None
-
-    def request(self, source: str | None = None) -> ModelRequest:
-        """The request to load (``source`` where the options name none); may raise ModelError."""
-        from fdpipe.export.request import ModelRequest, PreprocessOptions
-
-        preprocess = PreprocessOptions(
-            size=self.input_size,
-            resize=self.resize,
-            normalisation=self.normalisation,
-            mean=self.mean,
-            std=self.std,
-            channels=self.channels,
-            crop_fraction=self.crop_fraction,
-        )
-        return ModelRequest(
-            source=self.source or source or DEFAULT_MODEL,
-            layer=self.layer,
-            weights=self.weights,
-            class_names=self.class_names,
-            preprocess=None if preprocess == PreprocessOptions() else preprocess,
-            score=self.score,
-            trust_pickle=self.trust_pickle,
-            offline=self.offline,
-        )
 
 
 def _floats(
@@ -113,22 +69,26 @@ def _size(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple
     return (values[0], values[-1])
 
 
-_MODEL_KEYS = [
-    "model",
-    "layer",
-    "weights",
-    "class_names",
-    "model_score",
-    "input_size",
-    "resize",
-    "crop_fraction",
-    "normalisation",
-    "mean",
-    "std",
-    "channels",
-    "trust_pickle",
-    "offline",
-]
+def _channels(ctx: click.Context, param: click.Parameter, text: str | None) -> int | None:
+    return int(text) if text else None
+
+
+# The model options' parameter names: ModelRequest's fields (``--model`` is ``source``,
+# the score ``model_score``: evaluate has a --score of its own) and PreprocessOptions' fields.
+_REQUEST_PARAMS = ("source", "layer", "weights", "class_names", "trust_pickle", "offline")
+_PREPROCESS_PARAMS = ("size", "resize", "crop_fraction", "normalisation", "mean", "std", "channels")
+
+
+def model_request(values: dict[str, Any]) -> ModelRequest:
+    """The ``ModelRequest`` of the model options' values (popped from ``values``)."""
+    from fdpipe.export.request import ModelRequest, PreprocessOptions
+
+    preprocess = PreprocessOptions(**{name: values.pop(name) for name in _PREPROCESS_PARAMS})
+    return ModelRequest(
+        **{name: values.pop(name) for name in _REQUEST_PARAMS},
+        preprocess=None if preprocess == PreprocessOptions() else preprocess,
+        score=values.pop("model_score"),
+    )
 
 
 def model_options(
@@ -140,10 +100,11 @@ def model_options(
     """The model options: ``--model``, ``--layer``, ``--weights``, class names, score and
     preprocessing (``default_model=None``: taken from elsewhere; ``score_flag`` where the command
     has a ``--score`` of its own). The command receives them as one ``model`` argument, a
-    ``ModelOptions``."""
+    ``ModelRequest``."""
     options = (
         click.option(
             "--model",
+            "source",
             default=default_model,
             show_default=default_model is not None,
             help="Registered or torchvision model, timm:NAME, package.module:factory, "
@@ -175,6 +136,7 @@ def model_options(
         ),
         click.option(
             "--input-size",
+            "size",
             callback=_size,
             help="Model input size: 299 or H,W (default: the model's).",
         ),
@@ -201,7 +163,12 @@ def model_options(
         click.option(
             "--std", callback=_floats, help="Std on [0, 1] pixels: 0.5 (every channel) or R,G,B."
         ),
-        click.option("--channels", type=click.Choice(["1", "3"]), help="1 for grayscale models."),
+        click.option(
+            "--channels",
+            type=click.Choice(["1", "3"]),
+            callback=_channels,
+            help="1 for grayscale models.",
+        ),
         click.option(
             "--trust-pickle",
             is_flag=True,
@@ -217,23 +184,7 @@ def model_options(
     def decorate(command: Command) -> Command:
         @functools.wraps(command)
         def wrapper(*args: object, **kwargs: Any) -> object:
-            given = {key: kwargs.pop(key, None) for key in _MODEL_KEYS}
-            kwargs["model"] = ModelOptions(
-                source=given["model"],
-                layer=given["layer"],
-                weights=given["weights"],
-                class_names=given["class_names"],
-                score=given["model_score"] or "softmax",
-                input_size=given["input_size"],
-                resize=given["resize"],
-                crop_fraction=given["crop_fraction"],
-                normalisation=given["normalisation"],
-                mean=given["mean"],
-                std=given["std"],
-                channels=int(given["channels"]) if given["channels"] else None,
-                trust_pickle=bool(given["trust_pickle"]),
-                offline=given["offline"],
-            )
+            kwargs["model"] = model_request(kwargs)
             return command(*args, **kwargs)
 
         decorated: Command = wrapper  # type: ignore[assignment]
@@ -436,9 +387,16 @@ class FiniteFloat(click.ParamType):
         return number
 
 
-class InterruptibleGroup(click.Group):
-    """Ctrl-C exits 130 (128 + SIGINT), SIGTERM (where a command handles it, as ``explain``
-    does) 143, as shells expect; click's default is 1, the code of "an image failed"."""
+class FdpipeGroup(click.Group):
+    """The ``fdpipe`` group, around every command: an ``FdpipeError`` is printed as its one-line
+    message and exits with its code (caught here, once); Ctrl-C exits 130 (128 + SIGINT),
+    SIGTERM (where a command handles it, as ``explain`` does) 143, as shells expect, not click's
+    1, the code of "an image failed". It keeps the arguments it was given, for the command line
+    a run records (:func:`command_line`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["fdpipe.args"] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -446,6 +404,16 @@ class InterruptibleGroup(click.Group):
         except KeyboardInterrupt as exc:
             click.echo("interrupted", err=True)
             raise SystemExit(getattr(exc, "exit_code", 130)) from None
+        except FdpipeError as exc:  # as click shows its own errors, without a traceback
+            click.echo(f"Error: {' '.join(str(exc).split())}", err=True)
+            raise SystemExit(exc.exit_code) from None
+
+
+def command_line(ctx: click.Context) -> str | None:
+    """The command line as given (``fdpipe explain -i DIR ...``), from the arguments click parsed;
+    None where a command runs outside the ``fdpipe`` group."""
+    args = ctx.meta.get("fdpipe.args")
+    return None if args is None else shlex.join(["fdpipe", *args])
 
 
 def split_list(text: str) -> list[str]:
@@ -511,6 +479,31 @@ def method_specs(
     if not specs:
         raise click.BadParameter("no method given", param_hint="--method")
     return specs
+
+
+def method_alias(method: str, key: str, *decls: str, **attrs: Any) -> Callable[[Command], Command]:
+    """An option that stands for the ``KEY=VALUE`` of every ``METHOD`` spec in ``--method``
+    (``--fd-shift 0.3`` for ``fdcam:shift=0.3``). Eager, so that its value is known when
+    ``--method`` is parsed (:func:`parse_methods`); it gives the command no argument."""
+
+    def record(ctx: click.Context, param: click.Parameter, value: object) -> None:
+        if value is not None:
+            ctx.meta.setdefault(ALIASES, {}).setdefault(method, {})[key] = value
+
+    alias = f"Alias of --method {method}:{key}=..."
+    attrs["help"] = f"{attrs['help']} {alias}." if attrs.get("help") else f"{alias}."
+    return click.option(*decls, expose_value=False, is_eager=True, callback=record, **attrs)
+
+
+ALIASES = "fdpipe.method_aliases"
+
+
+def parse_methods(
+    ctx: click.Context, param: click.Parameter, texts: Sequence[str]
+) -> list[MethodSpec]:
+    """``--method``'s callback: its specs, with the alias options' values written into them."""
+    aliases = ctx.meta.get(ALIASES, {})
+    return method_specs(texts, aliases.get("fdcam"), aliases.get("fgcam")) if texts else []
 
 
 def _parse_display(ctx: click.Context, param: click.Parameter, value: str) -> Display | None:

@@ -13,8 +13,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from fdpipe.errors import FdpipeError
 
-class BoxFormatError(ValueError):
+
+class BoxFormatError(FdpipeError, ValueError):
     """An annotation file that cannot be read as VOC XML or COCO JSON; the message says why."""
 
 
@@ -48,7 +50,7 @@ def read_voc_xml(path: str | os.PathLike[str]) -> ImageBoxes:
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
+    except (ET.ParseError, OSError) as exc:
         raise BoxFormatError(f"{path}: not valid XML ({exc})") from exc
     size = root.find("size")
     if size is None:
@@ -101,7 +103,7 @@ def read_coco(path: str | os.PathLike[str]) -> dict[str, ImageBoxes]:
             x1 = max(x0, math.ceil(x + w) - 1)
             y1 = max(y0, math.ceil(y + h) - 1)
             per_image[ann["image_id"]].append(Box(names[ann["category_id"]], x0, y0, x1, y1))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BoxFormatError(f"{path}: not a COCO instances file ({exc!r})") from exc
     return {
         Path(info["file_name"]).stem: ImageBoxes(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fdpipe.errors import FdpipeError
 from fdpipe.evaluation.boxes import Box, ImageBoxes
 from fdpipe.kernels.postprocess import place_map
 from torch import Tensor
@@ -30,13 +31,20 @@ VOC_TO_IMAGENET = Path(__file__).parent / "data" / "voc_to_imagenet.json"
 ClassMap = dict[str, tuple[int, ...]]
 
 
+class ClassMapError(FdpipeError, ValueError):
+    """A ``--class-map`` file that cannot be read or does not fit the model's classes."""
+
+
 def load_class_map(
     path: str | os.PathLike[str] = VOC_TO_IMAGENET, class_names: Sequence[str] | None = None
 ) -> ClassMap:
     """``{"classes": {dataset class: {model class name: index}}}``; names checked if given."""
-    document = json.loads(Path(path).read_text())
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClassMapError(f"{path}: cannot read the class map: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("classes"), dict):
-        raise ValueError(f'{path}: expected {{"classes": {{dataset class: {{name: index}}}}}}')
+        raise ClassMapError(f'{path}: expected {{"classes": {{dataset class: {{name: index}}}}}}')
     classes = document["classes"]
     for dataset_class, targets in classes.items():
         for name, index in targets.items():
@@ -44,7 +52,7 @@ def load_class_map(
                 not 0 <= index < len(class_names) or class_names[index] != name
             ):
                 found = class_names[index] if 0 <= index < len(class_names) else "out of range"
-                raise ValueError(
+                raise ClassMapError(
                     f"{path}: {dataset_class!r} maps {name!r} to class {index}, "
                     f"but the model's class {index} is {found!r}"
                 )

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from fdpipe.errors import FdpipeError
 from fdpipe.export.request import DEFAULT_MODEL, ModelRequest
 from fdpipe.images import MAX_PIXELS
 from fdpipe.methods import MethodSpec
@@ -16,7 +17,7 @@ from fdpipe.methods import MethodSpec
 ENGINES = ("local", "ray")
 
 
-class ConfigError(ValueError):
+class ConfigError(FdpipeError, ValueError):
     """A job setting that cannot work, found before any image is read."""
 
 
@@ -26,10 +27,7 @@ class JobConfig:
     # URLs), WebDataset shards (a brace pattern of .tar files), a Parquet image table
     input: str | os.PathLike[str]
     output: Path  # directory of Parquet parts (local until the results table lands)
-    model: str | ModelRequest = DEFAULT_MODEL  # a source, or every model option (the CLI)
-    layer: str | None = None
-    weights: Path | None = None
-    pretrained: bool = True  # False: seeded random weights (benchmarks, shape tests)
+    model: str | ModelRequest = DEFAULT_MODEL  # a source, or the whole model request
     artifacts: Path | None = None
     runtime: str = "auto"
     precision: str = "fp32"  # fp32, bf16, fp16, auto (fdpipe.backends)
@@ -54,9 +52,14 @@ class JobConfig:
     progress: bool | None = None  # progress bar; None: when stderr is a terminal
     max_pixels: int = MAX_PIXELS  # decoded pixels per image: bounds decode memory
     storage_options: dict[str, Any] = field(default_factory=dict)  # the input's filesystem
+    command: str | None = None  # the command line, recorded in the run record (the CLI)
 
     def __post_init__(self) -> None:
         local_output(self.output)
+
+    @property
+    def request(self) -> ModelRequest:
+        return self.model if isinstance(self.model, ModelRequest) else ModelRequest(self.model)
 
 
 REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # a URL ("s3:/" as well: what Path left)

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fdpipe.errors import FdpipeError
 from fdpipe.images import IMAGE_EXTENSIONS
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
@@ -30,7 +31,7 @@ OUTPUT_MARKER = ".fdpipe-output"  # in every directory fdpipe writes; never walk
 MAX_FILE_BYTES = 1 << 30  # an image file above 1 GiB is refused before it is read
 
 
-class InputError(ValueError):
+class InputError(FdpipeError, ValueError):
     """An input that cannot be listed, with the reason (a setting error: exit 2)."""
 
 
@@ -38,7 +39,7 @@ class InputMissing(InputError):
     """The input itself does not exist: nothing to do (exit 3, or 0 with ``--allow-empty``)."""
 
 
-class EntryError(Exception):
+class EntryError(FdpipeError):
     """One entry cannot be read (not a regular file, too large, gone): its row fails with this
     message; the rest of the run goes on."""
 

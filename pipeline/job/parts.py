@@ -22,8 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fdpipe.errors import FdpipeError
 from fdpipe.job.config import RunParams
 from fdpipe.job.current import KEY_COLUMNS, current_mask
+from fdpipe.job.progress import EXIT_STORAGE
 from fdpipe.job.schema import COMPRESSION, METADATA_KEY, SCHEMA
 
 log = logging.getLogger("fdpipe.job")
@@ -35,20 +37,22 @@ TEMP_PATTERN = re.compile(r"^\.(.+)\.\d+\.tmp$")  # ".<part name>.<pid>.tmp"
 FIXED_PARAMS = ("model", "weights_id", "layer", "preprocess")
 
 
-class ResumeError(ValueError):
+class ResumeError(FdpipeError, ValueError):
     """The output directory holds rows that a run with these parameters cannot join."""
 
 
-class StorageError(Exception):
+class StorageError(FdpipeError):
     """The output cannot be written (disk full, file-size limit, I/O error): not the input's
     fault nor a setting's. What was written before stays; a rerun continues."""
+
+    exit_code = EXIT_STORAGE
 
 
 # What a full or failing file system says, as opposed to a wrong path or permission.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
-class PartFileError(ValueError):
+class PartFileError(FdpipeError, ValueError):
     """A part file that cannot be read (truncated, damaged, not Parquet); names the file."""
 
     def __init__(self, path: Path, exc: Exception) -> None:

@@ -16,6 +16,7 @@ from typing import cast
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from fdpipe.errors import FdpipeError
 from fdpipe.job.current import KEY_COLUMNS, current_mask
 from fdpipe.job.parts import OutputDataset, PartFileError, read_metadata, read_part
 
@@ -263,7 +264,7 @@ def select_rows(
         yield from (row for row in map_rows(batch) if row is not None)
 
 
-class FilterError(ValueError):
+class FilterError(FdpipeError, ValueError):
     """A method, class, rank or image filter that matches nothing in the output."""
 
 

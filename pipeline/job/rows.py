@@ -15,7 +15,7 @@ import torchvision
 from fdpipe import __version__
 from fdpipe.api import Explainer
 from fdpipe.export.class_names import class_indices
-from fdpipe.export.request import ModelError, ModelRequest
+from fdpipe.export.request import ModelError
 from fdpipe.job.config import ConfigError, JobConfig, RunParams
 from fdpipe.job.contract import contract_violation
 from fdpipe.job.decode import DecodedImage
@@ -24,14 +24,9 @@ from fdpipe.job.schema import RunStamp, TableBuilder
 
 def job_explainer(config: JobConfig) -> Explainer:
     """The job's ``Explainer``: one per process (or Ray actor)."""
-    request = config.model
-    if not isinstance(request, ModelRequest):
-        request = ModelRequest(
-            request, layer=config.layer, weights=config.weights, pretrained=config.pretrained
-        )
     try:
         explainer = Explainer(
-            request.load(),
+            config.request,
             list(config.methods),
             runtime=config.runtime,
             artifacts=config.artifacts,

@@ -12,13 +12,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import shlex
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fdpipe.api import Explainer
 from fdpipe.export.request import ModelError
@@ -180,10 +177,7 @@ def run_job(config: JobConfig) -> Summary:
         config.output,
         config.summary,
         {
-            # the command line when run as ``fdpipe`` (not for API calls, whose argv is another's)
-            "command": shlex.join(["fdpipe", *sys.argv[1:]])
-            if Path(sys.argv[0]).name == "fdpipe"
-            else None,
+            "command": config.command,  # the command line, where the CLI started the run
             "input": str(config.input),
             "output": str(config.output),
             "shard": list(config.shard),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 import click
@@ -10,8 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.cli.options import method_specs
+from fdpipe.cli.explain import explain as explain_command
+from fdpipe.cli.options import FdpipeGroup, method_specs
 from fdpipe.demo import PHOTOS
+from fdpipe.errors import FdpipeError
+from fdpipe.export.onnx import ExportError
+from fdpipe.export.request import ModelError
+from fdpipe.job.inputs import InputError
 from fdpipe.job.parts import read_metadata
 from image_files import write_images
 from PIL import Image
@@ -32,9 +39,12 @@ def explain(images: Path, output: Path, *extra: str) -> list[str]:
 
 
 def test_exit_code_is_zero_when_everything_worked(images: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, explain(images, tmp_path / "out", "--method", "gradcam"))
+    args = ["-v", *explain(images, tmp_path / "out", "--method", "gradcam")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "done 3, failed 0, skipped 0" in result.output
+    (record,) = (tmp_path / "out" / "_runs").glob("*.json")
+    assert json.loads(record.read_text())["command"] == shlex.join(["fdpipe", *args])
 
 
 def test_exit_code_is_one_when_an_image_failed(images: Path, tmp_path: Path) -> None:
@@ -123,6 +133,42 @@ def test_method_specs_are_one_grammar_with_flags_as_aliases() -> None:
         method_specs(["gradcam,typo"])
     with pytest.raises(click.BadParameter, match="given twice"):
         method_specs(["gradcam", "gradcam"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fd-shift", "0.3", "--method", "fdcam,gradcam", "--base", "fdcam", "--method", "fgcam"],
+        ["--method", "fdcam,gradcam", "--method", "fgcam", "--base", "fdcam", "--fd-shift", "0.3"],
+    ],
+)
+def test_alias_flags_rewrite_the_method_specs_wherever_they_stand(args: list[str]) -> None:
+    context = explain_command.make_context("explain", ["-i", "in", "-o", "out", *args])
+    assert {spec.label: spec.options for spec in context.params["methods"]} == {
+        "fdcam": {"shift": 0.3},
+        "gradcam": {},
+        "fgcam": {"base": "fdcam", "shift": 0.3},
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ModelError("weights file x.pt does not fit:\n  size mismatch"), 2),
+        (InputError("--shard 3/2: need 0 <= i < n"), 2),
+        (ExportError("parity check failed"), 1),
+    ],
+)
+def test_an_fdpipe_error_is_one_line_and_its_exit_code(error: FdpipeError, code: int) -> None:
+    group = FdpipeGroup()
+
+    @group.command()
+    def fail() -> None:
+        raise error
+
+    result = CliRunner().invoke(group, ["fail"])
+    assert result.exit_code == code
+    assert result.output == f"Error: {' '.join(str(error).split())}\n"
 
 
 def test_render_command(images: Path, tmp_path: Path) -> None:

@@ -186,7 +186,6 @@ def test_choices_match_their_sources() -> None:
     from fdpipe.display import DEFAULT_COLORMAP
     from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET
     from fdpipe.export.onnx import OPSET
-    from fdpipe.export.request import DEFAULT_MODEL, NORMALISATIONS, RESIZE_MODES, SCORES
     from fdpipe.images import MAX_PIXELS
     from fdpipe.job.config import ENGINES
     from fdpipe.kernels import FGCAM, METHODS
@@ -194,17 +193,12 @@ def test_choices_match_their_sources() -> None:
 
     assert tuple(METHODS) == choices.METHOD_NAMES
     assert tuple(m for m in METHODS if m != FGCAM.name) == choices.CAM_METHODS
-    assert (choices.RUNTIMES, choices.ENGINES, choices.DEFAULT_MODEL) == (
-        RUNTIMES, ENGINES, DEFAULT_MODEL,
-    )  # fmt: skip
+    assert (choices.RUNTIMES, choices.ENGINES) == (RUNTIMES, ENGINES)
     assert (choices.OPSET, choices.POINTING_TOLERANCE) == (OPSET, POINTING_TOLERANCE)
     assert choices.MAX_PIXELS == MAX_PIXELS
     assert choices.PRECISION_CHOICES == PRECISION_CHOICES
     assert choices.DEFAULT_COLORMAP == DEFAULT_COLORMAP
     assert choices.VOC_TO_IMAGENET == VOC_TO_IMAGENET and VOC_TO_IMAGENET.exists()
-    assert (choices.SCORES, choices.RESIZE_MODES, choices.NORMALISATIONS) == (
-        SCORES, RESIZE_MODES, NORMALISATIONS,
-    )  # fmt: skip
 
 
 def test_help_and_version_do_not_import_torch() -> None:
