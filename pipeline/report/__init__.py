@@ -19,6 +19,7 @@ from typing import TextIO
 
 import numpy as np
 from fdpipe.display import Colormap, Display, colormap
+from fdpipe.errors import FdpipeError
 from fdpipe.job.inputs import OUTPUT_MARKER
 from fdpipe.job.reader import CurrentRows
 from fdpipe.report.pages import (
@@ -42,7 +43,7 @@ THUMBNAIL = 160  # pixels, longest side
 STATIC = ("report.css", "report.js")
 
 
-class ReportTargetError(ValueError):
+class ReportTargetError(FdpipeError, ValueError):
     """A report folder that holds files fdpipe did not write: they are never overwritten."""
 
 
