@@ -502,6 +502,8 @@ def parse_methods(
     ctx: click.Context, param: click.Parameter, texts: Sequence[str]
 ) -> list[MethodSpec]:
     """``--method``'s callback: its specs, with the alias options' values written into them."""
+    if ctx.resilient_parsing:  # a parse for what it can read (a refusal's record): no checks
+        return []
     aliases = ctx.meta.get(ALIASES, {})
     return method_specs(texts, aliases.get("fdcam"), aliases.get("fgcam")) if texts else []
 
