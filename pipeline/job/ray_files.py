@@ -16,7 +16,8 @@ from typing import Any
 from fdpipe.job.config import JobConfig
 
 PLACEHOLDER = Path("/fdpipe-shipped")  # never a real path: every use is rewritten by ``unpack``
-SHIPPED_FIELDS = ("model", "weights", "artifacts")  # what the actor's model is built from
+SHIPPED_FIELDS = ("model", "artifacts")  # what the actor's model is built from (its request:
+# weights, class names, a model file)
 MODEL_SOURCES = ("model", "source")  # text fields that may name a model file
 
 

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from fdpipe.bench.object_store import SeaweedFS, upload
 from fdpipe.cli import main
+from fdpipe.export.request import ModelRequest
 from fdpipe.job import JobConfig
 from fdpipe.job.ray_files import PLACEHOLDER, pack, unpack
 from fdpipe.job.reader import iter_rows
@@ -51,14 +52,16 @@ def model_files(tmp_path: Path) -> Path:
 
 def test_pack_ships_model_files_and_unpack_restores_them(model_files: Path, tmp_path: Path) -> None:
     factory, weights = f"{model_files / 'tiny.py'}:build", model_files / "tiny.pt"
-    config = JobConfig(input="s3://b/x/", output=tmp_path / "o", model=factory, weights=weights)
+    request = ModelRequest(factory, weights=weights)
+    config = JobConfig(input="s3://b/x/", output=tmp_path / "o", model=request)
     shipped, files = pack(config)
     assert str(model_files) not in repr(shipped)
-    assert str(shipped.model).startswith(str(PLACEHOLDER)) and str(shipped.model).endswith(":build")
+    source = str(shipped.request.source)
+    assert source.startswith(str(PLACEHOLDER)) and source.endswith(":build")
     assert sorted(files) == ["0-tiny.py", "1-tiny.pt"]
     node = tmp_path / "node"
-    restored = unpack(shipped, files, node)
-    assert restored.model == f"{node / '0-tiny.py'}:build"
+    restored = unpack(shipped, files, node).request
+    assert restored.source == f"{node / '0-tiny.py'}:build"
     assert restored.weights == node / "1-tiny.pt"
     assert (node / "1-tiny.pt").read_bytes() == (model_files / "tiny.pt").read_bytes()
     plain = JobConfig(input="x", output=tmp_path / "o", model="squeezenet1_1")

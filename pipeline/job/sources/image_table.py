@@ -16,6 +16,7 @@ from typing import IO, Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fdpipe.errors import FdpipeError
 from fdpipe.job.inputs import (
     MAX_FILE_BYTES,
     ChangeToken,
@@ -32,7 +33,7 @@ from fdpipe.job.sources.webdataset import pattern_root, shard_names
 ID_COLUMNS = ("image_path", "path", "file", "filename", "image_id", "id", "key", "__key__")
 
 
-class TableError(ValueError):
+class TableError(FdpipeError, ValueError):
     """A table that is not an image table, or is ambiguous about which column is which."""
 
 
