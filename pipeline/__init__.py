@@ -22,6 +22,8 @@ _PUBLIC = {
     "PreprocessOptions": "fdpipe.export.request",
     "split_at": "fdpipe.export.split",
     "read_maps": "fdpipe.job.reader",
+    "JobConfig": "fdpipe.job.config",
+    "run_job": "fdpipe.job.run",
 }
 
 if TYPE_CHECKING:
@@ -29,7 +31,9 @@ if TYPE_CHECKING:
     from fdpipe.export.loading import available_models, load_model
     from fdpipe.export.request import ModelRequest, PreprocessOptions
     from fdpipe.export.split import split_at
+    from fdpipe.job.config import JobConfig
     from fdpipe.job.reader import read_maps
+    from fdpipe.job.run import run_job
     from fdpipe.kernels import METHODS
 
 
@@ -43,6 +47,7 @@ __all__ = [
     "METHODS",
     "Explainer",
     "Explanation",
+    "JobConfig",
     "ModelRequest",
     "PreprocessOptions",
     "__version__",
@@ -50,5 +55,6 @@ __all__ = [
     "explain",
     "load_model",
     "read_maps",
+    "run_job",
     "split_at",
 ]

@@ -7,12 +7,15 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fdpipe.errors import FdpipeError
 from fdpipe.export.request import DEFAULT_MODEL, ModelRequest
 from fdpipe.images import MAX_PIXELS
 from fdpipe.methods import MethodSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ENGINES = ("local", "ray")
 
@@ -27,7 +30,9 @@ class JobConfig:
     # URLs), WebDataset shards (a brace pattern of .tar files), a Parquet image table
     input: str | os.PathLike[str]
     output: Path  # directory of Parquet parts (local until the results table lands)
-    model: str | ModelRequest = DEFAULT_MODEL  # a source, or the whole model request
+    # a source, the whole model request, or an in-memory module (explained through a private
+    # copy, as by ``Explainer``; the sha256 of its weights is its identity in the output)
+    model: str | ModelRequest | nn.Module = DEFAULT_MODEL
     artifacts: Path | None = None
     runtime: str = "auto"
     precision: str = "fp32"  # fp32, bf16, fp16, auto (fdpipe.backends)
@@ -59,7 +64,11 @@ class JobConfig:
 
     @property
     def request(self) -> ModelRequest:
-        return self.model if isinstance(self.model, ModelRequest) else ModelRequest(self.model)
+        if isinstance(self.model, ModelRequest):
+            return self.model
+        if isinstance(self.model, str):
+            return ModelRequest(self.model)
+        raise ConfigError("an in-memory model is not a model request (Ray takes only those)")
 
 
 REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # a URL ("s3:/" as well: what Path left)

@@ -24,9 +24,12 @@ from fdpipe.job.schema import RunStamp, TableBuilder
 
 def job_explainer(config: JobConfig) -> Explainer:
     """The job's ``Explainer``: one per process (or Ray actor)."""
+    module = config.model if isinstance(config.model, torch.nn.Module) else None
+    if module is not None and config.engine != "local":
+        raise ConfigError("an in-memory model runs on the local engine: give Ray a model source")
     try:
         explainer = Explainer(
-            config.request,
+            module if module is not None else config.request,
             list(config.methods),
             runtime=config.runtime,
             artifacts=config.artifacts,
