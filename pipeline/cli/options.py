@@ -57,6 +57,12 @@ def _floats(
     return values
 
 
+def _layer(ctx: click.Context, param: click.Parameter, text: str | None) -> str | None:
+    if text is not None and not text.strip():  # "" would silently mean the default layer
+        raise click.BadParameter("an empty layer name: leave --layer out for the model's default")
+    return text
+
+
 def _size(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -113,6 +119,7 @@ def model_options(
         ),
         click.option(
             "--layer",
+            callback=_layer,
             help="Target layer (dotted module path); default: the model's, else the last module "
             "giving a (B, K, h, w) map.",
         ),
@@ -446,6 +453,7 @@ def method_specs(
     """
     fd, fg = dict(fd_aliases or {}), dict(fg_aliases or {})
     specs: list[MethodSpec] = []
+    used: set[str] = set()  # which alias families some spec took
     for text in texts:
         for piece in split_method_specs(text):
             spec = MethodSpec.parse(piece)
@@ -457,10 +465,13 @@ def method_specs(
             aliases: dict[str, object] = {}
             if spec.name == "fdcam":
                 aliases = dict(fd)
+                used.add("fdcam")
             elif spec.name == "fgcam":
                 aliases = dict(fg)
+                used.add("fgcam")
                 if spec.options.get("base", fg.get("base", "gradcam")) == "fdcam":
                     aliases |= fd
+                    used.add("fdcam")
             clash = [k for k, v in aliases.items() if spec.options.get(k, v) != v]
             if clash:
                 raise click.BadParameter(
@@ -478,6 +489,10 @@ def method_specs(
             specs.append(spec)
     if not specs:
         raise click.BadParameter("no method given", param_hint="--method")
+    for family, flags, prefix in (("fdcam", fd, "--fd-"), ("fgcam", fg, "--")):
+        if flags and family not in used:  # a flag no method takes would be silently ignored
+            flag = prefix + next(iter(flags)).replace("_", "-")
+            raise click.BadParameter(f"{flag} applies to {family}: add --method {family}")
     return specs
 
 

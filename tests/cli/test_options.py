@@ -142,3 +142,21 @@ def test_bad_mean_values_are_refused_before_torch_loads(tmp_path: Path, values: 
     )
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert "--mean" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--layer", ""], "--layer"),
+        (["--resolution", "input"], "--resolution applies to fgcam"),
+        (["--fd-threshold", "0.9"], "--fd-threshold applies to fdcam"),
+    ],
+)
+def test_options_that_would_be_silently_ignored_are_refused(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    """Issue 19, "also seen": ``--resolution`` without FG-CAM, ``--layer ""``."""
+    args = ["explain", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "--model",
+            "squeezenet1_1", "--method", "gradcam", *extra]  # fmt: skip
+    result = invoke(args)
+    assert result.exit_code == 2 and message in result.output, result.output
