@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from fdpipe.export.class_names import default_class_names, read_class_names
+from fdpipe.export.hf import HFClassifier, class_names_of, is_transformers_model
 from fdpipe.export.layers import check_layer, default_layer, device_of
 from fdpipe.export.model_sources import REGISTRY, Built, build, recorded_source
 from fdpipe.export.preprocessing import (
@@ -126,7 +127,9 @@ def finish(
             f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}"
         )
     count = int(logits.shape[1])
-    if class_names is None:
+    if class_names is None and built.class_names is not None and len(built.class_names) == count:
+        names = built.class_names
+    elif class_names is None:
         names = default_class_names(count)
     elif isinstance(class_names, str | os.PathLike):
         names = read_class_names(class_names, count)
@@ -157,13 +160,11 @@ def from_module(
 ) -> LoadedModel:
     """A ``LoadedModel`` around a module the caller built (it is used as is: copy it first)."""
     label = name or type(module).__name__
-    built = Built(
-        module,
-        label,
-        f"module:{type(module).__qualname__}",
-        tensors_id(module),
-        imagenet_preprocess(),
-    )
+    source = f"module:{type(module).__qualname__}"
+    names = class_names_of(module) if is_transformers_model(module) else None
+    if is_transformers_model(module):  # pixels -> logits, its own module paths
+        module = HFClassifier(module)
+    built = Built(module, label, source, tensors_id(module), imagenet_preprocess(), None, names)
     return finish(built, layer, class_names, preprocess, score)
 
 

@@ -2,7 +2,8 @@
 
 A source (``load_model(source)``, the CLI's ``--model``) is a registry name; any torchvision
 classifier (the class count read from ``--weights``; without it torchvision's published weights,
-fetched once into the torch hub cache unless offline); ``timm:NAME``; ``package.module:factory``
+fetched once into the torch hub cache unless offline); ``timm:NAME``; ``hf:ORG/NAME`` or
+``hf:DIR`` (``export/hf.py``); ``package.module:factory``
 or ``path/to/file.py:factory`` (a callable returning an ``nn.Module``); a TorchScript archive; a
 pickled full module (only with ``trust_pickle``: unpickling runs code). Every other weights file
 is read with ``torch.load(weights_only=True)``; a file that cannot be used is a ``ModelError``.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from fdpipe.export.hf import load_hf
 from fdpipe.export.preprocessing import (
     TORCHVISION_CROP,
     Normalisation,
@@ -141,6 +143,14 @@ class Built:
     weights_id: str
     preprocess: Preprocess
     layer: str | None = None
+    class_names: list[str] | None = None  # the model's own (a Hugging Face id2label)
+
+
+def _hf_source(name: str, weights: Path | None) -> Built:
+    if weights is not None:
+        raise ModelError("hf: models carry their weights: give the directory, not --weights")
+    module, preprocess, names = load_hf(name)
+    return Built(module, Path(name).name, f"hf:{name}", tensors_id(module), preprocess, None, names)
 
 
 def _registry_source(
@@ -372,6 +382,8 @@ def build(
     offline_only: bool | None,
 ) -> Built:
     """The model of ``source`` (see the module docstring) with its weights."""
+    if source.startswith("hf:"):
+        return _hf_source(source[3:], weights)
     if source.startswith("timm:"):
         return _timm_source(source[5:], weights, pretrained, seed, offline_only)
     if source in REGISTRY:
@@ -387,8 +399,8 @@ def build(
     classifiers = sorted(torchvision.models.list_models(module=torchvision.models))
     raise ModelError(
         f"unknown model {source!r}; registered: {', '.join(sorted(REGISTRY))}; any torchvision "
-        f"classifier: {', '.join(classifiers)}; or timm:NAME, module:factory, "
-        f"file.py:factory, a TorchScript archive"
+        f"classifier: {', '.join(classifiers)}; or timm:NAME, hf:ORG/NAME, hf:DIR, "
+        f"module:factory, file.py:factory, a TorchScript archive"
     )
 
 

@@ -20,6 +20,7 @@ import torch.fx as fx
 from fdpipe.export.layers import check_layer
 from fdpipe.export.layout import Layout, detect_layout
 from fdpipe.export.request import ModelError
+from fdpipe.export.tracing import ValueTracer
 from fdpipe.kernels.network import SplitNetwork
 from torch import Tensor, nn
 
@@ -125,7 +126,9 @@ def split_at(
     layout = (
         Layout() if input_shape is None or scripted else layer_layout(model, layer, input_shape)
     )
-    network = _split(model, layer, layout)
+    parameter = next(model.parameters(), torch.empty(0))
+    probe = None if input_shape is None else _probe(input_shape, parameter.device)
+    network = _split(model, layer, layout, probe)
     if input_shape is not None:
         verify_split(model, network, input_shape)
     return network
@@ -159,18 +162,33 @@ def layer_layout(model: nn.Module, layer: str, input_shape: tuple[int, ...]) -> 
     return layout
 
 
-def _split(model: nn.Module, layer: str, layout: Layout) -> SplitNetwork:
-    if isinstance(model, torch.jit.ScriptModule):
-        return _split_scripted(model, layer)
+def _trace(model: nn.Module, layer: str, probe: Tensor | None) -> fx.Graph:
+    """torch.fx's graph of ``model``, ``layer`` one node; a forward that branches on values is
+    traced along a probe batch (``export/tracing.py``) when there is one."""
     tracer = _CutTracer(layer)
     try:
-        graph = tracer.trace(model)
+        return tracer.trace(model)
     except Exception as exc:  # fx raises many types on dynamic control flow
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot cut this model at {layer!r}: torch.fx cannot trace it ({first}). Give a "
-            f"model whose forward has no data-dependent Python control flow"
-        ) from None
+    if probe is not None:
+        try:
+            with torch.no_grad():
+                leaf = tracer.is_leaf_module
+                return ValueTracer(probe, leaf, autowrap_functions=_untraceable()[1]).trace(model)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise ModelError(
+        f"cannot cut this model at {layer!r}: torch.fx cannot trace it ({first}). Give a "
+        f"model whose forward has no data-dependent Python control flow"
+    )
+
+
+def _split(
+    model: nn.Module, layer: str, layout: Layout, probe: Tensor | None = None
+) -> SplitNetwork:
+    if isinstance(model, torch.jit.ScriptModule):
+        return _split_scripted(model, layer)
+    graph = _trace(model, layer, probe)
     nodes = list(graph.nodes)
     cut = next(n for n in nodes if n.op == "call_module" and n.target == layer)
     before = set(nodes[: nodes.index(cut) + 1])

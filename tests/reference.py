@@ -14,9 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fdpipe.kernels import SplitNetwork
+from fdpipe.kernels.base import CAMResult
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
+TOLERANCE = 2e-4  # float32 kernels vs float64 reference formulas, on maps in [0, 1]
 HEAD_CHUNK = 32  # measured fastest per item for both SqueezeNet's and VGG16's heads
 
 
@@ -303,3 +305,13 @@ METHODS = {
     "scorecam": scorecam,
     "groupcam": groupcam,
 }
+
+
+def assert_matches(result: CAMResult, b: int, t: int, ref: Reference) -> None:
+    np.testing.assert_allclose(result.native[b, t].double(), ref.native, atol=TOLERANCE)
+    np.testing.assert_allclose(result.maps[b, t].double(), ref.maps, atol=TOLERANCE)
+    for got, want in ((result.weights, ref.weights), (result.scores, ref.scores)):
+        if want is not None:
+            assert got is not None
+            scale = np.abs(want).max()
+            np.testing.assert_allclose(got[b, t].double(), want, rtol=1e-4, atol=1e-4 * scale)

@@ -7,7 +7,6 @@ Kernel results are computed once per method and batch, then checked against the 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import reference
 import torch
@@ -27,6 +26,7 @@ from fdpipe.kernels import (
 from fdpipe.kernels.base import ChannelWeightsCAM
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead
 from fdpipe.kernels.fgcam import BASES
+from reference import assert_matches
 
 ALL = list(reference.METHODS)  # METHODS.md sections 1-2
 # Score-CAM and Group-CAM re-run the whole network (512 and 32 times per image and class):
@@ -34,7 +34,6 @@ ALL = list(reference.METHODS)  # METHODS.md sections 1-2
 # does not depend on the size.
 FULL_FORWARD = {"scorecam", "groupcam"}
 SMALL_SIZE = 96
-TOLERANCE = 2e-4  # float32 kernels vs float64 reference formulas, on maps in [0, 1]
 
 
 def batch(
@@ -73,16 +72,6 @@ def squeeze_small_runs(squeezenet: LoadedModel, squeezenet_net: SplitNetwork, ph
 
 def squeeze_for(method: str, squeeze_runs: Runs, squeeze_small_runs: Runs) -> Runs:
     return squeeze_small_runs if method in FULL_FORWARD else squeeze_runs
-
-
-def assert_matches(result: CAMResult, b: int, t: int, ref: reference.Reference) -> None:
-    np.testing.assert_allclose(result.native[b, t].double(), ref.native, atol=TOLERANCE)
-    np.testing.assert_allclose(result.maps[b, t].double(), ref.maps, atol=TOLERANCE)
-    for got, want in ((result.weights, ref.weights), (result.scores, ref.scores)):
-        if want is not None:
-            assert got is not None
-            scale = np.abs(want).max()
-            np.testing.assert_allclose(got[b, t].double(), want, rtol=1e-4, atol=1e-4 * scale)
 
 
 # (image, class) pairs checked per method: every pair for the gradient-only methods; the

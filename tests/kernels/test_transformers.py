@@ -15,7 +15,7 @@ import reference
 import torch
 from fdpipe.export.request import ModelError, PreprocessOptions
 from fdpipe.kernels import SplitNetwork, make_method, prepare
-from test_methods import assert_matches
+from reference import assert_matches
 from torch import Tensor, nn
 
 timm = pytest.importorskip("timm")
