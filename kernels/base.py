@@ -8,13 +8,15 @@
   sum ``sum_k w_k A^k``. Grad-CAM, Grad-CAM++, XGrad-CAM, Ablation-CAM, Score-CAM and FD-CAM.
 
 ``CAMMethod.__call__`` applies METHODS.md section 1 step 7 to every raw map: ReLU, min-max at the
-layer's resolution (the native map), bilinear resize to the input size, min-max again.
+layer's resolution (the native map); the bilinear resize to the input size and the min-max again
+happen when ``CAMResult.maps`` is first read (the dataset job stores native maps only).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, final
 
 import torch
@@ -27,10 +29,19 @@ from torch import Tensor
 @dataclass
 class CAMResult:
     native: Tensor  # (B, T, h, w) min-max normalised map at the layer's resolution
-    maps: Tensor  # (B, T, H, W) the same map at input resolution (METHODS.md section 1 step 7)
+    input_size: tuple[int, int]  # (H, W) of the model input
     weights: Tensor | None = None  # (B, T, K) channel weights, where the method has them
     scores: Tensor | None = None  # (B, T, K or G) the perturbation scores behind the weights
     raw_range: Tensor | None = None  # (B, T, 2) min and max of the ReLU'd raw map (its scale)
+    final_at_input_size: bool = False  # the method's ``final_at_input_size``
+
+    @cached_property
+    def maps(self) -> Tensor:
+        """(B, T, H, W): the native map at input resolution (METHODS.md section 1 step 7),
+        computed on first use."""
+        if self.final_at_input_size and self.native.shape[-2:] == self.input_size:
+            return self.native  # already at input size: nothing to resample
+        return upsample_map(self.native, self.input_size)
 
 
 @dataclass
@@ -55,12 +66,14 @@ class CAMMethod(ABC):
     @final
     def __call__(self, state: LayerState) -> CAMResult:
         raw = self.raw_map(state)
-        native = native_map(raw.raw)
-        if self.final_at_input_size and native.shape[-2:] == state.input_size:
-            maps = native  # already at input size: nothing to resample
-        else:
-            maps = upsample_map(native, state.input_size)
-        return CAMResult(native, maps, raw.weights, raw.scores, raw_range(raw.raw))
+        return CAMResult(
+            native_map(raw.raw),
+            state.input_size,
+            raw.weights,
+            raw.scores,
+            raw_range(raw.raw),
+            self.final_at_input_size,
+        )
 
     @abstractmethod
     def raw_map(self, state: LayerState) -> RawCAM:

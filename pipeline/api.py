@@ -12,7 +12,7 @@ import copy
 import os
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,14 @@ from fdpipe.export.loading import LoadedModel, from_module
 from fdpipe.export.preprocessing import PreprocessArg
 from fdpipe.export.request import ModelRequest
 from fdpipe.images import Images, as_batch
-from fdpipe.kernels import CAMMethod, LayerState, MaskedHeadScorer, SplitNetwork, prepare
+from fdpipe.kernels import (
+    CAMMethod,
+    CAMResult,
+    LayerState,
+    MaskedHeadScorer,
+    SplitNetwork,
+    prepare,
+)
 from fdpipe.kernels.budget import MemoryBudget, default_budget
 from fdpipe.kernels.precision import ieee_fp32
 from fdpipe.methods import MethodSpec, build_methods
@@ -43,12 +50,18 @@ class Explanation:
     classes: Tensor  # (B, T)
     logits: Tensor  # (B, T) target-class logits on the clean image
     probabilities: Tensor  # (B, T)
-    maps: Tensor  # (B, T, H, W) at model input resolution, in [0, 1]
     native: Tensor  # (B, T, h, w) at the explained layer's resolution, in [0, 1]
     weights: Tensor | None  # (B, T, K) channel weights, where the method has them
     scores: Tensor | None  # (B, T, K or groups) perturbation scores, where the method has them
     options: dict[str, object]
     raw_range: Tensor | None = None  # (B, T, 2) min, max of the ReLU'd raw map: its strength
+    result: CAMResult = field(kw_only=True, repr=False, compare=False)  # the method's own output
+
+    @property
+    def maps(self) -> Tensor:
+        """(B, T, H, W) at model input resolution, in [0, 1]: resized from ``native`` on first
+        use (METHODS.md section 1 step 7), not before."""
+        return self.result.maps
 
 
 # Backends by model module, then (layer, runtime, artifacts, precision, device): the fast
@@ -253,12 +266,12 @@ class Explainer:
                     classes=state.classes,
                     logits=state.target_logits,
                     probabilities=probabilities,
-                    maps=result.maps,
                     native=result.native,
                     weights=result.weights,
                     scores=result.scores,
                     options=method.options(),
                     raw_range=result.raw_range,
+                    result=result,
                 ),
             )
 

@@ -1,6 +1,6 @@
 """The "report" bench suite: ``fdpipe report`` rows/s and peak RSS, on synthetic rows.
 
-The rows are written with the job's own row builder and sink (``TableBuilder``,
+The rows are written with the job's own rows stage and sink (``batch_rows``,
 ``OutputDataset.write``): two methods with 13 x 13 maps per image over JPEG crops of the bundled
 photos, so that the report decodes real images. Each report runs in a fresh process that prints
 its own peak RSS: at 1,000 and at 10,000 rows (flat memory means the two are close), then the
@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 import click
 import numpy as np
 from fdpipe.bench.pipeline import fdpipe_reporting_peak, write_dataset
+from fdpipe.job.decode import DecodedImage
 from fdpipe.job.parts import OutputDataset
-from fdpipe.job.schema import ImageInfo, RunStamp, TableBuilder
+from fdpipe.job.rows import HostExplanation, RowFormat, batch_rows
+from fdpipe.job.schema import ImageInfo, RunStamp
 
 if TYPE_CHECKING:  # bench/__init__.py imports this module to register the suite
     from fdpipe.bench import Settings
@@ -59,34 +61,35 @@ def write_synthetic_output(
         "versions": {"fdpipe": "bench"},
         "run": {"input_root": str(images), "engine": "synthetic", "run_id": run_id},
     }
+    class_names = [f"class {i}" for i in range(1000)]
+    box = None if map_box is None else lambda width, height: map_box
+    form = RowFormat("synthetic", "features", class_names, stamp, box)
     for start in range(0, len(names), PART_IMAGES):
-        builder = TableBuilder("synthetic", "features", stamp)
-        for name in names[start : start + PART_IMAGES]:
-            info = ImageInfo(name, hashlib.sha256(name.encode()).hexdigest(), *image_size)
-            if name in failed:
-                builder.add_failed(info, failed[name], 0.001)
-                continue
-            classes = rng.choice(1000, size=top_k, replace=False)
-            probabilities = np.sort(rng.dirichlet(np.ones(top_k + 1)))[::-1]
-            for method in methods:
-                for rank, (index, probability) in enumerate(
-                    zip(classes, probabilities, strict=False)
-                ):
-                    native = rng.random((map_size, map_size), dtype=np.float32)
-                    builder.add_explained(
-                        info,
-                        method=method,
-                        class_rank=rank,
-                        class_index=int(index),
-                        class_name=f"class {int(index)}",
-                        logit=float(np.log(probability)),
-                        probability=float(probability),
-                        native_map=native / native.max(),
-                        weights=None,
-                        seconds=float(rng.uniform(0.005, 0.05)),
-                        map_box=map_box,
-                    )
-        dataset.write(builder.build(), metadata)
+        chunk = names[start : start + PART_IMAGES]
+        decoded = [
+            DecodedImage(
+                ImageInfo(name, hashlib.sha256(name.encode()).hexdigest(), *image_size),
+                None,
+                failed.get(name),
+                0.001 if name in failed else 0.0,
+            )
+            for name in chunk
+        ]
+        count = len(chunk) - sum(name in failed for name in chunk)
+        chosen = [rng.choice(1000, size=top_k, replace=False) for _ in range(count)]
+        classes = np.array(chosen, dtype=np.int64).reshape(count, top_k)
+        probabilities = np.sort(rng.dirichlet(np.ones(top_k + 1), size=count), axis=1)[:, ::-1]
+        probabilities = np.ascontiguousarray(probabilities[:, :top_k], dtype=np.float32)
+        explained = []
+        for method in methods:
+            native = rng.random((count, top_k, map_size, map_size), dtype=np.float32)
+            native /= native.max(axis=(2, 3), keepdims=True)
+            host = HostExplanation(
+                method, classes, np.log(probabilities), probabilities, native, None, None
+            )
+            host.seconds = float(rng.uniform(0.005, 0.05))
+            explained.append(host)
+        dataset.write(batch_rows(form, decoded, explained), metadata)
 
 
 def report_in_child(*arguments: str) -> tuple[float, float]:

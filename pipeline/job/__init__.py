@@ -1,5 +1,6 @@
-"""The dataset job behind ``fdpipe explain``: inputs and sharding, decoding and batching, the run
-loop, the Parquet sink and reader, the Ray engine, progress.
+"""The dataset job behind ``fdpipe explain``, one module per stage:
+``setup -> inputs -> plan -> decode -> rows -> parts``, run by the local or the Ray engine
+(``local_engine``, ``ray_engine``) and put in a row by ``run``; ``reader`` reads an output back.
 
 Names load on first use, so that a torch-free submodule (``record``: the run record a refused
 command line still writes) is imported without the model side.

@@ -23,11 +23,12 @@ from fdpipe.job.config import JobConfig
 from fdpipe.job.decode import DecodedImage, decode
 from fdpipe.job.inputs import Entry, Source
 from fdpipe.job.parts import PartSink, image_starts
+from fdpipe.job.plan import Plan
 from fdpipe.job.progress import Progress
 from fdpipe.job.ray_files import pack, unpack
-from fdpipe.job.rows import explain_rows, job_explainer
-from fdpipe.job.run import Plan
+from fdpipe.job.rows import explain_rows
 from fdpipe.job.schema import RunStamp
+from fdpipe.job.setup import job_explainer, row_format
 
 log = logging.getLogger("fdpipe.ray")
 NODE_COLUMN = "_ray_node"  # added by the actors, removed by the driver
@@ -52,8 +53,7 @@ class ExplainActor:
         config = unpack(config, ray.get(files), Path(self.folder.name))
         self.node = ray.get_runtime_context().get_node_id()
         self.explainer = job_explainer(config)
-        self.save_weights = config.save_weights
-        self.stamp = stamp
+        self.form = row_format(self.explainer, config, stamp)
         self.pool = ThreadPoolExecutor(max_workers=config.workers)
         self.read = partial(
             decode,
@@ -76,7 +76,7 @@ class ExplainActor:
             image.info.size, image.info.mtime_ns = (
                 (int(size), int(version)) if size >= 0 else (None, None)
             )
-        rows = explain_rows(self.explainer, decoded, self.stamp, self.save_weights)
+        rows = explain_rows(self.explainer, self.form, decoded)
         return rows.append_column(NODE_COLUMN, pa.array([self.node] * rows.num_rows))
 
 

@@ -1,130 +1,104 @@
-"""A job's model side: the ``Explainer`` a job uses, and its maps of a batch as rows.
+"""The rows stage: a batch of decoded images through the ``Explainer``, into Arrow columns.
 
-One row per (image, method, class), one per image that could not be decoded, in input order.
+Per batch: one backbone pass and every method (``explain_batch``), each ``Explanation`` copied to
+the host once per tensor (``HostExplanation``; tensors the methods share, such as the classes and
+logits, once per batch), the output contract checked on those copies, then the rows built column
+by column (``batch_rows``): one per (image, method, class) in input order, one per image that
+could not be decoded or broke the contract. Maps stay at the layer's resolution: nothing here
+resizes them to the input.
 """
 
 from __future__ import annotations
 
-import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torchvision
-from fdpipe import __version__
-from fdpipe.api import Explainer
+from fdpipe.api import Explainer, Explanation
 from fdpipe.export.class_names import class_indices
 from fdpipe.export.request import ModelError
-from fdpipe.job.config import ConfigError, JobConfig, RunParams
-from fdpipe.job.contract import contract_violation
+from fdpipe.job.contract import contract_violations
 from fdpipe.job.decode import DecodedImage
-from fdpipe.job.schema import RunStamp, TableBuilder
+from fdpipe.job.schema import SCHEMA, RunStamp
+from torch import Tensor
+
+Box = tuple[float, float, float, float]
+HostCopies = dict[int, tuple[Tensor, np.ndarray]]  # id(tensor) -> (tensor, its host copy)
 
 
-def job_explainer(config: JobConfig) -> Explainer:
-    """The job's ``Explainer``: one per process (or Ray actor)."""
-    module = config.model if isinstance(config.model, torch.nn.Module) else None
-    if module is not None and config.engine != "local":
-        raise ConfigError("an in-memory model runs on the local engine: give Ray a model source")
-    try:
-        explainer = Explainer(
-            module if module is not None else config.request,
-            list(config.methods),
-            runtime=config.runtime,
-            artifacts=config.artifacts,
-            precision=config.precision,
-            max_memory=config.max_memory,
-            top_k=config.top_k,
+@dataclass(frozen=True)
+class RowFormat:
+    """What every row of a run carries besides its image: set up once (``fdpipe.job.setup``)."""
+
+    model: str
+    layer: str
+    class_names: Sequence[str]
+    stamp: RunStamp
+    crop_box: Callable[[int, int], Box] | None = None  # (width, height) -> what the map covers
+    save_weights: bool = False
+
+
+@dataclass
+class HostExplanation:
+    """One method's explanation of a batch of B images and T classes each, on the host."""
+
+    label: str
+    classes: np.ndarray  # (B, T) class indices
+    logits: np.ndarray  # (B, T) float32
+    probabilities: np.ndarray  # (B, T) float32
+    native: np.ndarray  # (B, T, h, w) float32, in [0, 1] when the method keeps its contract
+    raw_range: np.ndarray | None  # (B, T, 2)
+    weights: np.ndarray | None  # (B, T, K), kept only when asked (--save-weights)
+    seconds: float = 0.0  # per image: its share of the batch's shared pass, plus this method
+
+    @classmethod
+    def of(
+        cls, label: str, explanation: Explanation, save_weights: bool, copies: HostCopies
+    ) -> HostExplanation:
+        """The host copy of ``explanation``; ``copies`` holds the tensors already copied in this
+        batch, so tensors shared by the methods cross to the host once."""
+
+        def host(tensor: Tensor) -> np.ndarray:
+            # Keyed by identity; the tensor is kept with its copy so that its id is not reused.
+            if id(tensor) not in copies:
+                floating = tensor.is_floating_point() and tensor.dtype != torch.float32
+                copies[id(tensor)] = (
+                    tensor,
+                    (tensor.float() if floating else tensor).cpu().numpy(),
+                )
+            return copies[id(tensor)][1]
+
+        weights = explanation.weights if save_weights else None
+        return cls(
+            label,
+            host(explanation.classes),
+            host(explanation.logits),
+            host(explanation.probabilities),
+            host(explanation.native),
+            None if explanation.raw_range is None else host(explanation.raw_range),
+            None if weights is None else host(weights),
         )
-        if config.classes is not None:
-            explainer.classes = class_indices(config.classes, explainer.model.class_names)
-    except ModelError:
-        raise
-    except ValueError as exc:  # bad method options
-        raise ConfigError(str(exc)) from exc
-    n_classes = len(explainer.model.class_names)
-    if config.classes is None and config.top_k > n_classes:
-        raise ConfigError(f"--top-k {config.top_k} exceeds the model's {n_classes} classes")
-    return explainer
 
 
-def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
-    """What the rows depend on: a rerun must match the model fields."""
-    model = explainer.model
-    return RunParams(
-        model=model.name,
-        source=model.source,
-        weights_id=model.weights_id,
-        layer=model.layer,
-        num_classes=model.num_classes,
-        score=model.score,
-        preprocess=model.preprocess.describe(),
-        precision=explainer.backend.precision,
-        methods={label: m.options() for label, m in explainer.methods.items()},
-        classes=list(config.classes) if config.classes is not None else None,
-        top_k=None if config.classes is not None else config.top_k,
-        target_column=config.target_column,
-        save_weights=config.save_weights,
-    )
+def explain_batch(
+    explainer: Explainer, images: list[DecodedImage], save_weights: bool = False
+) -> list[HostExplanation]:
+    """Every method's explanation of the decodable ``images`` (index b counts only those), each
+    with its per-image share of the time.
 
-
-def targets_label(config: JobConfig) -> str:
-    """The ``targets`` column: which classes a run explains."""
-    if config.classes is not None:
-        return "classes=" + ",".join(str(c) for c in config.classes)
-    if config.target_column is not None:  # each image's own class, then the top-k if any
-        return f"column={config.target_column}" + (f"+top-{config.top_k}" if config.top_k else "")
-    return f"top-{config.top_k}"
-
-
-def versions() -> dict[str, str]:
-    return {
-        "fdpipe": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pyarrow": pa.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def run_metadata(
-    params: RunParams, explainer: Explainer, config: JobConfig, root: str, run_id: str
-) -> dict[str, object]:
-    """Everything recorded in each part file under the ``fdpipe`` key."""
-    return {
-        "params": params.as_json(),
-        "versions": versions(),
-        "run": {
-            "run_id": run_id,
-            "backend": explainer.backend.description,
-            "runtime": config.runtime,
-            "engine": config.engine,
-            "shard": list(config.shard),
-            "batch_size": config.batch_size,
-            "max_memory_bytes": explainer.budget.bytes,
-            "input": str(config.input),
-            "input_root": root,
-        },
-    }
-
-
-MethodArrays = dict[str, tuple[dict[str, np.ndarray], float]]
-
-
-def method_arrays(
-    explainer: Explainer,
-    images: list[DecodedImage],
-    save_weights: bool,
-    targets: list[int] | None = None,
-) -> MethodArrays:
-    """Per method label: its arrays (numpy) and its per-image share of the batch time.
-
-    ``targets``: one class per image (a manifest's target column), explained first, followed by
-    the explainer's top-k predictions when its ``top_k`` is above 0.
+    An image's manifest class (``--target-column``) is explained first, followed by the
+    explainer's top-k when its ``top_k`` is above 0; a missing or unknown class fails that image
+    alone (its ``error`` is set here).
     """
+    targets = manifest_targets(explainer, images)
+    usable = [image for image in images if image.error is None]
+    if not usable:
+        return []
     start = perf_counter()
-    batch = torch.stack([image.tensor for image in images])  # type: ignore[misc]
+    batch = torch.stack([image.tensor for image in usable])  # type: ignore[misc]
     if targets is None:
         state = explainer.prepare(batch)
     else:
@@ -135,80 +109,205 @@ def method_arrays(
         else:
             state = explainer.prepare(batch, classes=chosen)
     shared = (perf_counter() - start) / len(explainer.methods)
-    results: MethodArrays = {}
+    copies: HostCopies = {}
+    explained = []
     start = perf_counter()
     for label, explanation in explainer.explanations(state):
-        arrays = {
-            "classes": explanation.classes.cpu().numpy(),
-            "logits": explanation.logits.float().cpu().numpy(),
-            "probabilities": explanation.probabilities.float().cpu().numpy(),
-            "native": explanation.native.float().cpu().numpy(),
-        }
-        if explanation.raw_range is not None:
-            arrays["raw_range"] = explanation.raw_range.float().cpu().numpy()
-        if save_weights and explanation.weights is not None:
-            arrays["weights"] = explanation.weights.float().cpu().numpy()
-        results[label] = (arrays, (perf_counter() - start + shared) / len(images))
+        host = HostExplanation.of(label, explanation, save_weights, copies)
+        host.seconds = (perf_counter() - start + shared) / len(usable)
+        explained.append(host)
         start = perf_counter()
-    return results
+    return explained
 
 
-def explain_rows(
-    explainer: Explainer, images: list[DecodedImage], stamp: RunStamp, save_weights: bool = False
-) -> pa.Table:
-    """Rows for ``images`` in their order: one per (image, method, class), one per failure."""
-    targets = None
-    if any(image.target is not None for image in images):
-        targets = []
-        for image in images:  # a missing or unknown target fails that image alone
-            if image.error is None:
-                try:
-                    if not image.target:
-                        raise ModelError("no class in the manifest's target column")
-                    targets.append(class_indices([image.target], explainer.model.class_names)[0])
-                except ModelError as exc:
-                    image.error = f"target class: {exc}"
-    usable = [image for image in images if image.error is None]
-    results = method_arrays(explainer, usable, save_weights, targets) if usable else {}
-    model = explainer.model
-    builder = TableBuilder(model.name, model.layer, stamp)
-    position = {id(image): b for b, image in enumerate(usable)}
+def manifest_targets(explainer: Explainer, images: list[DecodedImage]) -> list[int] | None:
+    """The class index of each decodable image's manifest target, or None without targets."""
+    if all(image.target is None for image in images):
+        return None
+    targets = []
     for image in images:
-        if image.error is not None:
-            builder.add_failed(image.info, image.error, image.seconds)
-            continue
-        b = position[id(image)]
-        broken = (contract_violation(label, arrays, b) for label, (arrays, _) in results.items())
-        if violation := next(filter(None, broken), None):
-            builder.add_failed(image.info, violation, image.seconds)
-            continue
-        for label, (arrays, seconds) in results.items():
-            for rank, class_index in enumerate(arrays["classes"][b]):
-                builder.add_explained(
-                    image.info,
-                    method=label,
-                    class_rank=rank,
-                    class_index=int(class_index),
-                    class_name=model.class_names[class_index],
-                    logit=float(arrays["logits"][b, rank]),
-                    probability=float(arrays["probabilities"][b, rank]),
-                    native_map=arrays["native"][b, rank],
-                    weights=arrays["weights"][b, rank] if "weights" in arrays else None,
-                    seconds=image.seconds + seconds,
-                    raw_range=ranges[b, rank]
-                    if (ranges := arrays.get("raw_range")) is not None
-                    else None,
-                    map_box=model.preprocess.crop_box(image.info.width, image.info.height),  # type: ignore[arg-type]
-                )
-    return builder.build()
+        if image.error is None:
+            try:
+                if not image.target:
+                    raise ModelError("no class in the manifest's target column")
+                targets.append(class_indices([image.target], explainer.model.class_names)[0])
+            except ModelError as exc:
+                image.error = f"target class: {exc}"
+    return targets
+
+
+def explain_rows(explainer: Explainer, form: RowFormat, images: list[DecodedImage]) -> pa.Table:
+    """The rows of one batch: ``explain_batch`` then ``batch_rows``."""
+    return batch_rows(form, images, explain_batch(explainer, images, form.save_weights))
+
+
+def batch_rows(
+    form: RowFormat, images: list[DecodedImage], explained: list[HostExplanation]
+) -> pa.Table:
+    """Rows for ``images`` in their order: one per (image, method, class) of the decodable ones
+    (``explained`` index b counts those), one per image that failed or broke the contract."""
+    usable = [image for image in images if image.error is None]
+    reasons: dict[int, str] = {}  # b -> the first method's broken contract
+    for host in explained:
+        finite = {
+            "logits": host.logits,
+            "probabilities": host.probabilities,
+            "weights": host.weights,
+        }
+        for b, reason in enumerate(contract_violations(host.label, host.native, finite)):
+            if reason is not None:
+                reasons.setdefault(b, reason)
+    ok = [b for b in range(len(usable)) if b not in reasons]
+    errors = {id(usable[b]): reason for b, reason in reasons.items()}
+    failed = [image for image in images if image.error is not None or id(image) in errors]
+    explained_table = _explained(form, [usable[b] for b in ok], ok, explained)
+    if not failed:
+        return explained_table
+    failed_table = _failed(form, failed, [image.error or errors[id(image)] for image in failed])
+    # Back to input order: each image's rows where the image is.
+    per_image = len(explained) * (explained[0].classes.shape[1] if explained else 0)
+    order, done, lost = [], 0, explained_table.num_rows
+    for image in images:
+        if image.error is not None or id(image) in errors:
+            order.append(lost)
+            lost += 1
+        else:
+            order.extend(range(done, done + per_image))
+            done += per_image
+    return pa.concat_tables([explained_table, failed_table]).take(pa.array(order))
+
+
+def pruned_rows(form: RowFormat, keys: list[str]) -> pa.Table:
+    """Tombstones: each of ``keys`` left the input; readers hide every earlier row of it."""
+    return _table(
+        len(keys),
+        image_path=pa.array(keys, pa.string()),
+        model=_repeat(form.model, len(keys)),
+        layer=_repeat(form.layer, len(keys)),
+        status=_repeat("pruned", len(keys)),
+        run_id=_repeat(form.stamp.run_id, len(keys)),
+    )
+
+
+def _explained(
+    form: RowFormat, images: list[DecodedImage], ok: list[int], explained: list[HostExplanation]
+) -> pa.Table:
+    """Rows of ``images`` (index b ``ok`` into ``explained``): by image, then method, then class."""
+    if not ok:
+        return _table(0)
+    methods, (batch, ranks) = len(explained), explained[0].classes.shape
+    n = len(ok) * methods * ranks
+    image_of = np.repeat(np.arange(len(ok)), methods * ranks)  # row -> index into images
+    b = np.asarray(ok, dtype=np.int64)[image_of]
+    m = np.tile(np.repeat(np.arange(methods), ranks), len(ok))
+    t = np.tile(np.arange(ranks), len(ok) * methods)
+
+    def gather(arrays: list[np.ndarray]) -> np.ndarray:  # (B, T, ...) per method -> per row
+        return np.stack(arrays)[m, b, t]
+
+    classes = gather([host.classes for host in explained]).astype(np.int64)
+    no_range = np.zeros((batch, ranks, 2), np.float32)
+    ranges = gather([no_range if h.raw_range is None else h.raw_range for h in explained])
+    unranged = np.array([host.raw_range is None for host in explained])[m]
+    shapes = np.array([host.native.shape[2:] for host in explained])[m]
+    columns = _image_columns(form, images, image_of)
+    columns |= {
+        "method": pa.array(np.array([host.label for host in explained], dtype=object)[m]),
+        "class_rank": pa.array(t, pa.int16()),
+        "class_index": pa.array(classes, pa.int32()),
+        "class_name": pa.array([form.class_names[c] for c in classes], pa.string()),
+        "logit": pa.array(gather([host.logits for host in explained]), pa.float32()),
+        "probability": pa.array(gather([h.probabilities for h in explained]), pa.float32()),
+        "map": _lists([host.native[i] for i in ok for host in explained], ranks),
+        "map_height": pa.array(shapes[:, 0], pa.int32()),
+        "map_width": pa.array(shapes[:, 1], pa.int32()),
+        "raw_min": pa.array(ranges[:, 0], pa.float32(), mask=unranged),
+        "raw_max": pa.array(ranges[:, 1], pa.float32(), mask=unranged),
+        "status": _repeat("ok", n),
+        "seconds": pa.array(
+            np.array([image.seconds for image in images])[image_of]
+            + np.array([host.seconds for host in explained])[m],
+            pa.float32(),
+        ),
+    }
+    if form.save_weights:
+        weights = [None if h.weights is None else h.weights[i] for i in ok for h in explained]
+        columns["weights"] = _lists(weights, ranks)
+    return _table(n, **columns)
+
+
+def _failed(form: RowFormat, images: list[DecodedImage], errors: list[str]) -> pa.Table:
+    columns = _image_columns(form, images, np.arange(len(images)), boxes=False)
+    columns |= {
+        "status": _repeat("failed", len(images)),
+        "error": pa.array(errors, pa.string()),
+        "seconds": pa.array([image.seconds for image in images], pa.float32()),
+    }
+    return _table(len(images), **columns)
+
+
+def _image_columns(
+    form: RowFormat, images: list[DecodedImage], index: np.ndarray, *, boxes: bool = True
+) -> dict[str, pa.Array]:
+    """The columns that describe each row's image (``index``: row -> image) and its run."""
+    infos = [image.info for image in images]
+
+    def per_row(values: Sequence[object], kind: pa.DataType) -> pa.Array:
+        return pa.array(values, kind).take(pa.array(index, pa.int64()))
+
+    columns = {
+        "image_path": per_row([i.key for i in infos], pa.string()),
+        "image_sha256": per_row([i.sha256 for i in infos], pa.string()),
+        "original_width": per_row([i.width for i in infos], pa.int32()),
+        "original_height": per_row([i.height for i in infos], pa.int32()),
+        "file_size": per_row([i.size for i in infos], pa.int64()),
+        "file_mtime_ns": per_row([i.mtime_ns for i in infos], pa.int64()),
+        "model": _repeat(form.model, len(index)),
+        "layer": _repeat(form.layer, len(index)),
+        "targets": _repeat(form.stamp.targets, len(index)),
+        "run_id": _repeat(form.stamp.run_id, len(index)),
+    }
+    if boxes and form.crop_box is not None:
+        crop = form.crop_box
+        box = [list(crop(i.width, i.height)) for i in infos]  # type: ignore[arg-type]
+        columns["map_box"] = per_row(box, pa.list_(pa.float32()))
+    return columns
+
+
+def _lists(blocks: list[np.ndarray | None], ranks: int) -> pa.Array:
+    """list<float32> from (T, ...) blocks, one per (image, method) in row order: a block gives
+    one list per class (a None block, T nulls), with a single copy of the values."""
+    sizes = [0 if block is None else block[0].size for block in blocks]
+    offsets = np.zeros(len(blocks) * ranks + 1, dtype=np.int32)
+    np.cumsum(np.repeat(np.array(sizes, np.int32), ranks), out=offsets[1:])
+    present = [block.reshape(-1) for block in blocks if block is not None]
+    values = np.concatenate(present) if present else np.zeros(0, np.float32)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets, pa.int32()),
+        pa.array(values, pa.float32()),
+        type=pa.list_(pa.float32()),
+        mask=pa.array(np.repeat([block is None for block in blocks], ranks), pa.bool_()),
+    )
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    return pa.array([value] * n, pa.string())
+
+
+def _table(n: int, **columns: pa.Array) -> pa.Table:
+    """A table of ``SCHEMA`` with ``n`` rows; absent columns are null."""
+    return pa.Table.from_arrays(
+        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in SCHEMA],
+        schema=SCHEMA,
+    )
 
 
 __all__ = [
+    "HostExplanation",
+    "RowFormat",
+    "batch_rows",
+    "explain_batch",
     "explain_rows",
-    "job_explainer",
-    "method_arrays",
-    "run_metadata",
-    "run_params",
-    "targets_label",
-    "versions",
+    "manifest_targets",
+    "pruned_rows",
 ]

@@ -1,47 +1,32 @@
-"""``fdpipe explain`` at dataset scale: stream images through the model into Parquet parts.
+"""``fdpipe explain`` at dataset scale: the job's stages in a row.
 
-Decoding and preprocessing run on worker threads, a bounded number of images ahead of the model,
-so memory stays flat whatever the dataset size. Rows reach the output in input order, in parts of
-``part_size`` images. A rerun explains only what is new: paths without rows, files whose content
-changed, images that failed (unless ``retry`` is off) and methods or classes an image has no rows
-of; ``prune`` marks inputs that are gone. Every run writes a record to ``OUTPUT/_runs/``.
+    setup -> inputs -> plan -> decode -> rows -> parts
+
+``setup`` builds the ``Explainer`` and what every row carries, once; ``inputs`` lists the
+source's entries; ``plan`` compares them with what the output holds, so a rerun explains only
+what is new (entries without rows, changed bytes, failures to retry, methods or classes to add;
+``prune`` marks entries that are gone); an engine (``local_engine`` here, ``ray_engine`` on a Ray
+cluster) runs ``decode`` and ``rows`` over the pending entries, bounded in memory, in input order;
+``parts`` writes the rows in atomic part files. Every run writes a record (``record``) however it
+ends.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from fdpipe.api import Explainer
 from fdpipe.export.request import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
-from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
-from fdpipe.job.inputs import (
-    MAX_FILE_BYTES,
-    ChangeToken,
-    Entry,
-    EntryError,
-    InputError,
-    InputMissing,
-    Source,
-    open_source,
-    select_shard,
-    shard_of,
-)
+from fdpipe.job.inputs import Entry, InputError, InputMissing, Source, open_source
+from fdpipe.job.local_engine import run_local
 from fdpipe.job.lock import output_lock
-from fdpipe.job.parts import (
-    STORAGE_ERRNOS,
-    ImageState,
-    OutputDataset,
-    PartSink,
-    ResumeError,
-    StorageError,
-)
+from fdpipe.job.parts import STORAGE_ERRNOS, OutputDataset, PartSink, ResumeError, StorageError
+from fdpipe.job.plan import plan_run
 from fdpipe.job.progress import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -52,121 +37,22 @@ from fdpipe.job.progress import (
     peak_memory_bytes,
 )
 from fdpipe.job.record import RunRecord, newest_record, next_run_id
-from fdpipe.job.rows import (
-    explain_rows,
+from fdpipe.job.rows import pruned_rows
+from fdpipe.job.schema import RunStamp
+from fdpipe.job.setup import (
     job_explainer,
+    method_label,
+    row_format,
     run_metadata,
     run_params,
     targets_label,
     versions,
 )
-from fdpipe.job.schema import RunStamp, TableBuilder
-from fdpipe.methods import MethodSpec
 
 log = logging.getLogger("fdpipe.job")
 
 # A run refused before any work: exit 2 with one line, and a record saying why.
 REFUSALS = (ConfigError, InputError, ModelError, ResumeError)
-
-
-@dataclass
-class Plan:
-    """What a run will do with this shard's inputs."""
-
-    pending: list[Entry]
-    tokens: dict[str, ChangeToken]  # key -> change token of the pending entries
-    labels: set[str]  # the method labels some pending image needs
-    new: int = 0
-    changed: int = 0
-    retried: int = 0
-    added: int = 0
-    skipped: int = 0
-    failed_before: int = 0
-
-
-def entry_sha256(source: Source, entry: Entry) -> str | None:
-    try:
-        return hashlib.sha256(source.open(entry, MAX_FILE_BYTES)).hexdigest()
-    except (EntryError, OSError):
-        return None  # decoding will report why
-
-
-def plan_run(
-    source: Source,
-    items: list[Entry],
-    states: dict[str, ImageState],
-    labels: list[str],
-    targets: str,
-    *,
-    retry: bool,
-    workers: int,
-) -> Plan:
-    """Compare the input with the output: an entry is rehashed only when its change token moved."""
-
-    def look(item: Entry) -> tuple[ChangeToken | None, bool]:
-        token = source.token(item)
-        state = states.get(item.key)
-        if state is None:
-            return token, True
-        if token is not None and (state.size, state.mtime_ns) == token and state.sha256:
-            return token, False
-        # No hash now and none before (a broken link, a FIFO): the same failure, not new content
-        sha = entry_sha256(source, item) if token is not None else None
-        return token, sha != state.sha256
-
-    plan = Plan([], {}, set())
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fdpipe-stat") as pool:
-        for item, (token, changed) in zip(items, pool.map(look, items), strict=True):
-            state = states.get(item.key)
-            missing = set(labels)
-            if state is None:
-                plan.new += 1
-            else:
-                if not changed:
-                    missing = {label for label in labels if (label, targets) not in state.done}
-                if not missing:
-                    plan.skipped += 1
-                    continue
-                if state.failed and retry:
-                    plan.retried += 1
-                elif state.failed and not changed:  # --no-retry: the same bytes failed before
-                    plan.skipped += 1
-                    plan.failed_before += 1
-                    continue
-                elif changed:
-                    plan.changed += 1
-                else:
-                    plan.added += 1
-            plan.pending.append(item)
-            plan.labels |= missing
-            if token is not None:
-                plan.tokens[item.key] = token
-    return plan
-
-
-def method_label(method: str | MethodSpec) -> str:
-    return method.label if isinstance(method, MethodSpec) else MethodSpec.parse(method).label
-
-
-def run_local(
-    config: JobConfig,
-    source: Source,
-    explainer: Explainer,
-    plan: Plan,
-    stamp: RunStamp,
-    sink: PartSink,
-    progress: Progress,
-) -> None:
-    def read(item: Entry) -> DecodedImage:
-        image = decode(item, source, explainer.model.preprocess, max_pixels=config.max_pixels)
-        image.info.size, image.info.mtime_ns = plan.tokens.get(item.key, (None, None))
-        return image
-
-    ahead = 2 * config.batch_size + config.workers  # bounded prefetch: memory independent of N
-    for group in batches(ordered_map(read, plan.pending, config.workers, ahead), config.batch_size):
-        rows = explain_rows(explainer, group, stamp, config.save_weights)
-        sink.add(rows)
-        progress.record(rows)
 
 
 def run_job(config: JobConfig) -> Summary:
@@ -240,7 +126,6 @@ def _run_locked(
     entries: list[Entry],
     explainer: Explainer,
 ) -> Summary:
-    selected = select_shard(source, entries, *config.shard)
     params = run_params(explainer, config)
     dataset = OutputDataset(config.output, config.shard)
     if config.overwrite:
@@ -251,14 +136,14 @@ def _run_locked(
     targets = targets_label(config)
     labels = [method_label(m) for m in config.methods]
     plan = plan_run(
-        source, selected, states, labels, targets, retry=config.retry, workers=config.workers
-    )
-    present = {item.key for item in entries}
-    gone = sorted(
-        key
-        for key in states
-        if key not in present
-        and shard_of(source.shard_key(key), config.shard[1]) == config.shard[0]
+        source,
+        entries,
+        states,
+        labels,
+        targets,
+        shard=config.shard,
+        retry=config.retry,
+        workers=config.workers,
     )
     run_id = next_run_id(max(newest_run, newest_record(config.output)))
     stamp = RunStamp(run_id, targets)
@@ -275,13 +160,13 @@ def _run_locked(
         len(entries),
         config.input,
         *config.shard,
-        len(selected),
+        plan.listed,
         plan.new,
         plan.changed,
         plan.retried,
         plan.added,
         plan.skipped,
-        len(gone),
+        len(plan.gone),
         "" if config.prune else " (kept: no --prune)",
         explainer.backend.description,
     )
@@ -289,12 +174,10 @@ def _run_locked(
     explainer.methods = {k: m for k, m in explainer.methods.items() if k in plan.labels}
     sink = PartSink(dataset, config.part_size, metadata)
     progress = Progress(len(plan.pending), bar=config.progress)
+    form = row_format(explainer, config, stamp)
     try:
-        if config.prune and gone:
-            tombstones = TableBuilder(explainer.model.name, explainer.model.layer, stamp)
-            for key in gone:
-                tombstones.add_pruned(key)
-            sink.add(tombstones.build())
+        if config.prune and plan.gone:
+            sink.add(pruned_rows(form, plan.gone))
         if config.engine == "ray":
             from fdpipe.job.ray_engine import run_ray  # optional dependency
 
@@ -303,7 +186,7 @@ def _run_locked(
                                 progress)  # fmt: skip
             record.fields["placement"] = {"images_per_ray_node": placement}
         else:
-            run_local(config, source, explainer, plan, stamp, sink, progress)
+            run_local(config, source, plan, explainer, form, sink, progress)
         sink.close()
     finally:
         seconds = progress.close()
@@ -319,7 +202,7 @@ def _run_locked(
         changed=plan.changed,
         retried=plan.retried,
         added=plan.added,
-        pruned=len(gone) if config.prune else 0,
+        pruned=len(plan.gone) if config.prune else 0,
         failures=progress.failures,
     )
     finish(record, summary, clock)
@@ -343,4 +226,4 @@ def finish(record: RunRecord, summary: Summary, clock: float) -> None:
     )
 
 
-__all__ = ["REFUSALS", "Plan", "plan_run", "run_job", "run_local"]
+__all__ = ["REFUSALS", "run_job"]

@@ -45,7 +45,7 @@ sys.exit(main(sys.argv[5:]))
 """
 
 KILL_POINTS = [
-    ("fdpipe.job.rows", "method_arrays", 1, "before"),  # first batch, nothing written
+    ("fdpipe.job.rows", "explain_batch", 1, "before"),  # first batch, nothing written
     ("os", "replace", 2, "before"),  # second part written, not renamed
     ("pyarrow.parquet", "write_table", 3, "torn"),  # a temp file half-written
     ("os", "fsync", 4, "after"),  # a part renamed, directory not synced

@@ -205,16 +205,16 @@ def test_a_map_that_breaks_the_contract_is_a_failed_row(
 ) -> None:
     from fdpipe.job import rows
 
-    real = rows.method_arrays
+    real = rows.explain_batch
 
-    def poisoned(*args: object, **kwargs: object) -> rows.MethodArrays:
-        results = real(*args, **kwargs)  # type: ignore[arg-type]
-        for arrays, _ in results.values():
-            arrays["native"][0] = np.nan  # the first image of each batch
-            arrays["native"][1] = 1.5  # the second one: outside [0, 1]
-        return results
+    def poisoned(*args: object, **kwargs: object) -> list[rows.HostExplanation]:
+        explained = real(*args, **kwargs)  # type: ignore[arg-type]
+        for host in explained:
+            host.native[0] = np.nan  # the first image of each batch
+            host.native[1] = 1.5  # the second one: outside [0, 1]
+        return explained
 
-    monkeypatch.setattr(rows, "method_arrays", poisoned)
+    monkeypatch.setattr(rows, "explain_batch", poisoned)
     summary = run_job(JobConfig(input=images, output=tmp_path / "out", model="squeezenet1_1",
                                 methods=("gradcam",), batch_size=3))  # fmt: skip
     assert (summary.done, summary.failed) == (1, 2)

@@ -63,13 +63,13 @@ def test_a_refusal_without_an_output_still_rewrites_the_summary(
     assert last["status"] == "refused" and "--output" in last["error"]
 
 
-# Runs the CLI with ``fdpipe.job.rows.method_arrays`` wrapped: its second call sends the process
+# Runs the CLI with ``fdpipe.job.rows.explain_batch`` wrapped: its second call sends the process
 # a signal (or raises), as a Ctrl-C, a ``kill`` or a bug would in the middle of a run.
 CHILD = """
 import os, signal, sys
 import fdpipe.job.rows as rows
 what = sys.argv[1]
-original = rows.method_arrays
+original = rows.explain_batch
 calls = [0]
 def wrapped(*args, **kwargs):
     calls[0] += 1
@@ -78,7 +78,7 @@ def wrapped(*args, **kwargs):
             raise RuntimeError("a bug")
         os.kill(os.getpid(), getattr(signal, what))
     return original(*args, **kwargs)
-rows.method_arrays = wrapped
+rows.explain_batch = wrapped
 from fdpipe.cli import main
 sys.exit(main(sys.argv[2:]))
 """

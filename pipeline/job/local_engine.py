@@ -1,0 +1,43 @@
+"""``--engine local``: the stages in this process, decoding on threads ahead of the model.
+
+Entries are read and decoded on ``workers`` threads, in input order, a bounded number ahead of
+the model (memory stays flat whatever the dataset size); each batch of decodable images becomes
+rows that the sink cuts into parts.
+"""
+
+from __future__ import annotations
+
+from fdpipe.api import Explainer
+from fdpipe.job.config import JobConfig
+from fdpipe.job.decode import DecodedImage, batches, decode, ordered_map
+from fdpipe.job.inputs import Entry, Source
+from fdpipe.job.parts import PartSink
+from fdpipe.job.plan import Plan
+from fdpipe.job.progress import Progress
+from fdpipe.job.rows import RowFormat, explain_rows
+
+
+def run_local(
+    config: JobConfig,
+    source: Source,
+    plan: Plan,
+    explainer: Explainer,
+    form: RowFormat,
+    sink: PartSink,
+    progress: Progress,
+) -> None:
+    """Explain ``plan.pending`` into ``sink`` with ``explainer`` (its methods: those needed)."""
+
+    def read(entry: Entry) -> DecodedImage:
+        image = decode(entry, source, explainer.model.preprocess, max_pixels=config.max_pixels)
+        image.info.size, image.info.mtime_ns = plan.tokens.get(entry.key, (None, None))
+        return image
+
+    ahead = 2 * config.batch_size + config.workers  # bounded prefetch: memory independent of N
+    for group in batches(ordered_map(read, plan.pending, config.workers, ahead), config.batch_size):
+        rows = explain_rows(explainer, form, group)
+        sink.add(rows)
+        progress.record(rows)
+
+
+__all__ = ["run_local"]

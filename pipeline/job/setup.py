@@ -1,0 +1,137 @@
+"""The setup stage: what a run builds once, before any image, and every later stage reads.
+
+The job's ``Explainer`` (one per process or Ray actor), the run parameters its rows depend on
+(compared on a rerun), the ``targets`` label, the metadata stored in every part file, and the
+``RowFormat`` each batch's rows are written with.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import pyarrow as pa
+import torch
+import torchvision
+from fdpipe import __version__
+from fdpipe.api import Explainer
+from fdpipe.export.class_names import class_indices
+from fdpipe.export.request import ModelError
+from fdpipe.job.config import ConfigError, JobConfig, RunParams
+from fdpipe.job.rows import RowFormat
+from fdpipe.job.schema import RunStamp
+from fdpipe.methods import MethodSpec
+
+
+def job_explainer(config: JobConfig) -> Explainer:
+    """The job's ``Explainer``: one per process (or Ray actor)."""
+    module = config.model if isinstance(config.model, torch.nn.Module) else None
+    if module is not None and config.engine != "local":
+        raise ConfigError("an in-memory model runs on the local engine: give Ray a model source")
+    try:
+        explainer = Explainer(
+            module if module is not None else config.request,
+            list(config.methods),
+            runtime=config.runtime,
+            artifacts=config.artifacts,
+            precision=config.precision,
+            max_memory=config.max_memory,
+            top_k=config.top_k,
+        )
+        if config.classes is not None:
+            explainer.classes = class_indices(config.classes, explainer.model.class_names)
+    except ModelError:
+        raise
+    except ValueError as exc:  # bad method options
+        raise ConfigError(str(exc)) from exc
+    n_classes = len(explainer.model.class_names)
+    if config.classes is None and config.top_k > n_classes:
+        raise ConfigError(f"--top-k {config.top_k} exceeds the model's {n_classes} classes")
+    return explainer
+
+
+def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
+    """What the rows depend on: a rerun must match the model fields."""
+    model = explainer.model
+    return RunParams(
+        model=model.name,
+        source=model.source,
+        weights_id=model.weights_id,
+        layer=model.layer,
+        num_classes=model.num_classes,
+        score=model.score,
+        preprocess=model.preprocess.describe(),
+        precision=explainer.backend.precision,
+        methods={label: m.options() for label, m in explainer.methods.items()},
+        classes=list(config.classes) if config.classes is not None else None,
+        top_k=None if config.classes is not None else config.top_k,
+        target_column=config.target_column,
+        save_weights=config.save_weights,
+    )
+
+
+def targets_label(config: JobConfig) -> str:
+    """The ``targets`` column: which classes a run explains."""
+    if config.classes is not None:
+        return "classes=" + ",".join(str(c) for c in config.classes)
+    if config.target_column is not None:  # each image's own class, then the top-k if any
+        return f"column={config.target_column}" + (f"+top-{config.top_k}" if config.top_k else "")
+    return f"top-{config.top_k}"
+
+
+def versions() -> dict[str, str]:
+    return {
+        "fdpipe": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pyarrow": pa.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_metadata(
+    params: RunParams, explainer: Explainer, config: JobConfig, root: str, run_id: str
+) -> dict[str, object]:
+    """Everything recorded in each part file under the ``fdpipe`` key."""
+    return {
+        "params": params.as_json(),
+        "versions": versions(),
+        "run": {
+            "run_id": run_id,
+            "backend": explainer.backend.description,
+            "runtime": config.runtime,
+            "engine": config.engine,
+            "shard": list(config.shard),
+            "batch_size": config.batch_size,
+            "max_memory_bytes": explainer.budget.bytes,
+            "input": str(config.input),
+            "input_root": root,
+        },
+    }
+
+
+def method_label(method: str | MethodSpec) -> str:
+    return method.label if isinstance(method, MethodSpec) else MethodSpec.parse(method).label
+
+
+def row_format(explainer: Explainer, config: JobConfig, stamp: RunStamp) -> RowFormat:
+    """What every row of this run carries besides its image."""
+    model = explainer.model
+    return RowFormat(
+        model.name,
+        model.layer,
+        model.class_names,
+        stamp,
+        model.preprocess.crop_box,
+        config.save_weights,
+    )
+
+
+__all__ = [
+    "job_explainer",
+    "method_label",
+    "row_format",
+    "run_metadata",
+    "run_params",
+    "targets_label",
+    "versions",
+]
