@@ -318,8 +318,9 @@ def evaluate(
         write_report,
     )
     from fdpipe.evaluation.road import ROADProtocol
-    from fdpipe.job.inputs import Entry, FileSource, open_source
+    from fdpipe.job.inputs import Entry, FileSource
     from fdpipe.job.reader import CurrentRows, check_filters, images_root, select_rows
+    from fdpipe.job.sources import open_source
 
     if input_ is None and maps is None:
         raise click.UsageError("give the images with --input, or an explain output with --maps")

@@ -4,7 +4,8 @@ A source is the one interface the job reads its input through. It lists ``Entry`
 with a stable, unique ``key`` (the ``image_path`` column), gives each entry a ``ChangeToken``
 (compared on a rerun: an unchanged token means the bytes need not be read again) and opens one
 entry's bytes. ``FileSource`` implements it for local files: a directory walk, a list file or a
-CSV / Parquet manifest of paths; ``open_source`` picks the source for what ``--input`` names.
+CSV / Parquet manifest of paths; ``fdpipe.job.sources`` holds the others and ``open_source``, which
+picks the source for what ``--input`` names.
 Sharding (``select_shard``) works on keys alone, so it holds for every source.
 """
 
@@ -18,7 +19,7 @@ import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,26 +104,6 @@ class Source(ABC):
         Raises ``EntryError`` (or ``OSError``) with the reason when the entry cannot be read:
         that entry becomes a failed row, the run goes on. Never blocks on a FIFO or device.
         """
-
-
-def open_source(
-    spec: str | os.PathLike[str],
-    target_column: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> Source:
-    """The source for ``--input``: a local directory, list file or CSV/Parquet manifest of paths
-    (``FileSource``); an object-store prefix or a manifest of URLs, WebDataset shards or a
-    Parquet image table (``fdpipe.job.sources``). A URL scheme fdpipe cannot read is an
-    ``InputError`` (exit 2), not a missing input.
-
-    ``target_column`` names the column (or WebDataset member) holding each image's class to
-    explain; ``storage_options`` go to the input's fsspec filesystem.
-    """
-    from fdpipe.job.sources import locate  # fsspec loads only when a run reads an input
-
-    text = os.fspath(spec)
-    located = locate(text, target_column, storage_options)
-    return located or FileSource(Path(text.removeprefix("file://")), target_column)
 
 
 @dataclass(frozen=True)
@@ -347,7 +328,6 @@ __all__ = [
     "key_text",
     "manifest_targets",
     "open_regular",
-    "open_source",
     "parse_shard",
     "read_manifest",
     "select_shard",

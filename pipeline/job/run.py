@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from fdpipe.api import Explainer
 from fdpipe.export.request import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
-from fdpipe.job.inputs import Entry, InputError, InputMissing, Source, open_source
+from fdpipe.job.inputs import Entry, InputError, InputMissing, Source
 from fdpipe.job.local_engine import run_local
 from fdpipe.job.lock import output_lock
 from fdpipe.job.parts import STORAGE_ERRNOS, OutputDataset, PartSink, ResumeError, StorageError
@@ -48,6 +48,7 @@ from fdpipe.job.setup import (
     targets_label,
     versions,
 )
+from fdpipe.job.sources import open_source
 
 log = logging.getLogger("fdpipe.job")
 

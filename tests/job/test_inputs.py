@@ -17,11 +17,11 @@ from fdpipe.job.inputs import (
     FileSource,
     InputError,
     InputMissing,
-    open_source,
     parse_shard,
     select_shard,
     shard_of,
 )
+from fdpipe.job.sources import open_source
 
 
 def touch(path: Path) -> Path:

@@ -1,22 +1,41 @@
 """Inputs beyond local files: object stores and URLs (``objects``), WebDataset shards
 (``webdataset``), Parquet image tables (``image_table``), all through fsspec (``store``).
 
-``locate`` picks the source for an ``--input`` that needs one of them; plain local directories,
-list files and manifests of paths stay with ``fdpipe.job.inputs.FileSource``.
+``open_source`` picks the source for an ``--input``: one of these where ``locate`` finds one, else
+``fdpipe.job.inputs.FileSource`` (plain local directories, list files and manifests of paths).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from fdpipe.job.inputs import InputError, Source, read_manifest
+from fdpipe.job.inputs import FileSource, InputError, Source, read_manifest
 from fdpipe.job.sources.image_table import TableSource, is_image_table
 from fdpipe.job.sources.objects import MANIFEST_SUFFIXES, ObjectSource
 from fdpipe.job.sources.store import SCHEMES, UsageError, filesystem, scheme_of
 from fdpipe.job.sources.webdataset import ShardSource, expand
 
 TABLE_SUFFIXES = (".parquet", ".pq")
+
+
+def open_source(
+    spec: str | os.PathLike[str],
+    target_column: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Source:
+    """The source for ``--input``: a local directory, list file or CSV/Parquet manifest of paths
+    (``FileSource``); an object-store prefix or a manifest of URLs, WebDataset shards or a
+    Parquet image table. A URL scheme fdpipe cannot read is an ``InputError`` (exit 2), not a
+    missing input.
+
+    ``target_column`` names the column (or WebDataset member) holding each image's class to
+    explain; ``storage_options`` go to the input's fsspec filesystem.
+    """
+    text = os.fspath(spec)
+    located = locate(text, target_column, storage_options)
+    return located or FileSource(Path(text.removeprefix("file://")), target_column)
 
 
 def locate(
@@ -56,4 +75,11 @@ def names_urls(manifest: Path) -> bool:
         return False  # FileSource reports it
 
 
-__all__ = ["ObjectSource", "ShardSource", "TableSource", "UsageError", "locate"]
+__all__ = [
+    "ObjectSource",
+    "ShardSource",
+    "TableSource",
+    "UsageError",
+    "locate",
+    "open_source",
+]
