@@ -3,13 +3,12 @@ offline), one batch of the bundled photos, each method in a fresh process.
 
 Every method runs alone in its own ``python`` process, so that its peak RSS (/proc's VmHWM, the
 process image's own) is that method's with the model loaded, not the highest of the suite. The
-budget (``--max-memory``) is the machine's default unless ``FDPIPE_BENCH_MAX_MEMORY`` is set.
+budget (``--max-memory``) is the machine's default.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -66,11 +65,9 @@ def measure(method: str, batch: int, threads: int, max_memory: int) -> dict[str,
 
 def memory_suite(settings: Settings) -> dict[str, object]:
     """Peak RSS and seconds per method, one batch of ``BATCH`` photos each."""
-    max_memory = int(os.environ.get("FDPIPE_BENCH_MAX_MEMORY", "0"))
-    methods = os.environ.get("FDPIPE_BENCH_METHODS", ",".join(METHODS)).split(",")
     rows = []
-    for method in methods:
-        rows.append(measure(method, BATCH, settings.threads, max_memory))
+    for method in METHODS:
+        rows.append(measure(method, BATCH, settings.threads, 0))
         click.echo(
             f"  {method}: {rows[-1]['seconds']:.1f} s, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB"
         )
