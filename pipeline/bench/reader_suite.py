@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from fdpipe.bench.report_suite import METHODS, write_synthetic_output
 from fdpipe.evaluation.comparison import StoredMaps
 from fdpipe.job.current import KEY_COLUMNS, current_mask
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.reader import ROW_COLUMNS, CurrentRows, MapRow, check_filters, select_rows
+from fdpipe.job.table import ResultsTable
 
 if TYPE_CHECKING:  # the package imports this module to register the suite
     from fdpipe.bench import Settings
@@ -39,8 +39,8 @@ FILTER_COLUMNS = ["image_path", "method", "class_rank", "class_index", "class_na
 
 def per_row_batches(output: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """The peer's pass over the current rows, as every reader made it before: the keys of every
-    part file read and the current rows worked out again, then each part read whole."""
-    parts = OutputDataset(output).parts()
+    data file read and the current rows worked out again, then each file read whole."""
+    parts = ResultsTable(output).data_files()
     keys = [pq.read_table(path, columns=KEY_COLUMNS) for path in parts]
     mask = current_mask(pa.concat_tables(keys))
     start = 0

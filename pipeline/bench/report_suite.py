@@ -1,7 +1,7 @@
 """The "report" bench suite: ``fdpipe report`` rows/s and peak RSS, on synthetic rows.
 
 The rows are written with the job's own rows stage and sink (``batch_rows``,
-``OutputDataset.write``): two methods with 13 x 13 maps per image over JPEG crops of the bundled
+``ResultsTable.commit``): two methods with 13 x 13 maps per image over JPEG crops of the bundled
 photos, so that the report decodes real images. Each report runs in a fresh process that prints
 its own peak RSS: at 1,000 and at 10,000 rows (flat memory means the two are close), then the
 10,000-row report again, where every thumbnail is reused (the incremental case); first the peak of
@@ -21,9 +21,9 @@ import click
 import numpy as np
 from fdpipe.bench.pipeline import fdpipe_reporting_peak, write_dataset
 from fdpipe.job.decode import DecodedImage
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.rows import HostExplanation, RowFormat, batch_rows
 from fdpipe.job.schema import ImageInfo, RunStamp
+from fdpipe.job.table import ResultsTable
 
 if TYPE_CHECKING:  # bench/__init__.py imports this module to register the suite
     from fdpipe.bench import Settings
@@ -55,7 +55,7 @@ def write_synthetic_output(
     failed = failed or {}
     stamp = RunStamp(run_id, f"top-{top_k}")
     rng = np.random.default_rng(seed)
-    dataset = OutputDataset(output)
+    table = ResultsTable(output)
     metadata = {
         "params": {"model": "synthetic", "methods": list(methods), "top_k": top_k},
         "versions": {"fdpipe": "bench"},
@@ -89,7 +89,7 @@ def write_synthetic_output(
             )
             host.seconds = float(rng.uniform(0.005, 0.05))
             explained.append(host)
-        dataset.write(batch_rows(form, decoded, explained), metadata)
+        table.commit(batch_rows(form, decoded, explained), metadata)
 
 
 def report_in_child(*arguments: str) -> tuple[float, float]:

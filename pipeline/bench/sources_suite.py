@@ -29,7 +29,6 @@ from fdpipe.bench.datasets import image_files, image_table, write_image_table, w
 from fdpipe.bench.object_store import SeaweedFS, upload, weed_binary
 from fdpipe.bench.pipeline import write_dataset
 from fdpipe.job import JobConfig, run_job
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.progress import Summary
 from fdpipe.job.reader import iter_rows
 from fdpipe.job.record import RUNS_DIR
@@ -112,20 +111,19 @@ def last_counts(output: Path) -> dict[str, int]:
 
 def killed_then_rerun(source: str, output: Path, store: SeaweedFS) -> None:
     """``fdpipe explain`` from the bucket in a child process, SIGKILLed once a part exists."""
-    code = "import sys; from fdpipe.cli import main; sys.exit(main())"
     args = ["explain", "-i", source, "-o", str(output), "--model", MODEL, "--method", METHOD,
             "--part-size", "32", "--no-progress"]  # fmt: skip
     env = os.environ | store.environment
-    child = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+    child = subprocess.Popen([sys.executable, "-m", "fdpipe", *args], env=env,
                              stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 600
-    while not OutputDataset(output).parts() and child.poll() is None:
+    while not list(output.glob("_delta_log/*.json")) and child.poll() is None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    subprocess.run([sys.executable, "-c", code, *args], env=env, check=False,
+    subprocess.run([sys.executable, "-m", "fdpipe", *args], env=env, check=False,
                    stderr=subprocess.DEVNULL)  # fmt: skip
 
 

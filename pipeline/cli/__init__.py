@@ -24,8 +24,21 @@ from fdpipe.cli.options import (
 )
 from fdpipe.cli.render import render
 from fdpipe.cli.report import report
+from fdpipe.cli.table import compact, migrate, status, vacuum
 
-COMMANDS = (explain, render, report, demo, evaluate, export, bench)
+COMMANDS = (
+    explain,
+    render,
+    report,
+    status,
+    compact,
+    vacuum,
+    migrate,
+    demo,
+    evaluate,
+    export,
+    bench,
+)
 
 
 @click.group(

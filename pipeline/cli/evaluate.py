@@ -109,13 +109,11 @@ def maps_model(maps: Path, model: ModelRequest) -> LoadedModel:
     never contradict it (other weights, layer or preprocessing would score foreign maps)."""
     from fdpipe.export.model_sources import recorded_source, runs_code
     from fdpipe.export.request import ModelError
-    from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
+    from fdpipe.job.table import TableError, open_results
 
-    parts = OutputDataset(maps).parts()
-    if not parts:
-        raise ResumeError(f"--maps {maps} holds no part files")
-    params = read_metadata(parts[0])["params"]
-    assert isinstance(params, dict)
+    params = open_results(maps).metadata().get("params")
+    if not isinstance(params, dict):
+        raise TableError(f"--maps {maps}: its newest commit records no run parameters")
     recorded = str(params.get("source") or params["model"])
     if model.source is None and runs_code(recorded):  # an output is data: never run what it names
         raise ModelError(

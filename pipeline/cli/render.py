@@ -57,17 +57,16 @@ def render(
     exit code 1 when some images could not be read any more (the others are rendered).
     """
     from fdpipe import render as rendering
-    from fdpipe.job.parts import OutputDataset, PartFileError, ResumeError, read_metadata
     from fdpipe.job.reader import CurrentRows, FilterError, check_filters, select_rows
     from fdpipe.job.reader import images_root as find_root
+    from fdpipe.job.table import DataFileError, TableError, open_results
 
     labels = [label for text in methods for label in split_method_specs(text)] or None
     draw = rendering.render_sheets if sheet else rendering.render_overlays
     missing: list[str] = []
     try:
-        for part in OutputDataset(maps).parts():
-            read_metadata(part)  # a foreign or damaged file is named before any work
-        stored = CurrentRows(maps)  # which rows are current: worked out once for both
+        open_results(maps)  # a missing, foreign or earlier-layout output: named before any work
+        stored = CurrentRows(maps)  # the current rows' keys: read once for both
         check_filters(stored, methods=labels, images=images, ranks=ranks)
         rows = select_rows(stored, methods=labels, images=images or None, ranks=ranks or None)
         root = images_root or find_root(maps)
@@ -85,10 +84,12 @@ def render(
         )
     except FilterError as exc:
         raise ConfigurationError(str(exc)) from exc
-    except (FileNotFoundError, ResumeError, KeyError) as exc:
-        raise ConfigurationError(f"{maps} is not an fdpipe explain output: {exc}") from None
-    except PartFileError as exc:
+    except TableError as exc:
+        raise ConfigurationError(str(exc)) from None
+    except DataFileError as exc:
         raise click.ClickException(str(exc)) from None
+    except (FileNotFoundError, KeyError) as exc:
+        raise ConfigurationError(f"{maps} is not an fdpipe explain output: {exc}") from None
     except OSError as exc:  # the output cannot be written (a file, read-only)
         raise ConfigurationError(f"--to {to}: {exc.strerror}") from None
     click.echo(f"wrote {len(written)} PNG file(s) to {to}")

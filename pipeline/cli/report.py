@@ -46,18 +46,14 @@ def report(
 ) -> None:
     """An HTML report of MAPS (an explain output): run records, counts, score plots, failures,
     galleries; it opens from file:// with no server."""
-    from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
     from fdpipe.job.reader import images_root as recorded_root
+    from fdpipe.job.table import open_results
     from fdpipe.report import check_site, write_site
 
-    parts = OutputDataset(maps).parts()
-    if not parts:
-        raise ConfigurationError(f"{maps} holds no fdpipe part files (part-*.parquet)")
-    for part in parts:  # footers only: a foreign or damaged file is named before any work
-        read_metadata(part)
+    open_results(maps)  # a missing, foreign or earlier-layout output is named before any work
     try:
         root = images_root or recorded_root(maps)
-    except (ResumeError, KeyError, TypeError):
+    except (FileNotFoundError, KeyError, TypeError):
         root = None
     if root is not None and not root.is_dir():
         click.echo(f"images not found at {root}: maps are shown alone (see --images-root)")

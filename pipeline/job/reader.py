@@ -1,6 +1,6 @@
 """Reading a job's output back, the one way every reader takes (``read_maps``, ``render``,
-``evaluate --maps``, ``report``): record batches of its current rows (``fdpipe.job.current``:
-rows superseded by a later run are hidden), one row filter (``RowFilter``) and one vectorised map
+``evaluate --maps``, ``report``): record batches of its current rows (a version of its results
+table, ``fdpipe.job.table``), one row filter (``RowFilter``) and one vectorised map
 decoder (``decode_maps``: one copy per batch, a view per row, no per-value Python objects)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fdpipe.errors import FdpipeError
-from fdpipe.job.current import KEY_COLUMNS, current_mask
-from fdpipe.job.parts import OutputDataset, PartFileError, read_metadata, read_part
+from fdpipe.job.current import KEY_COLUMNS
+from fdpipe.job.table import DataFileError, ResultsTable
 
 log = logging.getLogger("fdpipe.job")
 
@@ -55,64 +55,56 @@ class MapRow:
 
 
 class CurrentRows:
-    """An output's part files and which of their rows are current (``fdpipe.job.current``),
-    worked out once: a command that checks its filters and then reads rows reads the keys once."""
+    """An output's current rows (its results table at a version, the newest by default), opened
+    once: a command that checks its filters and then reads rows reads the key columns once.
 
-    def __init__(self, output: str | os.PathLike[str]) -> None:
+    A data file that does not decode, or whose maps are not finite and in [0, 1] (altered pages
+    behind an intact footer), is named in a warning and skipped."""
+
+    def __init__(self, output: str | os.PathLike[str], version: int | str | None = None) -> None:
         self.output = output
-        self.parts, keys = [], []
-        for path in OutputDataset(output).parts():
-            try:
-                keys.append(read_part(path, columns=KEY_COLUMNS))
-                self.parts.append(path)
-            except PartFileError as exc:  # the next explain sets it aside and redoes its images
-                log.warning("%s: skipped", exc)
-        self.counts = [table.num_rows for table in keys]
-        self.keys = pa.concat_tables(keys) if keys else None
-        self.mask = current_mask(self.keys) if self.keys is not None else np.zeros(0, bool)
+        self.version = version
+        table = ResultsTable(output)
+        table.refuse_legacy()
+        self.dataset = table.dataset(version) if table.exists() else None
+        keys = list(self.parts(KEY_COLUMNS))
+        self.keys = pa.concat_tables(keys) if keys and sum(k.num_rows for k in keys) else None
 
     def current_keys(self) -> pa.Table | None:
-        """The key columns (``KEY_COLUMNS``) of the current rows; None without part files."""
-        return None if self.keys is None else self.keys.filter(pa.array(self.mask))
+        """The key columns (``KEY_COLUMNS``) of the current rows; None when there are none."""
+        return self.keys
 
     def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """Record batches of the current rows, in part order (rows of an image stay together);
-        key columns come from the keys already read, the others from the part files."""
-        assert self.keys is not None or not self.parts
-        start = 0
-        for path, count in zip(self.parts, self.counts, strict=True):
-            keep = self.mask[start : start + count]
-            keys = cast(pa.Table, self.keys).slice(start, count)
-            start += count
-            if not keep.any():
-                continue
+        """Record batches of the current rows, file by file (the rows of an image stay together:
+        each commit writes them at once)."""
+        for part in self.parts(columns):
+            yield from part.to_batches()
+
+    def parts(self, columns: list[str] | None) -> Iterator[pa.Table]:
+        if self.dataset is None:
+            return
+        schema = self.dataset.schema
+        present = [c for c in columns if c in schema.names] if columns else None
+        for fragment in self.dataset.get_fragments():
             try:
-                if columns is None:
-                    part = read_part(path)
-                else:
-                    others = [c for c in columns if c not in KEY_COLUMNS]
-                    part = read_part(path, others, present_only=True) if others else keys
-                    for name in columns:
-                        if name in KEY_COLUMNS and name not in part.column_names:
-                            part = part.append_column(name, keys[name])
+                part = fragment.to_table(columns=present, schema=schema)
                 if "map" in part.column_names:
-                    check_maps(path, part["map"])
-            except PartFileError as exc:  # altered pages behind an intact footer
-                log.warning("%s: skipped", exc)
+                    check_maps(Path(fragment.path), part["map"])
+            except (pa.ArrowException, OSError, DataFileError) as exc:
+                log.warning("%s: skipped (%s)", fragment.path, exc)
                 continue
-            yield from (part if keep.all() else part.filter(pa.array(keep))).to_batches()
+            yield part
 
 
 def check_maps(path: Path, maps: pa.ChunkedArray) -> None:
     """Stored maps are finite and in [0, 1] (the job checks it before writing): values outside
-    were not written by fdpipe (bit rot, a tampered file). PartFileError naming the file."""
+    were not written by fdpipe (bit rot, a tampered file). DataFileError naming the file."""
     values = pc.list_flatten(maps)
     if len(values) == 0:
         return
     low, high = pc.min_max(values).values()
     if pc.any(pc.is_nan(values)).as_py() or not 0.0 <= low.as_py() <= high.as_py() <= 1.0:
-        reason = ValueError(f"maps outside [0, 1] (from {low} to {high}): damaged data pages")
-        raise PartFileError(path, reason)
+        raise DataFileError(f"{path}: maps outside [0, 1] (from {low} to {high}): damaged pages")
 
 
 Output = str | os.PathLike[str] | CurrentRows  # a path, or its current rows already worked out
@@ -122,9 +114,13 @@ def current_rows(output: Output) -> CurrentRows:
     return output if isinstance(output, CurrentRows) else CurrentRows(output)
 
 
-def iter_rows(output: Output, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Record batches of the current rows, in part order (rows of an image stay together)."""
-    return current_rows(output).batches(columns)
+def iter_rows(
+    output: Output, columns: list[str] | None = None, version: int | str | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of the current rows (of ``version``: a table version or an ISO timestamp;
+    the newest by default); the rows of an image stay together."""
+    stored = output if isinstance(output, CurrentRows) else CurrentRows(output, version)
+    return stored.batches(columns)
 
 
 @dataclass(frozen=True)
@@ -282,7 +278,7 @@ def check_filters(
     name = stored.output
     keys = stored.current_keys()
     if keys is None:
-        raise FilterError(f"{name} holds no rows (no part files)")
+        raise FilterError(f"{name} holds no rows")
     keys = keys.filter(pc.equal(keys["status"], pa.scalar("ok")))
 
     def present(table: pa.Table, column: str) -> list:
@@ -320,6 +316,7 @@ def read_maps(
     images: str | Iterable[str] | None = None,
     ranks: Iterable[int] | None = None,
     size: str = "native",
+    version: int | str | None = None,
 ) -> tuple[np.ndarray | list[np.ndarray], pa.Table]:
     """The current explained maps of an output and their rows: ``(maps, rows)``.
 
@@ -328,14 +325,15 @@ def read_maps(
     to its image's size (bilinear, min-max again: what ``render`` overlays). ``rows``: a pyarrow
     table of the same N rows, every column but ``map`` (integers stay integers). Filters:
     method labels, class indices or names, image paths or globs, class ranks; a filter value
-    that matches nothing raises ``FilterError``.
+    that matches nothing raises ``FilterError``. ``version``: read an earlier version of the
+    results table (a version number or an ISO timestamp; default: the newest).
     """
     if size not in {"native", "original"}:
         raise ValueError(f"size must be 'native' or 'original', got {size!r}")
     methods = [method] if isinstance(method, str) else method
     patterns = [images] if isinstance(images, str) else images
     wanted_classes = list(classes) if classes is not None else None
-    stored = current_rows(output)
+    stored = CurrentRows(output, version)
     check_filters(stored, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
     wanted = RowFilter(
         methods=None if methods is None else list(methods),
@@ -370,11 +368,9 @@ def read_maps(
 
 def images_root(output: str | os.PathLike[str]) -> Path:
     """The directory image paths are relative to, as the job recorded it."""
-    parts = OutputDataset(output).parts()
-    if not parts:
-        raise FileNotFoundError(f"{output} holds no part files")
-    run = read_metadata(parts[0])["run"]
-    assert isinstance(run, dict)
+    run = ResultsTable(output).metadata().get("run")
+    if not isinstance(run, dict) or "input_root" not in run:
+        raise FileNotFoundError(f"{output} holds no fdpipe results table")
     return Path(run["input_root"])
 
 

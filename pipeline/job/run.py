@@ -7,7 +7,7 @@ source's entries; ``plan`` compares them with what the output holds, so a rerun 
 what is new (entries without rows, changed bytes, failures to retry, methods or classes to add;
 ``prune`` marks entries that are gone); an engine (``local_engine`` here, ``ray_engine`` on a Ray
 cluster) runs ``decode`` and ``rows`` over the pending entries, bounded in memory, in input order;
-``parts`` writes the rows in atomic part files. Every run writes a record (``record``) however it
+``parts`` commits the rows to the output's Delta table (``table``) in parts of ``part_size`` images. Every run writes a record (``record``) however it
 ends.
 """
 
@@ -22,10 +22,17 @@ from datetime import UTC, datetime
 from fdpipe.api import Explainer
 from fdpipe.export.request import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
-from fdpipe.job.inputs import Entry, InputError, InputMissing, Source
+from fdpipe.job.inputs import Entry, InputError, InputMissing, Source, shard_of
 from fdpipe.job.local_engine import run_local
 from fdpipe.job.lock import output_lock
-from fdpipe.job.parts import STORAGE_ERRNOS, OutputDataset, PartSink, ResumeError, StorageError
+from fdpipe.job.parts import (
+    STORAGE_ERRNOS,
+    PartSink,
+    ResumeError,
+    StorageError,
+    check_table,
+    image_states,
+)
 from fdpipe.job.plan import plan_run
 from fdpipe.job.progress import (
     EXIT_FAILED,
@@ -49,11 +56,12 @@ from fdpipe.job.setup import (
     versions,
 )
 from fdpipe.job.sources import open_source
+from fdpipe.job.table import ResultsTable, TableError, image_keys
 
 log = logging.getLogger("fdpipe.job")
 
 # A run refused before any work: exit 2 with one line, and a record saying why.
-REFUSALS = (ConfigError, InputError, ModelError, ResumeError)
+REFUSALS = (ConfigError, InputError, ModelError, ResumeError, TableError)
 
 
 def run_job(config: JobConfig) -> Summary:
@@ -109,7 +117,7 @@ def run_job(config: JobConfig) -> Summary:
         record.end("failed", EXIT_STORAGE, reason)
         raise StorageError(
             f"cannot write to {config.output}: {reason} ({errno.errorcode[exc.errno]}); "
-            "the parts written so far are kept: make room and rerun to continue"
+            "the parts committed so far are kept: make room and rerun to continue"
         ) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (``Terminated``)
         record.end("interrupted", getattr(exc, "exit_code", EXIT_INTERRUPTED))
@@ -128,12 +136,13 @@ def _run_locked(
     explainer: Explainer,
 ) -> Summary:
     params = run_params(explainer, config)
-    dataset = OutputDataset(config.output, config.shard)
+    table = ResultsTable(config.output)
+    table.refuse_legacy()
+    table.set_aside_damaged({"params": params.as_json()})
     if config.overwrite:
-        dataset.clear()
-    dataset.discard_temp_files()
-    dataset.check(params)
-    states, newest_run = dataset.images()
+        clear(table, config.shard, {"params": params.as_json()})
+    check_table(table, params)
+    states, newest_run = image_states(table)
     targets = targets_label(config)
     labels = [method_label(m) for m in config.methods]
     plan = plan_run(
@@ -173,7 +182,7 @@ def _run_locked(
     )
     # Only the methods some pending image lacks run; the rows of the others stay current.
     explainer.methods = {k: m for k, m in explainer.methods.items() if k in plan.labels}
-    sink = PartSink(dataset, config.part_size, metadata)
+    sink = PartSink(table, config.part_size, metadata)
     progress = Progress(len(plan.pending), bar=config.progress)
     form = row_format(explainer, config, stamp)
     try:
@@ -191,7 +200,7 @@ def _run_locked(
         sink.close()
     finally:
         seconds = progress.close()
-        record.fields["parts"] = [path.name for path in sink.written]
+        record.fields["commits"] = sink.written  # the table versions this run committed
         record.fields["memory"] = explainer.budget.record()  # the chunks the budget gave
     summary = Summary(
         progress.done,
@@ -208,6 +217,16 @@ def _run_locked(
     )
     finish(record, summary, clock)
     return summary
+
+
+def clear(table: ResultsTable, shard: tuple[int, int], record: dict[str, object]) -> None:
+    """``--overwrite``: remove this shard's rows (every row for an unsharded run), one commit."""
+    index, count = shard
+    if count == 1:
+        table.delete(None, record | {"cleared": True})
+        return
+    paths = set(image_keys(table.rows(columns=["image_path"])))
+    table.delete([p for p in paths if shard_of(p, count) == index], record)
 
 
 def finish(record: RunRecord, summary: Summary, clock: float) -> None:

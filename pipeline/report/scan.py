@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
-from fdpipe.job.parts import OutputDataset, ResumeError, read_metadata
 from fdpipe.job.reader import ROW_COLUMNS, MapRow, Output, current_rows, iter_rows, map_rows
+from fdpipe.job.table import ResultsTable
 
 COLUMNS = [*ROW_COLUMNS, "image_sha256", "error"]  # rows and what the index shows
 BINS = 20  # histogram bins over [0, 1] (probabilities) and over log10 seconds
@@ -115,7 +115,7 @@ class RunRecord:
 
 def run_records(output: str | os.PathLike[str]) -> list[RunRecord]:
     """``OUTPUT/_runs/*.json`` when the job wrote them; otherwise the distinct run records of
-    the part files' metadata (params, versions, run), each with the parts that carry it."""
+    the table's commits (params, versions, run), each with the versions that carry it."""
     runs = Path(output) / "_runs"
     records = []
     if runs.is_dir():
@@ -130,15 +130,14 @@ def run_records(output: str | os.PathLike[str]) -> list[RunRecord]:
     if records:
         return records
     distinct: dict[str, RunRecord] = {}
-    for part in OutputDataset(output).parts():
-        try:
-            metadata = read_metadata(part)
-        except (OSError, ResumeError) as exc:
-            metadata = {"unreadable": str(exc)}
-        key = json.dumps(metadata, sort_keys=True, default=str)
+    for commit in reversed(ResultsTable(output).commits()):
+        version = commit.pop("version")
+        key = json.dumps(commit, sort_keys=True, default=str)
         if key not in distinct:
-            distinct[key] = RunRecord(part.name, {**metadata, "parts": 0})
-        distinct[key].record["parts"] += 1  # type: ignore[operator]
+            distinct[key] = RunRecord(f"version {version}", {**commit, "versions": []})
+        versions = distinct[key].record["versions"]
+        assert isinstance(versions, list)
+        versions.append(version)
     return list(distinct.values())
 
 

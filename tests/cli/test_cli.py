@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 
 import click
-import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,9 +18,9 @@ from fdpipe.errors import FdpipeError
 from fdpipe.export.onnx import ExportError
 from fdpipe.export.request import ModelError
 from fdpipe.job.inputs import InputError
-from fdpipe.job.parts import read_metadata
 from image_files import write_images
 from PIL import Image
+from results import run_metadata, stored_rows
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +98,11 @@ def test_options_reach_the_methods_and_the_metadata(images: Path, tmp_path: Path
         ),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    table = pq.read_table(tmp_path / "out")
+    table = stored_rows(tmp_path / "out")
     assert table.num_rows == 3 * 2 * 2
     assert set(table.column("class_index").to_pylist()) == {281, 285}
     assert all(len(w) == 512 for w in table.column("weights").to_pylist())
-    record = read_metadata(next((tmp_path / "out").glob("part-*.parquet")))
+    record = run_metadata(tmp_path / "out")
     fdcam = record["params"]["methods"]["fdcam"]
     assert (fdcam["threshold"], fdcam["grouping"], fdcam["combination"]) == (0.9, False, "product")
     assert record["params"]["methods"]["gradcam"] == {}

@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 from fdpipe.cli import choices, main
-from fdpipe.job.parts import OutputDataset, read_metadata
 from image_files import write_images
+from results import run_metadata, stored_rows
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +44,11 @@ def explain(images: Path, output: Path, *extra: str) -> list[str]:
 
 
 def params(output: Path) -> dict:
-    return read_metadata(OutputDataset(output).parts()[0])["params"]
+    return run_metadata(output)["params"]  # type: ignore[return-value]
 
 
 def test_repeated_method_keeps_both(maps: Path) -> None:
-    assert set(pq.read_table(maps)["method"].to_pylist()) == {"gradcam", "layercam"}
+    assert set(stored_rows(maps)["method"].to_pylist()) == {"gradcam", "layercam"}
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.job.parts import OutputDataset
-from fdpipe.job.schema import METADATA_KEY
+from fdpipe.job.table import COMMIT_KEY
 from image_files import explain_command, write_images
 
 
@@ -22,12 +20,15 @@ def test_a_code_source_named_by_an_output_is_never_run(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     evil = tmp_path / "evil3.py"
     evil.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nbuild = None\n")
-    for part in OutputDataset(output).parts():  # a tampered output
-        table = pq.read_table(part)
-        metadata = json.loads(table.schema.metadata[METADATA_KEY.encode()])
-        metadata["params"]["model"] = metadata["params"]["source"] = f"{evil}:build"
-        record = {METADATA_KEY: json.dumps(metadata)}
-        pq.write_table(table.replace_schema_metadata(record), part)
+    for log in (output / "_delta_log").glob("*.json"):  # a tampered output: each commit's record
+        actions = [json.loads(line) for line in log.read_text().splitlines()]
+        for action in actions:
+            info = action.get("commitInfo", {})
+            if COMMIT_KEY in info:
+                metadata = json.loads(info[COMMIT_KEY])
+                metadata["params"]["model"] = metadata["params"]["source"] = f"{evil}:build"
+                info[COMMIT_KEY] = json.dumps(metadata)
+        log.write_text("".join(json.dumps(action) + "\n" for action in actions))
     args = ["evaluate", "--maps", str(output), "-i", str(images), "-o", str(tmp_path / "ev"),
             "--no-curves"]  # fmt: skip
     result = CliRunner().invoke(main, args)

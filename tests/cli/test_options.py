@@ -13,8 +13,8 @@ from click.testing import CliRunner, Result
 from fdpipe.cli import main
 from fdpipe.export.request import ModelError
 from fdpipe.export.weights import offline
-from fdpipe.job.parts import OutputDataset, read_metadata
 from image_files import write_images
+from results import commit_versions, run_metadata
 
 
 def invoke(args: list[str], **kwargs: object) -> Result:
@@ -22,7 +22,7 @@ def invoke(args: list[str], **kwargs: object) -> Result:
 
 
 def params(output: Path) -> dict:
-    return read_metadata(OutputDataset(output).parts()[0])["params"]  # type: ignore[return-value]
+    return run_metadata(output)["params"]  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize(
@@ -105,9 +105,9 @@ def test_config_paths_resolve_against_the_file_folder(
     result = invoke(["--config", str(job / "nightly.toml"), "explain"])
     assert result.exit_code == 0, result.output
     assert json.loads((job / "last.json").read_text())["status"] == "complete"
-    assert OutputDataset(job / "out").parts() and not list(elsewhere.iterdir())
+    assert commit_versions(job / "out") and not list(elsewhere.iterdir())
     flag = invoke(["--config", str(job / "nightly.toml"), "explain", "-o", "here"])
-    assert flag.exit_code == 0 and OutputDataset(elsewhere / "here").parts()  # the line's own
+    assert flag.exit_code == 0 and commit_versions(elsewhere / "here")  # the line's own
 
 
 def test_one_mean_or_std_value_is_broadcast_to_every_channel(tmp_path: Path) -> None:

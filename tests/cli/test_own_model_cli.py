@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.job.parts import read_metadata
 from image_files import write_images
+from results import run_metadata, stored_rows
 
 FACTORY = """
 import torch
@@ -60,7 +59,7 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def rows(output: Path) -> list[dict]:
-    return pq.read_table(output).to_pylist()
+    return stored_rows(output).to_pylist()
 
 
 FINETUNED = ("--model", "resnet18", "--input-size", "64", "--method", "gradcam")
@@ -76,7 +75,7 @@ def test_finetuned_state_dict_with_class_names(workspace: Path, tmp_path: Path) 
     found = rows(tmp_path / "out")
     assert len(found) == 6
     assert {(r["class_index"], r["class_name"]) for r in found} == {(3, "part_3"), (7, "part_7")}
-    params = read_metadata(next((tmp_path / "out").glob("*.parquet")))["params"]
+    params = run_metadata(tmp_path / "out")["params"]
     assert params["source"] == "torchvision:resnet18" and params["num_classes"] == 10
     # The centre crop the map covers, in original pixels: 64 x 48 images, shorter side to
     # round(64 / 0.875) = 73 (97 x 73), then the centre 64 x 64 from (16, 4).
@@ -123,7 +122,7 @@ def test_factory_grayscale_model_at_128_px(workspace: Path, tmp_path: Path) -> N
     found = rows(tmp_path / "out")
     assert {r["class_name"] for r in found} <= {"class_0", "class_1", "class_2"}
     assert {(r["map_height"], r["map_width"]) for r in found} == {(64, 64)}
-    params = read_metadata(next((tmp_path / "out").glob("*.parquet")))["params"]
+    params = run_metadata(tmp_path / "out")["params"]
     assert params["preprocess"]["channels"] == 1 and params["score"] == "sigmoid"
 
 

@@ -7,10 +7,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from fdpipe.job import JobConfig, run_job
 from PIL import Image
+from results import stored_rows
 from skimage import data
 
 # file name -> expected error fragment (None: decodes fine)
@@ -73,7 +73,7 @@ def zoo_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     summary = run_job(config)
     bad = sum(message is not None for message in EXPECTED.values())
     assert (summary.done, summary.failed, summary.any_failed) == (len(EXPECTED) - bad, bad, True)
-    table = pq.read_table(config.output)
+    table = stored_rows(config.output)
     assert table.num_rows == len(EXPECTED)  # exactly one row per file, good or bad
     return {row["image_path"]: row for row in table.to_pylist()}
 
@@ -113,7 +113,7 @@ def test_good_file_rows_do_not_depend_on_bad_neighbours(
         methods=("gradcam",),
     )  # fmt: skip
     run_job(config)
-    (alone,) = pq.read_table(config.output).to_pylist()
+    (alone,) = stored_rows(config.output).to_pylist()
     mixed = zoo_rows["cat.jpg"]
     assert alone["class_index"] == mixed["class_index"]
     np.testing.assert_allclose(alone["map"], mixed["map"], atol=1e-6)

@@ -38,12 +38,12 @@ from fdpipe.job import ConfigError, JobConfig, run_job
 from fdpipe.job.decode import decode
 from fdpipe.job.inputs import Entry, FileSource, InputError, read_manifest
 from fdpipe.job.lock import output_lock
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.sources import open_source
 from fdpipe.kernels.fdcam import FDCAMOptions
 from image_files import write_images
 from manifests import make_manifest
 from PIL import Image
+from results import commit_versions, data_files, stored_rows
 from test_bad_inputs import png_header_only
 
 QUICK = ("--model", "squeezenet1_1", "--method", "gradcam", "--no-progress", "--workers", "1")
@@ -61,7 +61,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 
 def table(output: Path) -> list[dict]:
-    return pq.read_table(output).to_pylist()
+    return stored_rows(output).to_pylist()
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_a_second_run_on_the_same_output_and_shard_is_refused(images: Path, tmp_
             output_lock(output, (1, 2)),
         ):
             pass
-    assert not OutputDataset(output).parts()  # the refused run wrote nothing
+    assert not commit_versions(output)  # the refused run wrote nothing
     code, _ = invoke(*explain(images, output))
     assert code == 0 and len(table(output)) == 3
 
@@ -186,7 +186,7 @@ def test_bad_numbers_and_options_exit_2_before_any_work(
     args[args.index("--method") : args.index("--method") + 2] = []  # the bad one chooses
     code, output = invoke(*args, *(["--method", "fdcam"] if "--method" not in bad else []), *bad)
     assert code == 2, output
-    assert not OutputDataset(tmp_path / "out").parts()
+    assert not commit_versions(tmp_path / "out")
 
 
 def test_method_options_are_refused_the_same_way_by_the_api() -> None:
@@ -288,15 +288,18 @@ def test_a_symlink_loop_is_walked_once(images: Path) -> None:
     assert keys == ["img_000.jpg", "img_001.jpg", "nested/img_002.jpg"]
 
 
-def test_a_truncated_part_is_named_and_its_images_redone(images: Path, tmp_path: Path) -> None:
+def test_a_truncated_part_is_named_and_its_images_redone(
+    images: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     output = tmp_path / "out"
     args = explain(images, output, "--part-size", "1", "--batch-size", "1")
     assert invoke(*args)[0] == 0
     fresh = sorted(table(output), key=lambda row: row["image_path"])
-    broken = OutputDataset(output).parts()[1]
+    broken = data_files(output)[1]
     os.truncate(broken, 100)
     code, message = invoke("render", str(output), "--to", str(tmp_path / "png"))
-    assert code == 1 and broken.name in message and "Traceback" not in message
+    assert code == 0 and "Traceback" not in message  # the others are rendered
+    assert broken.name in caplog.text and "skipped" in caplog.text
     code, message = invoke(*args)
     assert code == 0 and "done 1, failed 0, skipped 2" in message
     assert (output / f".{broken.name}.unreadable").stat().st_size == 100  # kept, hidden
@@ -313,14 +316,15 @@ def test_render_skips_a_deleted_image_and_says_so(images: Path, tmp_path: Path) 
     assert code == 1 and "wrote 2 PNG" in output and "img_000.jpg" in output
 
 
-def test_render_of_a_folder_without_parts_or_with_a_foreign_parquet(tmp_path: Path) -> None:
+def test_render_of_a_folder_without_a_table_or_with_a_foreign_one(tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
     (tmp_path / "empty").mkdir()
     code, output = invoke("render", str(tmp_path / "empty"), "--to", str(tmp_path / "png"))
-    assert code == 2 and "no part files" in output
-    (tmp_path / "foreign").mkdir()
-    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "foreign" / "part-000000.parquet")
+    assert code == 2 and "holds no fdpipe results table" in output
+    write_deltalake(str(tmp_path / "foreign"), pa.table({"x": [1, 2]}))
     code, output = invoke("render", str(tmp_path / "foreign"), "--to", str(tmp_path / "png"))
-    assert code == 2 and "not an fdpipe part file" in output
+    assert code == 2 and "without fdpipe's run records" in output
 
 
 # ---- usage errors: exit 2 before any work ------------------------------------------------------

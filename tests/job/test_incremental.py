@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 from fdpipe.cli import main
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.reader import iter_rows
 from image_files import explain_command, write_images
 from PIL import Image
+from results import commit_versions, duckdb_sql
 
 KEY = [("image_path", "ascending"), ("method", "ascending"), ("class_rank", "ascending")]
 FLOATS = ["logit", "probability", "raw_min", "raw_max"]  # batch composition moves their last bits
@@ -79,6 +78,7 @@ def test_replaced_image_is_explained_again_and_read_once(tmp_path: Path) -> None
     args = explain_command(tmp_path / "images", tmp_path / "out", "--top-k", "2")
     assert invoke(args).exit_code == 0
     before = current(tmp_path / "out")
+    first_run = commit_versions(tmp_path / "out")[-1]
     replace_content(paths[0], seed=1)
     again = invoke(args)
     assert again.exit_code == 0, again.output
@@ -90,7 +90,11 @@ def test_replaced_image_is_explained_again_and_read_once(tmp_path: Path) -> None
     new_sha = hashlib.sha256(paths[0].read_bytes()).hexdigest()
     mine = after.filter(pa.compute.equal(after["image_path"], key))
     assert set(mine["image_sha256"].to_pylist()) == {new_sha}
-    assert pq.read_table(tmp_path / "out").num_rows == 8  # the old rows stay, superseded
+    old = pa.Table.from_batches(list(iter_rows(tmp_path / "out", version=first_run)))
+    assert old.num_rows == 6  # the superseded rows stay reachable by time travel
+    assert set(
+        old.filter(pa.compute.equal(old["image_path"], key))["image_sha256"].to_pylist()
+    ) != {new_sha}
     paths[1].touch()  # a new mtime with the same bytes: rehashed, not explained again
     assert "done 0, failed 0, skipped 3" in invoke(args).output
 
@@ -182,7 +186,7 @@ def test_run_record_lists_every_failure(tmp_path: Path) -> None:
     assert record["exit_code"] == 1 and record["status"] == "complete"
     assert record["params"]["model"] == "squeezenet1_1" and record["versions"]["torch"]
     assert record["peak_memory_bytes"] > 10**7 and record["timings"]["seconds"] > 0
-    assert record["parts"] == [p.name for p in OutputDataset(tmp_path / "out").parts()]
+    assert record["commits"] == commit_versions(tmp_path / "out")
 
 
 def test_each_failure_is_logged_with_path_and_reason(
@@ -204,11 +208,12 @@ def fdpipe_process(args: list[str]) -> subprocess.Popen:
 
 
 def kill_after_a_part(args: list[str], output: Path) -> None:
-    before = set(OutputDataset(output).parts())
+    log = output / "_delta_log"
+    before = set(log.glob("*.json"))
     process = fdpipe_process(args)
-    deadline = time.monotonic() + 60
-    while set(OutputDataset(output).parts()) == before and process.poll() is None:
-        assert time.monotonic() < deadline, "no part file appeared"
+    deadline = time.monotonic() + 600  # a ceiling for a loaded machine, not a timing
+    while set(log.glob("*.json")) == before and process.poll() is None:
+        assert time.monotonic() < deadline, "no commit appeared"
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
@@ -303,10 +308,8 @@ def test_read_maps(tmp_path: Path) -> None:
 
 
 def test_readme_sql_sees_what_fdpipe_readers_see(tmp_path: Path) -> None:
-    """The DuckDB query in the README ("Current rows") against the reader, after every kind of
-    rerun: a retried, a replaced and a pruned image and an added method."""
-    import duckdb
-
+    """The DuckDB query in the README ("Reading the output") against the reader, after every
+    kind of rerun: a retried, a replaced and a pruned image and an added method."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     sql = readme.split("```sql\n")[1].split("```")[0]
     paths = write_images(tmp_path / "images", 4)
@@ -319,10 +322,9 @@ def test_readme_sql_sees_what_fdpipe_readers_see(tmp_path: Path) -> None:
     assert invoke([*args, "--prune"]).exit_code == 0
     (tmp_path / "images" / "gone.jpg").write_bytes(b"")  # failing now
     invoke([*args, "--method", "layercam"])
-    query = sql.replace("out/run/*.parquet", f"{tmp_path / 'out'}/*.parquet")
-    plain = (
-        duckdb.sql(query).to_arrow_table().sort_by(KEY).select(["image_path", "method", "run_id"])
-    )
+    query = sql.replace("'out/run'", f"'{tmp_path / 'out'}'")
+    rows = duckdb_sql(query)
+    plain = rows.sort_by(KEY).select(["image_path", "method", "run_id"])
     ours = current(tmp_path / "out").select(["image_path", "method", "run_id"])
     assert plain.num_rows == ours.num_rows == 4 * 2 + 1
     assert plain.to_pylist() == ours.to_pylist()
@@ -335,7 +337,7 @@ def test_unwritable_summary_is_a_setting_error_before_any_work(tmp_path: Path) -
     result = invoke(explain_command(tmp_path / "images", tmp_path / "out", "--summary", summary))
     assert result.exit_code == 2, result.output
     assert "cannot write the run record" in result.output
-    assert not OutputDataset(tmp_path / "out").parts()
+    assert not commit_versions(tmp_path / "out")
 
 
 def test_sharded_reruns_equal_one_unsharded_run(tmp_path: Path) -> None:

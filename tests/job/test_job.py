@@ -10,9 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-import duckdb
 import numpy as np
-import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,10 +24,11 @@ from fdpipe.export.loading import LoadedModel
 from fdpipe.images import load_image
 from fdpipe.job import JobConfig, run_job
 from fdpipe.job.decode import DecodedImage, batches, ordered_map
-from fdpipe.job.parts import OutputDataset, read_metadata
 from fdpipe.job.progress import Progress
 from fdpipe.job.schema import SCHEMA, ImageInfo
+from fdpipe.job.table import ResultsTable
 from image_files import explain_command, write_images
+from results import commit_versions, duckdb_sql, run_metadata, stored_rows
 
 METHODS = {"gradcam": {}, "layercam": {}}
 
@@ -55,7 +54,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobConfig, list[Path]
 
 def test_rows_equal_the_api(run: tuple[JobConfig, list[Path]], squeezenet: LoadedModel) -> None:
     config, images = run
-    table = pq.read_table(config.output)
+    table = stored_rows(config.output)
     assert table.num_rows == 5 * len(METHODS) * 2
     assert set(table.column("status").to_pylist()) == {"ok"}
     for path in images:
@@ -108,18 +107,26 @@ def test_raw_range_restores_the_raw_map(squeezenet: LoadedModel, photos: dict) -
 
 def test_parts_schema_and_metadata(run: tuple[JobConfig, list[Path]]) -> None:
     config, _ = run
-    parts = OutputDataset(config.output).parts()
-    assert [p.name for p in parts] == [f"part-00000{i}.parquet" for i in range(3)]
+    table = ResultsTable(config.output)
+    assert table.delta().version() == 2  # a commit per part of two images
+    files = [uri.removeprefix("file://") for uri in table.delta().file_uris()]
     sorted_keys = []
-    for part in parts:
-        stored = pq.read_table(part)
+    for version in range(3):  # each commit adds one file: the rows of its part
+        added = set(ResultsTable(config.output).delta(version).file_uris())
+        before = (
+            set(ResultsTable(config.output).delta(version - 1).file_uris()) if version else set()
+        )
+        (new,) = added - before
+        stored = pq.read_table(new.removeprefix("file://"))
         assert stored.schema.equals(SCHEMA, check_metadata=False)
-        assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD"
-        sorted_keys += list(dict.fromkeys(stored.column("image_path").to_pylist()))
-    assert sorted_keys == sorted(sorted_keys)  # parts cover contiguous runs of the sorted input
-    assert [len(pq.read_table(p).column("image_path").unique()) for p in parts] == [2, 2, 1]
-    assert not list(config.output.glob(".*.tmp"))
-    record = read_metadata(parts[0])
+        sorted_keys.append(list(dict.fromkeys(stored.column("image_path").to_pylist())))
+    assert [len(keys) for keys in sorted_keys] == [2, 2, 1]
+    flat = [key for keys in sorted_keys for key in keys]
+    assert flat == sorted(flat)  # parts cover contiguous runs of the sorted input
+    assert all(
+        pq.ParquetFile(f).metadata.row_group(0).column(0).compression == "ZSTD" for f in files
+    )
+    record = table.metadata()
     assert record["params"]["model"] == "squeezenet1_1"
     assert record["params"]["layer"] == "features.12"
     assert record["params"]["methods"] == {"gradcam": {}, "layercam": {}}
@@ -132,14 +139,14 @@ def test_parts_schema_and_metadata(run: tuple[JobConfig, list[Path]]) -> None:
 
 def test_readable_without_fdpipe(run: tuple[JobConfig, list[Path]]) -> None:
     config, _ = run
-    frame = pd.read_parquet(config.output)
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(str(config.output)).to_pandas()
     assert len(frame) == 20 and len(frame["map"].iloc[0]) == 13 * 13
-    polars = pl.read_parquet(f"{config.output}/*.parquet")
+    polars = pl.read_delta(str(config.output))
     assert polars.height == 20 and polars["map"].dtype == pl.List(pl.Float32)
-    count = duckdb.sql(
-        f"select count(*) from read_parquet('{config.output}/*.parquet') where len(map) = 169"
-    ).fetchall()
-    assert count == [(20,)]
+    query = f"select count(*) as n from delta_scan('{config.output}') where len(map) = 169"
+    assert duckdb_sql(query)["n"].to_pylist() == [20]
 
 
 def test_several_methods_share_one_backbone_pass(
@@ -158,7 +165,7 @@ def test_several_methods_share_one_backbone_pass(
     )
     run_job(config)
     assert len(calls) == 2
-    assert pq.read_table(config.output).num_rows == 4 * 3
+    assert stored_rows(config.output).num_rows == 4 * 3
 
 
 def test_shards_together_equal_one_run(tmp_path: Path) -> None:
@@ -169,12 +176,11 @@ def test_shards_together_equal_one_run(tmp_path: Path) -> None:
         run_job(JobConfig(output=tmp_path / "shared", shard=(i, 2), **common)).done for i in (0, 1)
     ]
     assert sorted(counts) != [0, 6]  # both shards got work
-    names = sorted(p.name for p in (tmp_path / "shared").iterdir() if not p.name.startswith("."))
-    assert names == ["_runs", "part-s0of2-000000.parquet", "part-s1of2-000000.parquet"]
+    assert len(commit_versions(tmp_path / "shared")) == 2  # one table, a commit per shard
     assert len(list((tmp_path / "shared" / "_runs").iterdir())) == 2  # one record per shard run
     order = [("image_path", "ascending")]
-    whole = pq.read_table(tmp_path / "whole").sort_by(order).drop_columns(["seconds"])
-    shared = pq.read_table(tmp_path / "shared").sort_by(order).drop_columns(["seconds"])
+    whole = stored_rows(tmp_path / "whole").sort_by(order).drop_columns(["seconds"])
+    shared = stored_rows(tmp_path / "shared").sort_by(order).drop_columns(["seconds"])
     assert whole.column("image_path").equals(shared.column("image_path"))
     np.testing.assert_allclose(
         np.concatenate(whole.column("map").to_pylist()),
@@ -232,8 +238,7 @@ def test_the_memory_budget_and_its_chunks_are_recorded(tmp_path: Path) -> None:
     (record_file,) = (tmp_path / "out" / "_runs").iterdir()
     record = json.loads(record_file.read_text())
     assert record["memory"] == {"max_memory_bytes": 1 << 30, "chunks": {"groupcam": 32}}
-    (part,) = OutputDataset(tmp_path / "out").parts()
-    assert read_metadata(part)["run"]["max_memory_bytes"] == 1 << 30
+    assert run_metadata(tmp_path / "out")["run"]["max_memory_bytes"] == 1 << 30
 
 
 @pytest.mark.parametrize("size", ["0", "-1G", "nan", "inf", "2X", "", "0.1"])

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from fdpipe.job import JobConfig, run_job
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.reader import iter_rows
 from image_files import write_images
 from PIL import Image
+from results import commit_versions, stored_rows
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from Ray internals
@@ -49,12 +48,10 @@ def test_ray_rows_equal_local_rows_and_resume(local_ray: None, tmp_path: Path) -
     )
     summary = run_job(config)
     assert (summary.done, summary.failed) == (5, 1)
-    assert [p.name for p in OutputDataset(config.output).parts()] == [
-        f"part-00000{i}.parquet" for i in range(3)
-    ]
+    assert commit_versions(config.output) == [0, 1, 2]  # a commit per part of two images
     run_job(replace(config, output=tmp_path / "local", engine="local"))
-    by_ray = pq.read_table(config.output).sort_by(ORDER)
-    by_local = pq.read_table(tmp_path / "local").sort_by(ORDER)
+    by_ray = stored_rows(config.output).sort_by(ORDER)
+    by_local = stored_rows(tmp_path / "local").sort_by(ORDER)
     exact = ["image_path", "image_sha256", "class_index", "status", "error", "map_height"]
     assert by_ray.select(exact).equals(by_local.select(exact))
     for name in ("logit", "probability"):
@@ -69,7 +66,7 @@ def test_ray_rows_equal_local_rows_and_resume(local_ray: None, tmp_path: Path) -
 
     again = run_job(replace(config, retry=False))  # resume: nothing left to do, nothing written
     assert (again.done, again.skipped) == (0, 6)
-    assert len(OutputDataset(config.output).parts()) == 3
+    assert commit_versions(config.output) == [0, 1, 2]
 
     replace_content(tmp_path / "images" / "img_000.jpg")  # same guarantees as the local engine
     for output in (config.output, tmp_path / "local"):

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.job.parts import OutputDataset
 from fdpipe.job.reader import read_maps
 from image_files import explain_command, write_images
+from results import data_files
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def two_parts(tmp_path: Path) -> Path:
     write_images(tmp_path / "images", 4)
     output = tmp_path / "out"
     result = CliRunner().invoke(main, explain_command(tmp_path / "images", output))
-    assert result.exit_code == 0 and len(OutputDataset(output).parts()) == 2
+    assert result.exit_code == 0 and len(data_files(output)) == 2
     return output
 
 
@@ -41,7 +41,7 @@ def flip_bytes(part: Path) -> None:
     """Up to 400 bytes in the middle of the maps' data pages flipped, the footer intact."""
     meta = pq.ParquetFile(part).metadata
     names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-    chunk = meta.row_group(0).column(names.index("map.list.element"))
+    chunk = meta.row_group(0).column(next(i for i, n in enumerate(names) if n.startswith("map.")))
     start, size = chunk.data_page_offset, chunk.total_compressed_size
     count = min(400, size // 2)
     middle = start + (size - count) // 2
@@ -54,7 +54,7 @@ def flip_bytes(part: Path) -> None:
 def test_a_damaged_part_is_named_and_skipped(
     two_parts: Path, damage: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bad, good = OutputDataset(two_parts).parts()
+    bad, good = data_files(two_parts)
     damage(bad)  # type: ignore[operator]
     with caplog.at_level(logging.WARNING):
         maps, rows = read_maps(two_parts)

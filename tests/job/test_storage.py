@@ -10,27 +10,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.job import parts
-from fdpipe.job.parts import OutputDataset
 from image_files import explain_command, write_images
+from results import commit_versions
 
 
 def test_a_full_disk_is_a_storage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images, output = tmp_path / "images", tmp_path / "out"
     write_images(images, 4)
-    written, write_table = [], pq.write_table
+    import deltalake
 
-    def fill_up(table: object, path: object, **kwargs: object) -> None:
+    written, write_deltalake = [], deltalake.write_deltalake
+
+    def fill_up(table: object, *args: object, **kwargs: object) -> None:
         if written:  # the first part fits, the second finds the disk full
             raise OSError(errno.ENOSPC, "No space left on device")
-        write_table(table, path, **kwargs)  # type: ignore[arg-type]
-        written.append(path)
+        write_deltalake(table, *args, **kwargs)  # type: ignore[arg-type]
+        written.append(table)
 
-    monkeypatch.setattr(parts.pq, "write_table", fill_up)
+    monkeypatch.setattr(deltalake, "write_deltalake", fill_up)
     result = CliRunner().invoke(main, explain_command(images, output))
     assert result.exit_code == 4, result.output
     assert not isinstance(result.exception, OSError)  # no traceback
@@ -38,7 +38,7 @@ def test_a_full_disk_is_a_storage_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert str(output) in line and "rerun" in line
     (record,) = [json.loads(p.read_text()) for p in (output / "_runs").glob("*.json")]
     assert record["status"] == "failed" and record["exit_code"] == 4
-    assert len(OutputDataset(output).parts()) == 1 and not list(output.glob(".*.tmp"))
+    assert commit_versions(output) == [0]  # the first part's commit stays
 
 
 def limit_file_size() -> None:
@@ -59,4 +59,4 @@ def test_a_file_size_limit_is_a_storage_error(tmp_path: Path) -> None:
     stderr = done.stderr.decode()
     assert done.returncode == 4, stderr[-2000:]
     assert "Traceback" not in stderr and "File too large" in stderr
-    assert not OutputDataset(output).parts() and not list(output.glob(".*.tmp"))
+    assert not commit_versions(output)

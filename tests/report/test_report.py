@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fdpipe.bench.report_suite import write_synthetic_output
 from fdpipe.cli import main
 from fdpipe.report import ReportTargetError, write_site
 from image_files import write_images
+from results import commit_versions
 
 HOSTILE = 'evil<script>alert(1)</script>&"x.jpg'  # a file name is data, never markup
 FAILURES = {"img_003.jpg": "cannot identify image file", HOSTILE: "truncated <file>"}
@@ -109,7 +111,7 @@ def test_an_image_whose_rows_lie_in_several_parts_is_shown_once(tmp_path: Path) 
     write_synthetic_output(output, images, names, methods=("gradcam",))
     later = "20261123T000000.000000Z-000000"  # a rerun adding a method: rows in a later part
     write_synthetic_output(output, images, names, methods=("layercam",), run_id=later)
-    assert len(list(output.glob("part-*.parquet"))) == 2
+    assert commit_versions(output) == [0, 1]
     summary = write_site(output, tmp_path / "site", images_root=images, page_size=2)
     assert (summary.images, summary.pages) == (3, 2)
     rows = gallery_rows(tmp_path / "site")
@@ -131,11 +133,9 @@ def test_without_the_images_maps_are_shown_alone(output: Path, tmp_path: Path) -
 def test_run_records_from_runs_folder_else_part_metadata(output: Path, tmp_path: Path) -> None:
     write_site(output, tmp_path / "a", images_root=None)
     index = (tmp_path / "a" / "index.html").read_text(encoding="utf-8")
-    assert "part-000000.parquet" in index and "synthetic" in index  # from the part metadata
+    assert "version 0" in index and "synthetic" in index  # from the commits' metadata
     copy = tmp_path / "out"
-    copy.mkdir()
-    for part in output.glob("part-*.parquet"):
-        (copy / part.name).write_bytes(part.read_bytes())
+    shutil.copytree(output, copy)
     (copy / "_runs").mkdir()
     record = {"started": "2026-11-22T07:00:00Z", "throughput": 12.5, "counts": {"failed": 2}}
     (copy / "_runs" / "20261122T070000Z.json").write_text(json.dumps(record))
@@ -167,7 +167,7 @@ def test_report_command_and_usage_errors(output: Path, tmp_path: Path) -> None:
     damaged.mkdir()
     (damaged / "part-000000.parquet").write_bytes(b"PAR1 not really")
     refused = runner.invoke(main, ["report", str(damaged), "-o", str(tmp_path / "x")])
-    assert refused.exit_code == 2 and "unreadable part file" in refused.output
+    assert refused.exit_code == 2 and "fdpipe migrate" in refused.output  # the earlier layout
     (tmp_path / "file").write_text("")
     refused = runner.invoke(main, ["report", str(output), "-o", str(tmp_path / "file")])
     assert refused.exit_code == 2

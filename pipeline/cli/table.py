@@ -1,0 +1,132 @@
+"""``fdpipe status``, ``compact``, ``vacuum`` and ``migrate``: the results table's upkeep.
+
+A nightly job reruns ``explain`` into one output; these keep that output readable and small
+(``compact`` merges the small files each commit leaves, ``vacuum`` deletes what no kept version
+needs), tell monitoring how the night went over every shard (``status``), and convert an output
+of an earlier fdpipe (part files) into a table (``migrate``). None of them imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from fdpipe.cli.options import ConfigurationError
+
+if TYPE_CHECKING:
+    from fdpipe.job.table import ResultsTable
+
+DURATION = re.compile(r"^(\d+)\s*([dhm])$")
+UNITS = {"d": 24.0, "h": 1.0, "m": 1 / 60}
+
+
+def hours(text: str, option: str) -> int:
+    """'7d', '12h', '90m' -> whole hours (rounded down; '0' and '0h' mean none kept)."""
+    match = DURATION.match(text.strip().lower()) if text.strip() != "0" else DURATION.match("0h")
+    if match is None:
+        raise ConfigurationError(f"{option} {text!r}: give a duration such as 7d, 12h or 90m")
+    return int(int(match[1]) * UNITS[match[2]])
+
+
+def results(output: str) -> ResultsTable:
+    from fdpipe.job.table import TableError, open_results
+
+    try:
+        return open_results(output)
+    except TableError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+output_argument = click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+
+
+@click.command()
+@output_argument
+@click.option(
+    "--window",
+    default="20h",
+    show_default=True,
+    help="Runs that started this long before the newest one belong to its night.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(output: Path, window: str, as_json: bool) -> None:
+    """One status for the newest night of OUTPUT over all its shards, from the run records.
+
+    Exit 0: every shard completed and every image was explained; 1: some images failed; 4: a
+    shard is missing, still running, interrupted or was refused.
+    """
+    from fdpipe.job.status import night_status
+
+    if not (output / "_runs").is_dir():
+        raise ConfigurationError(f"{output} holds no run records (_runs/): not an explain output")
+    night = night_status(output, timedelta(hours=hours(window, "--window")))
+    if as_json:
+        click.echo(json.dumps(night.as_json(), indent=2))
+    else:
+        for shard in night.shards:
+            index, count = shard.shard
+            click.echo(
+                f"shard {index}/{count}: {shard.state:<10} run {shard.run_id or '-'}"
+                f"  ok {shard.ok}  failed {shard.failed}"
+            )
+        click.echo(f"{output}: {night.state} (exit {night.exit_code})")
+    raise SystemExit(night.exit_code)
+
+
+@click.command()
+@output_argument
+def compact(output: Path) -> None:
+    """Merge OUTPUT's small files into large ones, rows sorted by image (one commit that
+    changes no row; readers see the same rows before and after)."""
+    table = results(str(output))
+    found = table.compact({"operation": "compact"})
+    added, removed = found.get("numFilesAdded", 0), found.get("numFilesRemoved", 0)
+    click.echo(f"{output}: {removed} file(s) rewritten into {added}")
+
+
+@click.command()
+@output_argument
+@click.option(
+    "--retain",
+    default="7d",
+    show_default=True,
+    help="Keep every file a version of this age or newer needs (time travel ends there).",
+)
+@click.option("--dry-run", is_flag=True, help="List the files it would delete, delete none.")
+def vacuum(output: Path, retain: str, dry_run: bool) -> None:
+    """Delete the data files of OUTPUT that no version newer than --retain needs."""
+    table = results(str(output))
+    files = table.vacuum(hours(retain, "--retain"), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{output}: {verb} {len(files)} file(s)")
+
+
+@click.command()
+@click.argument("old", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--history", is_flag=True, help="Replay every run (time travel to each).")
+def migrate(old: Path, new: Path, history: bool) -> None:
+    """Convert OLD, an output of an earlier fdpipe (part files), into the results table NEW.
+
+    NEW must not be a table yet; OLD is only read. Without --history NEW holds OLD's current
+    rows in one version per part; with it, every run's rows are committed in run order, so
+    each earlier run stays reachable by time travel.
+    """
+    from fdpipe.job.legacy import PartFileError
+    from fdpipe.job.legacy import migrate as convert
+    from fdpipe.job.table import ResultsTable, TableError
+
+    if new.resolve() == old.resolve():
+        raise ConfigurationError("NEW must be another directory than OLD (OLD is only read)")
+    try:
+        rows = convert(old, ResultsTable(new), history=history)
+    except (TableError, PartFileError) as exc:
+        raise ConfigurationError(str(exc)) from None
+    click.echo(f"{new}: {rows} current row(s) from {old}")
+
+
+__all__ = ["compact", "migrate", "status", "vacuum"]

@@ -1,0 +1,141 @@
+"""One night's status over every shard of an output, from the run records in ``OUTPUT/_runs/``.
+
+A nightly job split over ``--shard i/n`` leaves n records; monitoring wants one answer. The night
+is the newest run's shard count and the runs that started within ``window`` of the newest one;
+each shard's newest record in that window decides the shard. The night is ``ok`` (exit 0) when
+every shard completed without failed images, ``failed`` (exit 1) when some images failed,
+``incomplete`` (exit 4) when a shard is missing, still running, interrupted or refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+RUNS_DIR = "_runs"  # run records; Delta readers never list them
+EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 4
+
+
+@dataclass
+class ShardStatus:
+    shard: tuple[int, int]
+    run_id: str | None  # None: no run of this shard in the window
+    status: str  # complete, running, interrupted, failed, refused, empty, missing
+    exit_code: int | None
+    ok: int = 0
+    failed: int = 0
+    node_hosts: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.run_id is None:
+            return "missing"
+        if self.status in ("complete", "empty"):
+            return "failed" if self.failed or self.exit_code == 1 else "ok"
+        return self.status
+
+
+@dataclass
+class NightStatus:
+    shards: list[ShardStatus]
+
+    @property
+    def state(self) -> str:
+        states = {shard.state for shard in self.shards}
+        if states <= {"ok"}:
+            return "ok"
+        if states <= {"ok", "failed"}:
+            return "failed"
+        return "incomplete"
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": EXIT_OK, "failed": EXIT_FAILED}.get(self.state, EXIT_INCOMPLETE)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "status": self.state,
+            "exit_code": self.exit_code,
+            "shards": [
+                {
+                    "shard": list(s.shard),
+                    "state": s.state,
+                    "run_id": s.run_id,
+                    "status": s.status,
+                    "exit_code": s.exit_code,
+                    "ok": s.ok,
+                    "failed": s.failed,
+                }
+                for s in self.shards
+            ],
+        }
+
+
+def run_records(output: str | Path) -> list[dict[str, object]]:
+    """Every readable run record of ``output``, oldest first (unreadable ones are skipped)."""
+    directory = Path(output) / RUNS_DIR
+    records = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("run_id"), str):
+            records.append(record)
+    return sorted(records, key=lambda r: str(r["run_id"]))
+
+
+def started(record: dict[str, object]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(record.get("started")))
+    except ValueError:
+        return None
+
+
+def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) -> NightStatus:
+    """The status of the newest night of ``output`` (see the module docstring)."""
+    records = run_records(output)
+    if not records:
+        return NightStatus([ShardStatus((0, 1), None, "missing", None)])
+    newest = records[-1]
+    count = shard_of(newest)[1]
+    newest_start = started(newest)
+    latest: dict[int, dict[str, object]] = {}
+    for record in records:
+        index, n = shard_of(record)
+        when = started(record)
+        if n != count or when is None or newest_start is None or newest_start - when > window:
+            continue
+        latest[index] = record  # records are oldest first: the last one wins
+    shards = []
+    for index in range(count):
+        if index not in latest:
+            shards.append(ShardStatus((index, count), None, "missing", None))
+            continue
+        shard_record = latest[index]
+        found = shard_record.get("counts")
+        counts = found if isinstance(found, dict) else {}
+        code = shard_record.get("exit_code")
+        shards.append(
+            ShardStatus(
+                (index, count),
+                str(shard_record["run_id"]),
+                str(shard_record.get("status", "unknown")),
+                code if isinstance(code, int) else None,
+                ok=int(counts.get("ok", 0) or 0),
+                failed=int(counts.get("failed", 0) or 0),
+            )
+        )
+    return NightStatus(shards)
+
+
+def shard_of(record: dict[str, object]) -> tuple[int, int]:
+    shard = record.get("shard")
+    if isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard):
+        return shard[0], shard[1]
+    return 0, 1
+
+
+__all__ = ["NightStatus", "ShardStatus", "night_status", "run_records"]

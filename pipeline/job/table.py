@@ -1,0 +1,334 @@
+"""The output of a job: a Delta Lake table (delta-rs) of the current rows, and its history.
+
+Every reader that speaks Delta (DuckDB's ``delta_scan``, polars' ``read_delta``, ``deltalake``,
+Spark) sees exactly the current rows: one row per (image, method, targets, class rank), one per
+failed image, no rule to apply. A run commits its rows every ``part_size`` images; each commit
+replaces *all* rows of the images it touches (``write_deltalake(mode="overwrite",
+predicate=...)``) with those images' current rows, so the rows a rerun supersedes (changed
+content, retried failures, pruned inputs) leave in the same atomic commit that brings their
+successors. Older versions stay readable by time travel until ``vacuum``.
+
+Writers never coordinate by hand: a commit that races another writer over the same images fails
+Delta's conflict check, and is recomputed from the new snapshot and retried, so no image ever
+has two sets of current rows. The run's parameters and record travel in each commit's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from fdpipe.errors import FdpipeError
+from fdpipe.job.current import current_mask
+from fdpipe.job.schema import SCHEMA
+
+if TYPE_CHECKING:  # deltalake is imported where a table is opened, not with this module
+    from deltalake import DeltaTable, WriterProperties
+
+log = logging.getLogger("fdpipe.job")
+
+COMMIT_KEY = "fdpipe"  # commit metadata: the run record of the run that made the commit
+DELTA_LOG = "_delta_log"
+COMMIT_RETRIES = 8  # conflicting commits recomputed from the newer snapshot before giving up
+OS_ERROR = re.compile(r"\(os error (\d+)\)")
+LEGACY_PART = re.compile(r"^part-(?:s(\d+)of(\d+)-)?(\d+)\.parquet$")  # before the table
+
+
+class TableError(FdpipeError, ValueError):
+    """An output that is not a results table fdpipe can use (legacy layout, foreign table)."""
+
+
+class DataFileError(FdpipeError):
+    """A data file of the table that cannot be read (truncated, damaged); names the file."""
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    return "://" in str(location)
+
+
+def legacy_part_files(directory: Path) -> list[Path]:
+    """The part files of fdpipe's layout before the table, in name order."""
+    if not directory.is_dir():
+        return []
+    return [p for p in sorted(directory.iterdir()) if LEGACY_PART.match(p.name)]
+
+
+def sql_strings(values: Iterable[str]) -> str:
+    """``'a', 'b''c'``: SQL string literals (quotes doubled; nothing else is special)."""
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
+
+
+class ResultsTable:
+    """One output: a Delta table at a local path or an object-store URL."""
+
+    def __init__(
+        self, location: str | os.PathLike[str], storage_options: dict[str, str] | None = None
+    ) -> None:
+        self.uri = str(location) if is_remote(location) else str(Path(location).absolute())
+        self.storage_options = storage_options or {}
+
+    def exists(self) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.uri, self.storage_options or None)
+
+    def delta(self, version: int | str | None = None) -> DeltaTable:
+        """The table at its newest version, or at ``version`` (a number or an ISO timestamp)."""
+        from deltalake import DeltaTable
+
+        table = DeltaTable(self.uri, storage_options=self.storage_options or None)
+        if isinstance(version, int):
+            table.load_as_version(version)
+        elif version is not None:
+            table.load_as_version(version)  # an RFC 3339 timestamp
+        return table
+
+    def legacy_parts(self) -> list[Path]:
+        """Part files of fdpipe's earlier layout in a local output that is not a table."""
+        if is_remote(self.uri) or self.exists():
+            return []
+        return legacy_part_files(Path(self.uri))
+
+    def refuse_legacy(self) -> None:
+        if self.legacy_parts():
+            raise TableError(
+                f"{self.uri} holds part files of an earlier fdpipe (no Delta table): convert it "
+                f"with `fdpipe migrate {self.uri} NEW_OUTPUT`, or choose another --output"
+            )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def dataset(self, version: int | str | None = None) -> ds.Dataset:
+        """The current rows (of ``version``) as a pyarrow dataset: filter and project lazily."""
+        return self.delta(version).to_pyarrow_dataset()
+
+    def rows(
+        self,
+        columns: list[str] | None = None,
+        images: Iterable[str] | None = None,
+        version: int | str | None = None,
+    ) -> pa.Table:
+        """Current rows, optionally only ``columns`` and the rows of ``images``."""
+        if not self.exists():
+            return SCHEMA.empty_table().select(columns) if columns else SCHEMA.empty_table()
+        dataset = self.dataset(version)
+        where = None
+        if images is not None:
+            where = pc.field("image_path").isin(pa.array(list(images), pa.string()))
+        present = [c for c in columns if c in dataset.schema.names] if columns else None
+        return dataset.to_table(columns=present, filter=where)
+
+    def batches(
+        self, columns: list[str] | None = None, version: int | str | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        if not self.exists():
+            return
+        dataset = self.dataset(version)
+        present = [c for c in columns if c in dataset.schema.names] if columns else None
+        try:
+            yield from dataset.to_batches(columns=present)
+        except (pa.ArrowException, OSError) as exc:  # pyarrow's message names the file
+            raise DataFileError(f"{self.uri}: unreadable data file ({exc})") from None
+
+    def data_files(self, version: int | None = None) -> list[Path]:
+        """The local data files of a version (of the newest one by default)."""
+        uris = self.delta(version).file_uris() if self.exists() else []
+        return [Path(uri.removeprefix("file://")) for uri in uris]
+
+    def set_aside_damaged(self, record: dict[str, object]) -> list[Path]:
+        """Data files whose footer cannot be read (a torn copy, a truncated disk) are renamed to
+        a hidden ``.<name>.unreadable`` (kept for inspection) and removed from the table in one
+        commit: their images have no rows any more, so the run explains them again."""
+        if is_remote(self.uri) or not self.exists():
+            return []
+        damaged = []
+        for path in self.data_files():
+            try:
+                pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as exc:
+                aside = path.with_name(f".{path.name}.unreadable")
+                os.replace(path, aside)
+                log.warning("%s: unreadable data file (%s); set aside as %s, its images are "
+                            "explained again", path, exc, aside.name)  # fmt: skip
+                damaged.append(path)
+        if damaged:
+            from deltalake import CommitProperties
+
+            metadata = {COMMIT_KEY: json.dumps(record | {"repaired": len(damaged)}, default=str)}
+            self.delta().repair(commit_properties=CommitProperties(custom_metadata=metadata))
+        return damaged
+
+    def commits(self) -> list[dict[str, object]]:
+        """The run record of every fdpipe commit, newest first."""
+        if not self.exists():
+            return []
+        found = []
+        for entry in self.delta().history():
+            raw = entry.get(COMMIT_KEY)
+            if isinstance(raw, str):
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    found.append(record | {"version": entry.get("version")})
+        return found
+
+    def metadata(self) -> dict[str, object]:
+        """The newest commit's run record (model, layer, preprocessing, ...); {} when none."""
+        commits = self.commits()
+        return commits[0] if commits else {}
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def commit(self, rows: pa.Table, record: dict[str, object], prune: Iterable[str] = ()) -> int:
+        """Atomically make ``rows`` current, drop the rows they supersede and every row of the
+        images in ``prune`` or with a ``pruned`` row; returns the new version."""
+        from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError
+
+        rows = rows.cast(SCHEMA)
+        tombstone = pc.equal(rows["status"], pa.scalar("pruned"))
+        gone = set(image_keys(rows.filter(tombstone))) | set(prune)
+        rows = rows.filter(pc.invert(tombstone))
+        touched = sorted(set(image_keys(rows)) | gone)
+        if not touched:
+            return -1
+        properties = CommitProperties(custom_metadata={COMMIT_KEY: json.dumps(record, default=str)})
+        for attempt in range(COMMIT_RETRIES):
+            exists = self.exists()
+            if exists:
+                before = self.rows(images=touched).cast(SCHEMA)
+                combined = pa.concat_tables([before, rows])
+                keep = combined.filter(current_mask(combined))
+                dropped = pc.is_in(keep["image_path"], pa.array(sorted(gone), pa.string()))
+                keep = keep.filter(pc.invert(dropped))
+            else:
+                keep = rows
+            try:
+                if exists:
+                    write_deltalake(
+                        self.uri,
+                        keep,
+                        mode="overwrite",
+                        predicate=f"image_path IN ({sql_strings(touched)})",
+                        storage_options=self.storage_options or None,
+                        commit_properties=properties,
+                        writer_properties=writer_properties(),
+                    )
+                else:
+                    write_deltalake(
+                        self.uri,
+                        keep,
+                        mode="append",
+                        storage_options=self.storage_options or None,
+                        commit_properties=properties,
+                        writer_properties=writer_properties(),
+                    )
+            except CommitFailedError as exc:  # another writer committed first: recompute
+                log.info("commit conflict (attempt %d): %s", attempt + 1, str(exc)[:200])
+                continue
+            except Exception as exc:  # delta-rs reports the file system's errors as text
+                raise os_error(exc) or exc from None
+            return self.delta().version()
+        raise TableError(f"{self.uri}: could not commit after {COMMIT_RETRIES} conflicts")
+
+    def delete(self, images: Iterable[str] | None, record: dict[str, object]) -> None:
+        """Remove the rows of ``images`` (every row when None) in one commit."""
+        if not self.exists():
+            return
+        from deltalake import CommitProperties
+
+        properties = CommitProperties(custom_metadata={COMMIT_KEY: json.dumps(record, default=str)})
+        table = self.delta()
+        if images is None:
+            table.delete(commit_properties=properties)
+            return
+        keys = sorted(images)
+        if keys:
+            predicate = f"image_path IN ({sql_strings(keys)})"
+            table.delete(predicate, commit_properties=properties)
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def compact(self, record: dict[str, object]) -> dict[str, object]:
+        """Small files into large ones, rows sorted by image (Z-order on ``image_path``): one
+        commit that changes no row."""
+        from deltalake import CommitProperties
+
+        return self.delta().optimize.z_order(
+            ["image_path"],
+            writer_properties=writer_properties(),
+            commit_properties=CommitProperties(
+                custom_metadata={COMMIT_KEY: json.dumps(record, default=str)}
+            ),
+        )
+
+    def vacuum(self, retain_hours: int, *, dry_run: bool = False) -> list[str]:
+        """Delete the files no version newer than ``retain_hours`` ago needs (time travel to
+        older versions ends there); returns them."""
+        return self.delta().vacuum(  # full: files no commit ever named (a killed run's) too
+            retention_hours=retain_hours,
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            full=True,
+        )
+
+
+def os_error(exc: Exception) -> OSError | None:
+    """The OSError behind a delta-rs error ("... (os error 28)"), so that a full disk or a
+    file-size limit is told apart from a bad table; None when there is none."""
+    if isinstance(exc, OSError):
+        return exc
+    found = OS_ERROR.search(str(exc))
+    if found is None:
+        return None
+    code = int(found[1])
+    return OSError(code, os.strerror(code))
+
+
+def image_keys(rows: pa.Table) -> list[str]:
+    """The image paths of ``rows`` (a non-null column)."""
+    return [str(key) for key in rows["image_path"].to_pylist()]
+
+
+def writer_properties() -> WriterProperties:
+    from deltalake import WriterProperties
+
+    return WriterProperties(compression="ZSTD")
+
+
+def open_results(location: str | os.PathLike[str]) -> ResultsTable:
+    """An output that readers can use: TableError naming what it is instead (nothing, the part
+    layout of an earlier fdpipe, a Delta table fdpipe did not write)."""
+    table = ResultsTable(location)
+    table.refuse_legacy()
+    if not table.exists():
+        raise TableError(f"{location} holds no fdpipe results table (no {DELTA_LOG}/)")
+    if not table.metadata():
+        raise TableError(f"{location} is a Delta table without fdpipe's run records")
+    return table
+
+
+__all__ = [
+    "COMMIT_KEY",
+    "DELTA_LOG",
+    "LEGACY_PART",
+    "DataFileError",
+    "ResultsTable",
+    "TableError",
+    "image_keys",
+    "is_remote",
+    "legacy_part_files",
+    "open_results",
+    "sql_strings",
+]
