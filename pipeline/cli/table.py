@@ -33,12 +33,9 @@ def hours(text: str, option: str) -> int:
 
 
 def results(output: str) -> ResultsTable:
-    from fdpipe.job.table import TableError, open_results
+    from fdpipe.job.table import open_results
 
-    try:
-        return open_results(output)
-    except TableError as exc:
-        raise ConfigurationError(str(exc)) from None
+    return open_results(output)  # TableError, a one-line FdpipeError, when it is none
 
 
 output_argument = click.argument("output", type=click.Path(file_okay=False, path_type=Path))
@@ -116,16 +113,12 @@ def migrate(old: Path, new: Path, history: bool) -> None:
     rows in one version per part; with it, every run's rows are committed in run order, so
     each earlier run stays reachable by time travel.
     """
-    from fdpipe.job.legacy import PartFileError
     from fdpipe.job.legacy import migrate as convert
-    from fdpipe.job.table import ResultsTable, TableError
+    from fdpipe.job.table import ResultsTable
 
     if new.resolve() == old.resolve():
         raise ConfigurationError("NEW must be another directory than OLD (OLD is only read)")
-    try:
-        rows = convert(old, ResultsTable(new), history=history)
-    except (TableError, PartFileError) as exc:
-        raise ConfigurationError(str(exc)) from None
+    rows = convert(old, ResultsTable(new), history=history)  # its errors: one line, exit 2
     click.echo(f"{new}: {rows} current row(s) from {old}")
 
 

@@ -7,8 +7,8 @@ source's entries; ``plan`` compares them with what the output holds, so a rerun 
 what is new (entries without rows, changed bytes, failures to retry, methods or classes to add;
 ``prune`` marks entries that are gone); an engine (``local_engine`` here, ``ray_engine`` on a Ray
 cluster) runs ``decode`` and ``rows`` over the pending entries, bounded in memory, in input order;
-``parts`` commits the rows to the output's Delta table (``table``) in parts of ``part_size`` images. Every run writes a record (``record``) however it
-ends.
+``parts`` commits the rows to the output's Delta table (``table``) in parts of ``part_size``
+images. Every run writes a record (``record``) however it ends.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ import fdpipe
 import pytest
 import torch
 import torchvision
-from fdpipe.job.parts import OutputDataset, ResumeError
+from fdpipe.job.parts import ResumeError
 from image_files import write_images
+from results import commit_versions
 
 
 def test_run_job_takes_an_in_memory_module(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_run_job_takes_an_in_memory_module(tmp_path: Path) -> None:
         methods=("gradcam",), progress=False, workers=1,
     )  # fmt: skip
     first = fdpipe.run_job(config)
-    assert (first.done, first.failed) == (2, 0) and OutputDataset(tmp_path / "out").parts()
+    assert (first.done, first.failed) == (2, 0) and commit_versions(tmp_path / "out")
     maps, rows = fdpipe.read_maps(tmp_path / "out")
     assert maps.shape == (2, 7, 7) and set(rows["class_index"].to_pylist()) <= {0, 1, 2}
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_runs").glob("*.json")]
