@@ -11,7 +11,9 @@ against scoring one pair per call (``evaluation_suite.py``); "reader": stored ma
 ``render`` and ``evaluate --maps`` against per-row decoding (``reader_suite.py``); "memory":
 peak RSS and seconds per method on EfficientNet-Lite0, each in its own process
 (``memory_suite.py``); "sources": the job's images/s from a loopback S3 server, WebDataset shards
-and a Parquet image table against a local directory, identical maps (``sources_suite.py``).
+and a Parquet image table against a local directory, identical maps (``sources_suite.py``);
+"table": the results table's size after ten reruns, compact and vacuum against a clean run, and
+``fdpipe status`` over 8 shards (``table_suite.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from fdpipe.bench.report_suite import report_suite
 from fdpipe.bench.runners import BATCH, runners_suite
 from fdpipe.bench.sources_suite import sources_suite
 from fdpipe.bench.startup import startup_suite
+from fdpipe.bench.table_suite import table_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
 
@@ -56,6 +59,7 @@ SUITES: dict[str, Suite] = {
     "evaluation": evaluation_suite,
     "memory": memory_suite,
     "sources": sources_suite,
+    "table": table_suite,
 }
 
 

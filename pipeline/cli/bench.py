@@ -21,6 +21,7 @@ SUITE_NAMES = (
     "evaluation",
     "memory",
     "sources",
+    "table",
 )  # bench.SUITES
 RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
 
