@@ -56,9 +56,9 @@ def table_suite(settings: Settings) -> dict[str, object]:
         output = work / "out"
         write_synthetic_output(output, work, names, run_id=run_id(0))
         clean = table_bytes(output)
-        for night in range(1, RERUNS + 1):
+        for rerun in range(1, RERUNS + 1):
             changed = sorted(rng.choice(names, size=int(IMAGES * CHANGED), replace=False))
-            write_synthetic_output(output, work, changed, run_id=run_id(night), seed=night)
+            write_synthetic_output(output, work, changed, run_id=run_id(rerun), seed=rerun)
         grown = table_bytes(output)
         table = ResultsTable(output)
         started = time.perf_counter()
