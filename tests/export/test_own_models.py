@@ -271,7 +271,9 @@ def test_preprocessing_is_data(photos: dict) -> None:
     with pytest.raises(ModelError, match="std must be finite and > 0"):
         PreprocessOptions(std=(0.0, 1.0, 1.0)).apply(squash)
     with pytest.raises(ModelError, match="need 3 value"):
-        PreprocessOptions(mean=(0.5,)).apply(squash)
+        PreprocessOptions(mean=(0.5, 0.5)).apply(squash)
+    one = PreprocessOptions(mean=(0.5,)).apply(squash)  # one value: every channel (issue 19, 8)
+    assert one.describe()["mean"] == [0.5, 0.5, 0.5]
     with pytest.raises(ModelError, match="mean must be finite"):
         PreprocessOptions(mean=(float("nan"),) * 3).apply(squash)
 
