@@ -22,14 +22,18 @@ if TYPE_CHECKING:
 
 DURATION = re.compile(r"^(\d+)\s*([dhm])$")
 UNITS = {"d": 24.0, "h": 1.0, "m": 1 / 60}
+MAX_HOURS = 100 * 366 * 24
 
 
 def hours(text: str, option: str) -> int:
     """'7d', '12h', '90m' -> whole hours (rounded down; '0' and '0h' mean none kept)."""
     match = DURATION.match(text.strip().lower()) if text.strip() != "0" else DURATION.match("0h")
-    if match is None:
+    if match is None or len(match[1]) > 7:
         raise ConfigurationError(f"{option} {text!r}: give a duration such as 7d, 12h or 90m")
-    return int(int(match[1]) * UNITS[match[2]])
+    found = int(int(match[1]) * UNITS[match[2]])
+    if found > MAX_HOURS:
+        raise ConfigurationError(f"{option} {text!r}: at most 100 years")
+    return found
 
 
 def results(output: str) -> ResultsTable:
@@ -116,8 +120,8 @@ def migrate(old: Path, new: Path, history: bool) -> None:
     from fdpipe.job.legacy import migrate as convert
     from fdpipe.job.table import ResultsTable
 
-    if new.resolve() == old.resolve():
-        raise ConfigurationError("NEW must be another directory than OLD (OLD is only read)")
+    if new.exists() and (not new.is_dir() or any(new.iterdir())):
+        raise ConfigurationError(f"NEW {new} must be a new or empty directory (OLD is only read)")
     rows = convert(old, ResultsTable(new), history=history)  # its errors: one line, exit 2
     click.echo(f"{new}: {rows} current row(s) from {old}")
 

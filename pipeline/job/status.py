@@ -108,6 +108,8 @@ def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) ->
         when = started(record)
         if n != count or when is None or newest_start is None or newest_start - when > window:
             continue
+        if record.get("status") == "refused" and index in latest:
+            continue  # a run refused beside one that ran (a held lock) changes nothing
         latest[index] = record  # records are oldest first: the last one wins
     shards = []
     for index in range(count):

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ log = logging.getLogger("fdpipe.job")
 COMMIT_KEY = "fdpipe"  # commit metadata: the run record of the run that made the commit
 DELTA_LOG = "_delta_log"
 COMMIT_RETRIES = 8  # conflicting commits recomputed from the newer snapshot before giving up
+DATA_FILE = re.compile(r"^part-\d{5}-[0-9A-Za-z-]+(-c\d{3})?(\.\w+)?\.parquet$")  # delta-rs'
 OS_ERROR = re.compile(r"\(os error (\d+)\)")
 LEGACY_PART = re.compile(r"^part-(?:s(\d+)of(\d+)-)?(\d+)\.parquet$")  # before the table
 
@@ -79,17 +81,39 @@ class ResultsTable:
     def exists(self) -> bool:
         from deltalake import DeltaTable
 
-        return DeltaTable.is_deltatable(self.uri, self.storage_options or None)
+        try:
+            return DeltaTable.is_deltatable(self.uri, self.storage_options or None)
+        except Exception:  # a FIFO, a file, an unreadable folder: no table there
+            return False
 
     def delta(self, version: int | str | None = None) -> DeltaTable:
-        """The table at its newest version, or at ``version`` (a number or an ISO timestamp)."""
+        """The table at its newest version, or at ``version`` (a number or an ISO timestamp);
+        TableError naming the table when its log cannot be read or the version does not exist."""
         from deltalake import DeltaTable
 
-        table = DeltaTable(self.uri, storage_options=self.storage_options or None)
+        try:
+            table = DeltaTable(self.uri, storage_options=self.storage_options or None)
+        except Exception as exc:  # delta-rs reports a damaged log with its own backtrace
+            raise TableError(f"{self.uri}: unreadable Delta log ({first_line(exc)})") from None
+        if version is None:
+            return table
+        newest = table.version()
+        if isinstance(version, bool) or not isinstance(version, int | str):
+            raise TableError(f"version {version!r}: give a version number or an ISO timestamp")
         if isinstance(version, int):
+            if not 0 <= version <= newest:
+                raise TableError(f"{self.uri} has versions 0 to {newest}, not {version}")
             table.load_as_version(version)
-        elif version is not None:
-            table.load_as_version(version)  # an RFC 3339 timestamp
+            return table
+        try:
+            when = datetime.fromisoformat(version.replace("Z", "+00:00"))
+        except ValueError:
+            raise TableError(f"version {version!r}: not an ISO timestamp") from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        created = datetime.fromtimestamp(table.history()[-1]["timestamp"] / 1000, UTC)
+        if when < created:
+            raise TableError(f"{self.uri} did not exist at {version} (created {created:%c} UTC)")
+        table.load_as_version(when)
         return table
 
     def legacy_parts(self) -> list[Path]:
@@ -99,10 +123,16 @@ class ResultsTable:
         return legacy_part_files(Path(self.uri))
 
     def refuse_legacy(self) -> None:
+        """TableError for what fdpipe must not read or write as its table: the part layout of
+        an earlier fdpipe, or a Delta table fdpipe did not write (its rows are someone else's)."""
         if self.legacy_parts():
             raise TableError(
                 f"{self.uri} holds part files of an earlier fdpipe (no Delta table): convert it "
                 f"with `fdpipe migrate {self.uri} NEW_OUTPUT`, or choose another --output"
+            )
+        if self.exists() and not self.commits():
+            raise TableError(
+                f"{self.uri} is a Delta table fdpipe did not write: choose another --output"
             )
 
     # -- reading ------------------------------------------------------------------------------
@@ -184,9 +214,10 @@ class ResultsTable:
         return found
 
     def metadata(self) -> dict[str, object]:
-        """The newest commit's run record (model, layer, preprocessing, ...); {} when none."""
-        commits = self.commits()
-        return commits[0] if commits else {}
+        """The newest run's record (model, layer, preprocessing, input root...) among the
+        commits (upkeep commits such as ``compact`` carry none); {} when none."""
+        runs = [c for c in self.commits() if "params" in c and "run" in c]
+        return runs[0] if runs else {}
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -265,23 +296,46 @@ class ResultsTable:
         commit that changes no row."""
         from deltalake import CommitProperties
 
-        return self.delta().optimize.z_order(
-            ["image_path"],
-            writer_properties=writer_properties(),
-            commit_properties=CommitProperties(
-                custom_metadata={COMMIT_KEY: json.dumps(record, default=str)}
-            ),
-        )
+        try:
+            return self.delta().optimize.z_order(
+                ["image_path"],
+                writer_properties=writer_properties(),
+                commit_properties=CommitProperties(
+                    custom_metadata={COMMIT_KEY: json.dumps(record, default=str)}
+                ),
+            )
+        except Exception as exc:  # a damaged data file, a read-only folder
+            raise TableError(f"{self.uri}: compact failed ({first_line(exc)})") from None
 
     def vacuum(self, retain_hours: int, *, dry_run: bool = False) -> list[str]:
         """Delete the files no version newer than ``retain_hours`` ago needs (time travel to
         older versions ends there); returns them."""
-        return self.delta().vacuum(  # full: files no commit ever named (a killed run's) too
-            retention_hours=retain_hours,
-            dry_run=dry_run,
-            enforce_retention_duration=False,
-            full=True,
-        )
+        table = self.delta()
+        try:
+            removed = table.vacuum(
+                retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=False
+            )
+            # Files no commit ever named (a run killed between a data file and its commit):
+            # only data files of the table's own naming, never a user's file beside them.
+            unnamed = table.vacuum(
+                retention_hours=retain_hours,
+                dry_run=True,
+                enforce_retention_duration=False,
+                full=True,
+            )
+        except Exception as exc:  # a read-only folder, a damaged log
+            raise TableError(f"{self.uri}: vacuum failed ({first_line(exc)})") from None
+        orphans = [f for f in unnamed if f not in removed and DATA_FILE.match(Path(f).name)]
+        if not dry_run and not is_remote(self.uri):
+            for name in orphans:
+                (Path(self.uri) / name).unlink(missing_ok=True)
+        return [*removed, *orphans]
+
+
+def first_line(exc: Exception) -> str:
+    """The first line of a delta-rs error (the rest is a Rust backtrace)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def os_error(exc: Exception) -> OSError | None:
@@ -311,8 +365,8 @@ def open_results(location: str | os.PathLike[str]) -> ResultsTable:
     """An output that readers can use: TableError naming what it is instead (nothing, the part
     layout of an earlier fdpipe, a Delta table fdpipe did not write)."""
     table = ResultsTable(location)
-    table.refuse_legacy()
     if not table.exists():
+        table.refuse_legacy()
         raise TableError(f"{location} holds no fdpipe results table (no {DELTA_LOG}/)")
     if not table.metadata():
         raise TableError(f"{location} is a Delta table without fdpipe's run records")

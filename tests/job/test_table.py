@@ -5,10 +5,12 @@ migrate) keep an output readable, small and convertible."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from fdpipe.cli import main
 from fdpipe.job.current import current_mask
 from fdpipe.job.reader import iter_rows, read_maps
 from fdpipe.job.schema import METADATA_KEY, SCHEMA
-from fdpipe.job.table import ResultsTable
+from fdpipe.job.table import ResultsTable, TableError
 from image_files import explain_command, write_images
 from PIL import Image
 from results import duckdb_sql
@@ -279,3 +281,89 @@ def write_part(path: Path, rows: pa.Table) -> None:
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ---- hostile cases: nothing fdpipe did not write is deleted, every refusal is one line ---------
+
+
+def test_a_foreign_delta_table_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    from deltalake import DeltaTable, write_deltalake
+
+    write_images(tmp_path / "images", 1)
+    foreign = tmp_path / "foreign"
+    write_deltalake(str(foreign), pa.table({"x": [1, 2, 3]}))
+    for extra in ((), ("--overwrite",)):
+        result = invoke(explain_command(tmp_path / "images", foreign, *extra))
+        assert result.exit_code == 2 and "did not write" in result.output, result.output
+    assert DeltaTable(str(foreign)).to_pyarrow_table()["x"].to_pylist() == [1, 2, 3]
+    assert DeltaTable(str(foreign)).version() == 0
+    with pytest.raises(TableError, match="did not write"):
+        read_maps(foreign)
+
+
+def test_vacuum_never_deletes_a_file_the_table_did_not_write(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    ResultsTable(output).commit(synthetic_rows(["a.jpg"], run_id="r1"), RECORD)
+    ResultsTable(output).commit(synthetic_rows(["a.jpg"], run_id="r2"), RECORD)
+    mine = output / "README.md"
+    mine.write_text("the user's notes")
+    orphan = output / "part-00000-killed-before-its-commit.zstd.parquet"
+    orphan.write_bytes(b"PAR1")
+    old = time.time() - 10 * 86400
+    for path in (mine, orphan):
+        os.utime(path, (old, old))
+    result = invoke(["vacuum", str(output), "--retain", "0h"])
+    assert result.exit_code == 0, result.output
+    assert mine.read_text() == "the user's notes" and not orphan.exists()
+    assert ResultsTable(output).rows()["run_id"].to_pylist() == ["r2"]
+
+
+def test_migrate_writes_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    write_part(old / "part-000000.parquet", synthetic_rows(["a.jpg"], run_id="r1"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke(["migrate", str(old), str(tmp_path)])  # OLD's parent, not empty
+    assert result.exit_code == 2 and "new or empty" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_readers_after_compact_still_find_the_run(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    table = ResultsTable(output)
+    table.commit(synthetic_rows(["a.jpg", "b.jpg"], run_id="r1"), RECORD)
+    assert invoke(["compact", str(output)]).exit_code == 0
+    assert table.metadata()["run"] == RECORD["run"]  # not the compact commit's record
+
+
+@pytest.mark.parametrize(
+    "version", [-1, 10**9, "not-a-date", "", "2000-01-01T00:00:00Z", 1.5, True]
+)
+def test_a_version_that_does_not_exist_is_a_one_line_error(tmp_path: Path, version: object) -> None:
+    output = tmp_path / "out"
+    ResultsTable(output).commit(synthetic_rows(["a.jpg"], run_id="r1"), RECORD)
+    with pytest.raises(TableError):
+        read_maps(output, version=version)  # type: ignore[arg-type]
+
+
+def test_a_damaged_log_and_odd_paths_are_one_line_errors(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    ResultsTable(output).commit(synthetic_rows(["a.jpg"], run_id="r1"), RECORD)
+    (output / "_delta_log" / "00000000000000000000.json").write_text("{not json")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (
+        ["compact", str(output)],
+        ["vacuum", str(output)],
+        ["render", str(output), "-o", str(tmp_path / "png")],
+        ["compact", str(fifo)],
+        ["vacuum", str(fifo)],
+        ["vacuum", str(output), "--retain", "999999999999d"],
+        ["status", str(output), "--window", "99999999999999999999d"],
+    ):
+        result = invoke(args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
+
+
+RECORD: dict[str, object] = {"params": {"model": "m"}, "run": {"input_root": "/nowhere"}}
