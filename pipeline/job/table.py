@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,8 +139,16 @@ class ResultsTable:
     # -- reading ------------------------------------------------------------------------------
 
     def dataset(self, version: int | str | None = None) -> ds.Dataset:
-        """The current rows (of ``version``) as a pyarrow dataset: filter and project lazily."""
-        return self.delta(version).to_pyarrow_dataset()
+        """The current rows (of ``version``) as a pyarrow dataset: filter and project lazily.
+
+        A local table's files are opened by pyarrow itself: delta-rs' own pyarrow dataset
+        (``to_pyarrow_dataset``) aborted about one process in ten at interpreter exit
+        ("terminate called without an active exception", exit 134), after a successful run."""
+        table = self.delta(version)
+        if is_remote(self.uri):
+            return table.to_pyarrow_dataset()
+        files = [str(local_path(uri)) for uri in table.file_uris()]
+        return ds.dataset(files, schema=SCHEMA, format="parquet")
 
     def rows(
         self,
@@ -172,7 +181,7 @@ class ResultsTable:
     def data_files(self, version: int | None = None) -> list[Path]:
         """The local data files of a version (of the newest one by default)."""
         uris = self.delta(version).file_uris() if self.exists() else []
-        return [Path(uri.removeprefix("file://")) for uri in uris]
+        return [local_path(uri) for uri in uris]
 
     def set_aside_damaged(self, record: dict[str, object]) -> list[Path]:
         """Data files whose footer cannot be read (a torn copy, a truncated disk) are renamed to
@@ -330,6 +339,11 @@ class ResultsTable:
             for name in orphans:
                 (Path(self.uri) / name).unlink(missing_ok=True)
         return [*removed, *orphans]
+
+
+def local_path(uri: str) -> Path:
+    """A local data file's path from delta-rs' URI (percent-encoded: spaces, non-ASCII)."""
+    return Path(unquote(uri.removeprefix("file://")))
 
 
 def first_line(exc: Exception) -> str:

@@ -367,3 +367,11 @@ def test_a_damaged_log_and_odd_paths_are_one_line_errors(tmp_path: Path) -> None
 
 
 RECORD: dict[str, object] = {"params": {"model": "m"}, "run": {"input_root": "/nowhere"}}
+
+
+def test_a_table_under_a_path_with_spaces_and_accents(tmp_path: Path) -> None:
+    """delta-rs percent-encodes its file URIs; fdpipe opens the files themselves."""
+    output = tmp_path / "nightly out é%20"
+    ResultsTable(output).commit(synthetic_rows(["a b.jpg"], run_id="r1"), RECORD)
+    assert ResultsTable(output).rows()["image_path"].to_pylist() == ["a b.jpg"]
+    assert all(path.is_file() for path in ResultsTable(output).data_files())
