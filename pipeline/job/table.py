@@ -78,6 +78,9 @@ class ResultsTable:
     ) -> None:
         self.uri = str(location) if is_remote(location) else str(Path(location).absolute())
         self.storage_options = storage_options or {}
+        if not is_remote(location) and "%" in self.uri:  # delta-rs decodes "%20" in a path
+            raise TableError(f"{self.uri}: a '%' in the output's path is misread by the Delta "
+                             "library as an escape; choose a path without '%'")  # fmt: skip
 
     def exists(self) -> bool:
         from deltalake import DeltaTable

@@ -371,7 +371,9 @@ RECORD: dict[str, object] = {"params": {"model": "m"}, "run": {"input_root": "/n
 
 def test_a_table_under_a_path_with_spaces_and_accents(tmp_path: Path) -> None:
     """delta-rs percent-encodes its file URIs; fdpipe opens the files themselves."""
-    output = tmp_path / "nightly out é%20"
+    output = tmp_path / "nightly out é"
     ResultsTable(output).commit(synthetic_rows(["a b.jpg"], run_id="r1"), RECORD)
     assert ResultsTable(output).rows()["image_path"].to_pylist() == ["a b.jpg"]
     assert all(path.is_file() for path in ResultsTable(output).data_files())
+    with pytest.raises(TableError, match="'%'"):  # delta-rs would read "%20" as a space
+        ResultsTable(tmp_path / "out%20")
