@@ -59,7 +59,7 @@ def render(
     from fdpipe import render as rendering
     from fdpipe.job.reader import CurrentRows, FilterError, check_filters, select_rows
     from fdpipe.job.reader import images_root as find_root
-    from fdpipe.job.table import DataFileError, TableError, open_results
+    from fdpipe.job.table import TableError, open_results
 
     labels = [label for text in methods for label in split_method_specs(text)] or None
     draw = rendering.render_sheets if sheet else rendering.render_overlays
@@ -86,8 +86,6 @@ def render(
         raise ConfigurationError(str(exc)) from exc
     except TableError as exc:
         raise ConfigurationError(str(exc)) from None
-    except DataFileError as exc:
-        raise click.ClickException(str(exc)) from None
     except (FileNotFoundError, KeyError) as exc:
         raise ConfigurationError(f"{maps} is not an fdpipe explain output: {exc}") from None
     except OSError as exc:  # the output cannot be written (a file, read-only)

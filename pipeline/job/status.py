@@ -100,11 +100,11 @@ def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) ->
     if not records:
         return NightStatus([ShardStatus((0, 1), None, "missing", None)])
     newest = records[-1]
-    count = shard_of(newest)[1]
+    count = record_shard(newest)[1]
     newest_start = started(newest)
     latest: dict[int, dict[str, object]] = {}
     for record in records:
-        index, n = shard_of(record)
+        index, n = record_shard(record)
         when = started(record)
         if n != count or when is None or newest_start is None or newest_start - when > window:
             continue
@@ -133,7 +133,7 @@ def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) ->
     return NightStatus(shards)
 
 
-def shard_of(record: dict[str, object]) -> tuple[int, int]:
+def record_shard(record: dict[str, object]) -> tuple[int, int]:
     shard = record.get("shard")
     if isinstance(shard, list) and len(shard) == 2 and all(isinstance(v, int) for v in shard):
         return shard[0], shard[1]

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,18 +168,6 @@ class ResultsTable:
             where = pc.field("image_path").isin(pa.array(list(images), pa.string()))
         present = [c for c in columns if c in dataset.schema.names] if columns else None
         return dataset.to_table(columns=present, filter=where)
-
-    def batches(
-        self, columns: list[str] | None = None, version: int | str | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        if not self.exists():
-            return
-        dataset = self.dataset(version)
-        present = [c for c in columns if c in dataset.schema.names] if columns else None
-        try:
-            yield from dataset.to_batches(columns=present)
-        except (pa.ArrowException, OSError) as exc:  # pyarrow's message names the file
-            raise DataFileError(f"{self.uri}: unreadable data file ({exc})") from None
 
     def data_files(self, version: int | None = None) -> list[Path]:
         """The local data files of a version (of the newest one by default)."""
