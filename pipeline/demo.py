@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from fdpipe.export.request import OFFLINE_MODEL
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
 from fdpipe.job.progress import Summary
 from fdpipe.job.reader import images_root, select_rows
+from fdpipe.job.run import run_job
 from fdpipe.render import render_sheets
 from fdpipe.report import SiteSummary, write_site
 from PIL import Image

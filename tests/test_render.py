@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fdpipe.display import jet
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
 from fdpipe.job.reader import images_root, select_rows
+from fdpipe.job.run import run_job
 from fdpipe.render import LABEL, LEGEND, TILE, overlay, render_overlays, render_sheets
 from image_files import write_images
 from PIL import Image

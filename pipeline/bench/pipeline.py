@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from fdpipe.demo import PHOTOS
 from fdpipe.export.request import ModelRequest
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
+from fdpipe.job.run import run_job
 from PIL import Image
 
 if TYPE_CHECKING:  # bench.py imports this module to register the suite

@@ -29,7 +29,8 @@ from fdpipe.bench.pipeline import write_dataset
 from fdpipe.demo import PHOTOS
 from fdpipe.export.loading import load_model
 from fdpipe.export.request import ModelRequest
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
+from fdpipe.job.run import run_job
 from fdpipe.kernels.fdcam import similarity_groups
 from fdpipe.kernels.precision import precision_unsupported
 from PIL import Image

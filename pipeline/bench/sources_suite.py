@@ -28,10 +28,11 @@ import pyarrow as pa
 from fdpipe.bench.datasets import image_files, image_table, write_image_table, write_shards
 from fdpipe.bench.object_store import SeaweedFS, upload, weed_binary
 from fdpipe.bench.pipeline import write_dataset
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
 from fdpipe.job.progress import Summary
 from fdpipe.job.reader import iter_rows
 from fdpipe.job.record import RUNS_DIR
+from fdpipe.job.run import run_job
 
 if TYPE_CHECKING:
     from fdpipe.bench import Settings

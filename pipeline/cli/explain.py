@@ -345,9 +345,9 @@ def explain(
             "--classes explains the same classes for every image: give it alone, not with "
             "--top-k or --target-column"
         )
-    from fdpipe.job import JobConfig, run_job
-    from fdpipe.job.config import local_output
+    from fdpipe.job.config import JobConfig, local_output
     from fdpipe.job.inputs import parse_shard
+    from fdpipe.job.run import run_job
     from fdpipe.job.sources.store import parse_storage_options
 
     config = JobConfig(

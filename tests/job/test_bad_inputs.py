@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
+from fdpipe.job.run import run_job
 from PIL import Image
 from results import stored_rows
 from skimage import data

@@ -34,10 +34,11 @@ from fdpipe.export.onnx import (
 from fdpipe.export.request import ModelError
 from fdpipe.export.runners import OnnxRunner
 from fdpipe.images import ImageDecodeError, load_image_sized
-from fdpipe.job import ConfigError, JobConfig, run_job
+from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.decode import decode
 from fdpipe.job.inputs import Entry, FileSource, InputError, read_manifest
 from fdpipe.job.lock import output_lock
+from fdpipe.job.run import run_job
 from fdpipe.job.sources import open_source
 from fdpipe.kernels.fdcam import FDCAMOptions
 from image_files import write_images

@@ -22,9 +22,10 @@ from fdpipe.api import explain
 from fdpipe.cli import main
 from fdpipe.export.loading import LoadedModel
 from fdpipe.images import load_image
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
 from fdpipe.job.decode import DecodedImage, batches, ordered_map
 from fdpipe.job.progress import Progress
+from fdpipe.job.run import run_job
 from fdpipe.job.schema import SCHEMA, ImageInfo
 from fdpipe.job.table import ResultsTable
 from image_files import explain_command, write_images

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from fdpipe.job import JobConfig, run_job
+from fdpipe.job.config import JobConfig
 from fdpipe.job.reader import iter_rows
+from fdpipe.job.run import run_job
 from image_files import write_images
 from PIL import Image
 from results import commit_versions, stored_rows

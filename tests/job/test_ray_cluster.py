@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from fdpipe.bench.object_store import SeaweedFS, upload
 from fdpipe.cli import main
 from fdpipe.export.request import ModelRequest
-from fdpipe.job import JobConfig
+from fdpipe.job.config import JobConfig
 from fdpipe.job.ray_files import PLACEHOLDER, pack, unpack
 from fdpipe.job.reader import iter_rows
 from image_files import write_images
