@@ -60,6 +60,19 @@ class ByteSize(click.ParamType):
         return int(size)
 
 
+class BatchSize(click.ParamType):
+    """A positive number of images, or ``auto``."""
+
+    name = "integer|auto"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if value == "auto":
+            return "auto"
+        return int(click.IntRange(min=1).convert(value, param, ctx))  # type: ignore[arg-type]
+
+
 JOB_STARTED = "fdpipe.job_started"  # context meta: the job writes its own record from here on
 
 
@@ -187,10 +200,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
-    default=16,
+    type=BatchSize(),
+    default="auto",
     show_default=True,
-    help="Images per forward pass.",
+    help="Images per forward pass, or auto: on a GPU the most its free memory holds, else 16.",
 )
 @click.option(
     "--workers",
@@ -296,7 +309,7 @@ def explain(
     classes: str | None,
     top_k: int | None,
     target_column: str | None,
-    batch_size: int,
+    batch_size: int | str,
     workers: int,
     part_size: int,
     shard: str,

@@ -40,7 +40,7 @@ class JobConfig:
     classes: tuple[int | str, ...] | None = None  # explicit classes (indices or names)
     top_k: int = 1
     target_column: str | None = None  # manifest column with each image's class to explain
-    batch_size: int = 16
+    batch_size: int | str = "auto"  # or images per pass (``fdpipe.job.setup.resolve_batch_size``)
     workers: int = os.cpu_count() or 1  # decode threads
     max_memory: int | None = None  # bytes a batch's perturbation work holds; None: the default
     part_size: int = 256  # images per part file: the most work a kill can lose

@@ -33,8 +33,9 @@ def run_local(
         image.info.size, image.info.mtime_ns = plan.tokens.get(entry.key, (None, None))
         return image
 
-    ahead = 2 * config.batch_size + config.workers  # bounded prefetch: memory independent of N
-    for group in batches(ordered_map(read, plan.pending, config.workers, ahead), config.batch_size):
+    size = int(config.batch_size)  # "auto" was resolved by run_job
+    ahead = 2 * size + config.workers  # bounded prefetch: memory independent of N
+    for group in batches(ordered_map(read, plan.pending, config.workers, ahead), size):
         rows = explain_rows(explainer, form, group)
         sink.add(rows)
         progress.record(rows)

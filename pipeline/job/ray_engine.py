@@ -140,7 +140,7 @@ def run_ray(
             "stamp": stamp,
             "threads": max(1, int(cpus)),
         },
-        batch_size=config.batch_size,
+        batch_size=int(config.batch_size),  # "auto" was resolved by run_job, on the driver
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cpus,

@@ -10,8 +10,9 @@ resizes them to the input.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 
 import numpy as np
@@ -27,6 +28,15 @@ from torch import Tensor
 
 Box = tuple[float, float, float, float]
 HostCopies = dict[int, tuple[Tensor, np.ndarray]]  # id(tensor) -> (tensor, its host copy)
+log = logging.getLogger("fdpipe.job")
+
+
+@dataclass
+class BatchFit:
+    """The most images one pass may take: set by the first out-of-memory error of a run, so the
+    rest of the run goes in slices that fitted instead of running out again on every batch."""
+
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class RowFormat:
     stamp: RunStamp
     crop_box: Callable[[int, int], Box] | None = None  # (width, height) -> what the map covers
     save_weights: bool = False
+    fit: BatchFit = field(default_factory=BatchFit)  # the one mutable part: learnt from OOMs
 
 
 @dataclass
@@ -84,22 +95,94 @@ class HostExplanation:
 
 
 def explain_batch(
-    explainer: Explainer, images: list[DecodedImage], save_weights: bool = False
+    explainer: Explainer,
+    images: list[DecodedImage],
+    save_weights: bool = False,
+    fit: BatchFit | None = None,
 ) -> list[HostExplanation]:
     """Every method's explanation of the decodable ``images`` (index b counts only those), each
     with its per-image share of the time.
 
     An image's manifest class (``--target-column``) is explained first, followed by the
     explainer's top-k when its ``top_k`` is above 0; a missing or unknown class fails that image
-    alone (its ``error`` is set here).
+    alone (its ``error`` is set here). The device running out of memory halves the batch
+    (``fitting``) instead of failing its images.
     """
     targets = manifest_targets(explainer, images)
     usable = [image for image in images if image.error is None]
     if not usable:
         return []
+    chosen: list[int | None] = [None] * len(usable) if targets is None else list(targets)
+    indexed = list(zip(usable, chosen, strict=True))
+    return fitting(explainer, indexed, save_weights, fit or BatchFit()) or []
+
+
+Indexed = list[tuple[DecodedImage, int | None]]  # a decodable image and its manifest class
+
+
+def fitting(
+    explainer: Explainer, images: Indexed, save_weights: bool, fit: BatchFit
+) -> list[HostExplanation] | None:
+    """``explain_usable`` in slices of at most ``fit.limit`` images; an out-of-memory error
+    halves the limit and retries the slice. One image that still does not fit fails alone
+    (its ``error`` set; None when no image of ``images`` was explained)."""
+    if fit.limit is not None and len(images) > fit.limit:
+        parts, start = [], 0
+        while start < len(images):  # the limit can shrink while the slices run
+            size = fit.limit
+            parts.append(fitting(explainer, images[start : start + size], save_weights, fit))
+            start += size
+        return merged(parts)
+    try:
+        return explain_usable(explainer, images, save_weights)
+    except torch.OutOfMemoryError as exc:
+        error = exc
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the failed attempt's blocks, before the smaller try
+    if len(images) == 1:
+        images[0][0].error = f"out of device memory on a single image: {error}".splitlines()[0]
+        return None
+    fit.limit = len(images) // 2
+    log.warning("out of memory on a batch of %d images: batches of %d from now on",
+                len(images), fit.limit)  # fmt: skip
+    return fitting(explainer, images, save_weights, fit)
+
+
+def merged(parts: list[list[HostExplanation] | None]) -> list[HostExplanation] | None:
+    """Slices' explanations as one batch's, image after image (a slice whose one image failed
+    alone is None); each method's seconds the mean over all the images."""
+    explained = [part for part in parts if part]
+    if len(explained) < 2:
+        return explained[0] if explained else None
+    counts = [len(part[0].classes) for part in explained]
+
+    def cat(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+        return None if arrays[0] is None else np.concatenate(arrays)  # type: ignore[arg-type]
+
+    return [
+        HostExplanation(
+            hosts[0].label,
+            np.concatenate([h.classes for h in hosts]),
+            np.concatenate([h.logits for h in hosts]),
+            np.concatenate([h.probabilities for h in hosts]),
+            np.concatenate([h.native for h in hosts]),
+            cat([h.raw_range for h in hosts]),
+            cat([h.weights for h in hosts]),
+            sum(h.seconds * n for h, n in zip(hosts, counts, strict=True)) / sum(counts),
+        )
+        for hosts in zip(*explained, strict=True)
+    ]
+
+
+def explain_usable(
+    explainer: Explainer, images: Indexed, save_weights: bool
+) -> list[HostExplanation]:
+    """One pass over decodable images: the backbone once, then every method, copied to the host
+    once per tensor."""
     start = perf_counter()
-    batch = torch.stack([image.tensor for image in usable])  # type: ignore[misc]
-    if targets is None:
+    batch = torch.stack([image.tensor for image, _ in images])  # type: ignore[misc]
+    targets = [target for _, target in images]
+    if targets[0] is None:
         state = explainer.prepare(batch)
     else:
         chosen = torch.tensor(targets).view(-1, 1)
@@ -114,7 +197,7 @@ def explain_batch(
     start = perf_counter()
     for label, explanation in explainer.explanations(state):
         host = HostExplanation.of(label, explanation, save_weights, copies)
-        host.seconds = (perf_counter() - start + shared) / len(usable)
+        host.seconds = (perf_counter() - start + shared) / len(images)
         explained.append(host)
         start = perf_counter()
     return explained
@@ -138,7 +221,7 @@ def manifest_targets(explainer: Explainer, images: list[DecodedImage]) -> list[i
 
 def explain_rows(explainer: Explainer, form: RowFormat, images: list[DecodedImage]) -> pa.Table:
     """The rows of one batch: ``explain_batch`` then ``batch_rows``."""
-    return batch_rows(form, images, explain_batch(explainer, images, form.save_weights))
+    return batch_rows(form, images, explain_batch(explainer, images, form.save_weights, form.fit))
 
 
 def batch_rows(
@@ -303,11 +386,15 @@ def _table(n: int, **columns: pa.Array) -> pa.Table:
 
 
 __all__ = [
+    "BatchFit",
     "HostExplanation",
     "RowFormat",
     "batch_rows",
     "explain_batch",
     "explain_rows",
+    "explain_usable",
+    "fitting",
     "manifest_targets",
+    "merged",
     "pruned_rows",
 ]

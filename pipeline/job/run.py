@@ -49,6 +49,7 @@ from fdpipe.job.schema import RunStamp
 from fdpipe.job.setup import (
     job_explainer,
     method_label,
+    resolve_batch_size,
     row_format,
     run_metadata,
     run_params,
@@ -104,6 +105,7 @@ def run_job(config: JobConfig) -> Summary:
                 log.warning("cannot write the run record: %s", exc)
             return summary
         explainer = job_explainer(config)
+        config = replace(config, batch_size=resolve_batch_size(config.batch_size, explainer))
         with output_lock(config.output, config.shard):  # one run per (output, shard)
             return _run_locked(config, record, clock, source, entries, explainer)
     except REFUSALS as exc:

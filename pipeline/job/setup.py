@@ -7,6 +7,7 @@ The job's ``Explainer`` (one per process or Ray actor), the run parameters its r
 
 from __future__ import annotations
 
+import logging
 import platform
 
 import pyarrow as pa
@@ -20,6 +21,10 @@ from fdpipe.job.config import ConfigError, JobConfig, RunParams
 from fdpipe.job.rows import RowFormat
 from fdpipe.job.schema import RunStamp
 from fdpipe.methods import MethodSpec
+
+log = logging.getLogger("fdpipe.job")
+CPU_BATCH = 16  # ``auto`` off a GPU: memory does not bound the batch there, the budget does
+MAX_AUTO_BATCH = 256
 
 
 def job_explainer(config: JobConfig) -> Explainer:
@@ -47,6 +52,34 @@ def job_explainer(config: JobConfig) -> Explainer:
     if config.classes is None and config.top_k > n_classes:
         raise ConfigError(f"--top-k {config.top_k} exceeds the model's {n_classes} classes")
     return explainer
+
+
+def auto_batch_size(explainer: Explainer, free_bytes: int) -> int:
+    """The most images whose pass fits ``free_bytes`` beside the perturbation budget: one
+    image's forward working set (``input_bytes``: the model at the run's precision) three times
+    over (its activations, their gradients through the head, the methods' copies), once per
+    method beyond the first for the maps and scores each keeps until the batch is copied out.
+    An estimate: an out-of-memory error still halves the batch (``fdpipe.job.rows.fitting``)."""
+    one = explainer.network.input_bytes(tuple(explainer.model.input_shape))
+    per_image = (2 + len(explainer.methods)) * one
+    spare = free_bytes - explainer.budget.bytes
+    return max(1, min(MAX_AUTO_BATCH, spare // per_image))
+
+
+def resolve_batch_size(batch_size: int | str, explainer: Explainer) -> int:
+    """``batch_size`` as run: ``auto`` is found once, from the free memory of the explainer's
+    GPU (16 on a CPU), and recorded in the run metadata like any batch size."""
+    if batch_size == "auto":
+        if explainer.device.type != "cuda":
+            return CPU_BATCH
+        free, _ = torch.cuda.mem_get_info(explainer.device)
+        size = auto_batch_size(explainer, free)
+        log.info("batch size auto: %d images (%.1f GiB free on %s)", size, free / (1 << 30),
+                 explainer.device)  # fmt: skip
+        return size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size {batch_size!r}: give a whole number of images >= 1, or auto")
+    return batch_size
 
 
 def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
@@ -127,8 +160,12 @@ def row_format(explainer: Explainer, config: JobConfig, stamp: RunStamp) -> RowF
 
 
 __all__ = [
+    "CPU_BATCH",
+    "MAX_AUTO_BATCH",
+    "auto_batch_size",
     "job_explainer",
     "method_label",
+    "resolve_batch_size",
     "row_format",
     "run_metadata",
     "run_params",
