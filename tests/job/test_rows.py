@@ -10,8 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fdpipe.job import JobConfig, run_job
 from fdpipe.job import rows as job_rows
+from fdpipe.job.config import JobConfig
+from fdpipe.job.run import run_job
 from image_files import write_images
 
 COLUMNS = ["image_path", "status", "class_index", "map", "logit"]

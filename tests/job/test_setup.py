@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from fdpipe.api import Explainer
 from fdpipe.cli import main
 from fdpipe.export.loading import LoadedModel
-from fdpipe.job import JobConfig, run_job
 from fdpipe.job import setup as job_setup
-from fdpipe.job.config import ConfigError
+from fdpipe.job.config import ConfigError, JobConfig
+from fdpipe.job.run import run_job
 from image_files import explain_command, write_images
 from results import run_metadata
 
