@@ -14,6 +14,7 @@ from fdpipe.export.request import NORMALISATIONS, RESIZE_MODES, ModelError, Prep
 from PIL import Image
 from torch import Tensor
 from torchvision.transforms import functional as TF
+from torchvision.transforms.v2 import functional as TF2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,6 +77,11 @@ class Preprocess:
     ``squash``: the whole image resized to ``size`` (aspect ratio not kept). ``crop``: shorter
     side resized to ``min(size) / crop_fraction``, then the centre ``size`` cut out (torchvision's
     and timm's eval transforms); the map then covers :meth:`crop_box` of the original image.
+    ``before_crop`` (Hugging Face image processors, ``export/hf.py``) gives the resize before the
+    crop exactly instead: ``(h, w)`` squashes to it, an int is the shorter side; the crop's
+    offsets are then floored, as transformers' ``center_crop`` does (torchvision rounds them).
+    ``resampler``: ``pil`` (PIL's resize) or ``torchvision`` (torchvision's antialiased resize of
+    the uint8 pixels, what transformers' default image processors run).
     """
 
     size: tuple[int, int]  # (height, width)
@@ -84,6 +90,8 @@ class Preprocess:
     crop_fraction: float = TORCHVISION_CROP
     channels: int = 3  # 1: grayscale models
     interpolation: str = "bilinear"
+    before_crop: tuple[int, int] | int | None = None
+    resampler: str = "pil"
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -103,44 +111,66 @@ class Preprocess:
             raise ModelError("mean must be finite and std finite and > 0")
         if self.interpolation not in ("bilinear", "bicubic", "nearest"):
             raise ModelError(f"unknown interpolation {self.interpolation!r}")
+        if self.resampler not in ("pil", "torchvision"):
+            raise ModelError(f"unknown resampler {self.resampler!r}")
+        before = self.before_crop
+        sides = (before,) * 2 if isinstance(before, int) else before
+        if sides is not None and any(b < s for b, s in zip(sides, self.size, strict=True)):
+            raise ModelError(f"a resize to {before} is smaller than its crop {self.size}")
 
     @property
     def _mode(self) -> TF.InterpolationMode:
         return TF.InterpolationMode(self.interpolation)
 
-    def _shorter_side(self) -> int:
-        return round(min(self.size) / self.crop_fraction)
+    def _resized(self, width: int, height: int) -> tuple[int, int]:
+        """(height, width) before the centre crop: torchvision's (and transformers') arithmetic
+        for a shorter side."""
+        if isinstance(self.before_crop, tuple):
+            return self.before_crop
+        side = self.before_crop or round(min(self.size) / self.crop_fraction)
+        if width <= height:
+            return int(side * height / width), side
+        return side, int(side * width / height)
+
+    def _offsets(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the centre crop of a (height, width) image."""
+        if self.before_crop is not None:  # transformers' center_crop floors
+            return (height - self.size[0]) // 2, (width - self.size[1]) // 2
+        return round((height - self.size[0]) / 2.0), round((width - self.size[1]) / 2.0)
 
     def __call__(self, image: Image.Image) -> Tensor:
+        if self.resampler == "torchvision":
+            return self.from_pixels(TF.pil_to_tensor(image.convert("RGB")))
         if self.channels == 1:
             image = image.convert("L")
         if self.resize == "squash":
             resized = TF.resize(image, list(self.size), interpolation=self._mode)
         else:
-            shorter = TF.resize(image, [self._shorter_side()], interpolation=self._mode)
-            resized = TF.center_crop(shorter, list(self.size))
+            size = self._resized(image.width, image.height)
+            resized = TF.resize(image, list(size), interpolation=self._mode)
+            resized = TF.crop(resized, *self._offsets(*size), *self.size)
         return self.normalisation(TF.to_tensor(resized))
 
     def from_pixels(self, pixels: Tensor) -> Tensor:
         """The same steps on decoded RGB pixels, a uint8 (3, H, W) tensor, on its own device (a
         GPU decoder's output), in torch. Resampling follows PIL's: antialiased, width then
         height, each pass rounded to 8 bits; the inputs then differ from PIL's in ~1 % of the
-        values by one level (maps at r >= 0.999, a test)."""
-        image = pixels.float()
+        values by one level (maps at r >= 0.999, a test); with the ``torchvision`` resampler it
+        is the resampling itself."""
+        image = pixels if self.resampler == "torchvision" else pixels.float()
         if self.channels == 1:
             image = TF.rgb_to_grayscale(image).round()
         height, width = image.shape[-2:]
         if self.resize == "squash":
             return self.normalisation(self._resample(image, *self.size) / 255)
-        side = self._shorter_side()  # torchvision's resize arithmetic, as crop_box
-        if width <= height:
-            new_h, new_w = int(side * height / width), side
-        else:
-            new_h, new_w = side, int(side * width / height)
-        cropped = TF.center_crop(self._resample(image, new_h, new_w), list(self.size))
+        new_h, new_w = self._resized(width, height)
+        resized = self._resample(image, new_h, new_w)
+        cropped = TF.crop(resized, *self._offsets(new_h, new_w), *self.size)
         return self.normalisation(cropped / 255)
 
     def _resample(self, image: Tensor, height: int, width: int) -> Tensor:
+        if self.resampler == "torchvision":  # as transformers: v2, contiguous (C, H, W) uint8
+            return TF2.resize(image.contiguous(), [height, width], self._mode, antialias=True)
         for size in ([image.shape[-2], width], [height, width]):  # PIL: horizontal, vertical
             if list(image.shape[-2:]) != size:
                 resized = TF.resize(image, size, interpolation=self._mode, antialias=True)
@@ -151,23 +181,26 @@ class Preprocess:
         """(left, top, right, bottom) in original pixels that the model input (and map) covers."""
         if self.resize == "squash":
             return (0.0, 0.0, float(width), float(height))
-        side = self._shorter_side()  # torchvision's resize arithmetic, then its centre crop
-        if width <= height:
-            new_w, new_h = side, int(side * height / width)
-        else:
-            new_w, new_h = int(side * width / height), side
-        top = round((new_h - self.size[0]) / 2.0)
-        left = round((new_w - self.size[1]) / 2.0)
+        new_h, new_w = self._resized(width, height)
+        top, left = self._offsets(new_h, new_w)
         sx, sy = width / new_w, height / new_h
         return (left * sx, top * sy, (left + self.size[1]) * sx, (top + self.size[0]) * sy)
 
     def describe(self) -> dict[str, object]:
-        crop = {"crop_fraction": self.crop_fraction} if self.resize == "crop" else {}
+        crop: dict[str, object] = {}
+        if self.before_crop is not None:
+            before = self.before_crop
+            crop = {
+                "before_crop": list(before) if isinstance(before, tuple) else before,
+                "crop_offsets": "floor",
+            }
+        elif self.resize == "crop":
+            crop = {"crop_fraction": self.crop_fraction}
         return {
             "resize": list(self.size),
             "resize_mode": self.resize,
             **crop,
-            "interpolation": f"PIL {self.interpolation}",
+            "interpolation": f"{self.resampler.replace('pil', 'PIL')} {self.interpolation}",
             "channels": self.channels,
             **self.normalisation.describe(),
         }

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import reference
 import torch
-from fdpipe.export.hf import own_kernels_hidden
+from fdpipe.export.hf import own_kernels_hidden, preprocess_from
 from fdpipe.export.loading import load_model
 from fdpipe.export.request import ModelError, PreprocessOptions
 from fdpipe.kernels import SplitNetwork, make_method
+from PIL import Image
 from reference import assert_matches
 from torch import Tensor, nn
 
@@ -82,7 +83,9 @@ def test_hf_directory_is_a_source(hf_dir: Path) -> None:
     assert model.layer == LAYER and model.class_names == list(LABELS.values())
     assert model.source == f"hf:{hf_dir}" and model.input_size == (64, 64)
     described = model.preprocess.describe()
-    assert described["mean"] == [0.5, 0.5, 0.5] and described["interpolation"] == "PIL bicubic"
+    assert (
+        described["mean"] == [0.5, 0.5, 0.5] and described["interpolation"] == "torchvision bicubic"
+    )
     images = torch.randn(2, 3, 64, 64)
     original = transformers.ViTForImageClassification.from_pretrained(hf_dir).eval()
     torch.testing.assert_close(model.module(images), original(pixel_values=images).logits)
@@ -127,3 +130,62 @@ def test_hf_sources_that_cannot_be_used(hf_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "w.pt").write_bytes(b"")
     with pytest.raises(ModelError, match="carry their weights"):
         load_model(f"hf:{hf_dir}", weights=tmp_path / "w.pt")
+
+
+# Every resize mode of transformers' image processors (METHODS.md section 6).
+PROCESSORS = [
+    ("ViTImageProcessor", {"size": {"height": 224, "width": 224}, "resample": 2}),
+    ("DeiTImageProcessor", {}),  # squash to 256 x 256, then the centre 224 x 224: bicubic
+    ("BeitImageProcessor", {"size": {"height": 257, "width": 251}, "do_center_crop": True}),
+    ("BitImageProcessor", {"size": {"shortest_edge": 231}}),  # shorter side, odd crop offsets
+    ("ConvNextImageProcessor", {"size": {"shortest_edge": 224}, "crop_pct": 0.95}),
+    ("ConvNextImageProcessor", {"size": {"shortest_edge": 384}}),  # warped, no crop
+]
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Image.Image]:
+    from skimage import data
+
+    return [Image.fromarray(data.coffee()), Image.fromarray(data.astronaut()[:437, 61:362])]
+
+
+@pytest.mark.parametrize("backend", ["", "Pil"])
+@pytest.mark.parametrize(("name", "options"), PROCESSORS)
+def test_preprocessing_equals_the_processor_on_non_square_photos(
+    photos: list[Image.Image], name: str, options: dict[str, object], backend: str
+) -> None:
+    """fdpipe's input tensor is the processor's (its default torchvision backend and its PIL
+    one) on photos of 600 x 400 and 301 x 437: same size, crop, filter and normalisation, to
+    float rounding (atol 1e-5; one 8-bit level is 0.0078 here)."""
+    processor = getattr(transformers, name + backend)(**options)
+    preprocess = preprocess_from(processor)
+    for photo in photos:
+        theirs = processor(photo, return_tensors="pt")["pixel_values"][0]
+        mine = preprocess(photo)
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+        pixels = torch.from_numpy(np.array(photo)).permute(2, 0, 1)
+        if not backend:  # a GPU decoder's pixels (from_pixels): the same resampling
+            torch.testing.assert_close(preprocess.from_pixels(pixels), theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "reason"),
+    [
+        ("ViTImageProcessor", {"do_resize": False}, "do_resize=False"),
+        ("ViTImageProcessor", {"size": {"shortest_edge": 224}}, "shortest_edge without a centre"),
+        ("ViTImageProcessor", {"resample": 1}, "resample=1"),
+        ("ViTImageProcessor", {"size": {"shortest_edge": 224, "longest_edge": 300}}, "size "),
+        ("BitImageProcessor", {"do_pad": True}, "do_pad=True"),
+        ("BeitImageProcessor", {"do_reduce_labels": True}, "do_reduce_labels=True"),
+        ("LevitImageProcessor", {}, "its own resize"),
+        ("DeiTImageProcessor", {"crop_size": {"height": 300, "width": 300}}, "smaller than"),
+    ],
+)
+def test_processor_options_fdpipe_cannot_reproduce_are_refused(
+    name: str, options: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(ModelError, match=reason) as refused:
+        preprocess_from(getattr(transformers, name)(**options))
+    assert "\n" not in str(refused.value)
