@@ -338,6 +338,7 @@ class RunnerMaskedHead:
         self.max_targets = {False: max_targets[0], True: max_targets[1]}
         self.fallback = fallback
         self.name = f"{logits.name}-masked-head"
+        self.ran: set[str] = set()
 
     @torch.no_grad()
     def __call__(
@@ -352,10 +353,13 @@ class RunnerMaskedHead:
     ) -> Tensor:
         runner = self.runners[probabilities]
         if bool((masks < 0).any()):
-            return self.fallback(
+            scores = self.fallback(
                 activations, masks, classes, extras=extras, probabilities=probabilities,
                 budget=budget,
             )  # fmt: skip
+            self.ran |= self.fallback.ran
+            return scores
+        self.ran.add(self.name)
         inputs = (activations, masks, classes, *extras)[: len(runner.input_names)]
         chunk = self.chunks[probabilities] or masks.shape[1]
         if budget is not None:  # the graph's own working set is unknown: three activation copies

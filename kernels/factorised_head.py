@@ -328,6 +328,7 @@ class FactorisedMaskedHead:
             "" if dtype == torch.float32 else f"({str(dtype).removeprefix('torch.')})"
         )
         self.explicit = ExplicitMaskedHead(head, chunk)
+        self.ran: set[str] = set()
         self._modules: dict[tuple[tuple[int, ...], bool], FactorisedHead | None] = {}
 
     def module_for(
@@ -354,6 +355,7 @@ class FactorisedMaskedHead:
     ) -> Tensor:
         module = None if extras else self.module_for(activations.shape[1:], probabilities)
         if module is None or bool((masks < 0).any()):
+            self.ran.add(self.explicit.name)
             return self.explicit(
                 activations, masks, classes, extras=extras, probabilities=probabilities,
                 budget=budget,
@@ -362,6 +364,7 @@ class FactorisedMaskedHead:
         if budget is not None and module.chunks_masks:
             row = module.mask_bytes(len(activations))
             chunk = budget.rows("masked-head", row, masks.shape[1], MASK_GRANULE)
+        self.ran.add(self.name)
         return module(activations, masks, classes, chunk)
 
 

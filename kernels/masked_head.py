@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 class MaskedHeadScorer(Protocol):
     name: str
+    ran: set[str]  # the paths that scored masks since it was built: what a run record names
 
     def __call__(
         self,
@@ -51,6 +52,7 @@ class ExplicitMaskedHead:
     def __init__(self, head: nn.Module, chunk: int = 128) -> None:
         self.head = head
         self.chunk = chunk
+        self.ran: set[str] = set()
 
     @torch.no_grad()
     def __call__(
@@ -63,6 +65,7 @@ class ExplicitMaskedHead:
         probabilities: bool = False,
         budget: MemoryBudget | None = None,
     ) -> Tensor:
+        self.ran.add(self.name)
         batch, n_masks = masks.shape[:2]
         out = activations.new_empty(batch, classes.shape[1], n_masks)
         chunk = self.chunk

@@ -73,8 +73,17 @@ class BackendError(ModelError):
 class Backend:
     network: SplitNetwork  # backbone may be ONNX Runtime-backed; the head stays torch (autograd)
     scorer: MaskedHeadScorer  # fastest exact scorer available
-    description: str
+    description: str  # the engines selected; ``ran`` says which masked-head path really ran
     precision: str = "fp32"  # as run (``auto`` resolved)
+
+    def ran(self) -> str:
+        """``description`` with the masked-head paths that scored masks so far (``none``): a
+        factorised head falls back to explicit masking where its plan does not hold."""
+        heads = "+".join(sorted(self.scorer.ran)) or "none"
+        return " ".join(
+            f"head-scores={heads}" if part.startswith("head-scores=") else part
+            for part in self.description.split()
+        )
 
 
 def _runners(
@@ -188,6 +197,8 @@ def _calibrate(
     scorer = _faster(
         "masked head", {k: partial(s, *inputs, extras=extras) for k, s in scorers.items()}
     )
+    for timed in (torch_scorer, onnx_scorer):  # the timing is no part of what a run ran
+        timed.ran.clear()
     return backbones[backbone], scorers[scorer]
 
 

@@ -8,6 +8,7 @@ or invisible, whenever a run is killed; a killed run loses at most the part it i
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +125,7 @@ class PartSink:
     table: ResultsTable
     part_size: int
     metadata: dict[str, object]
+    backend: Callable[[], str] | None = None  # the engine paths that ran so far (``run.backend``)
     pending: pa.Table | None = None
     written: list[int] = field(default_factory=list)  # the table versions committed
 
@@ -133,14 +135,25 @@ class PartSink:
         # Only cut once a later image has begun: an image's rows may straddle two tables.
         while len(starts) > self.part_size:
             cut = int(starts[self.part_size])
-            self.written.append(self.table.commit(rows.slice(0, cut), self.metadata))
+            self.commit(rows.slice(0, cut))
             rows, starts = rows.slice(cut), starts[self.part_size :] - cut
         self.pending = rows if rows.num_rows else None
 
     def close(self) -> None:
         if self.pending is not None:
-            self.written.append(self.table.commit(self.pending, self.metadata))
+            self.commit(self.pending)
             self.pending = None
+
+    def commit(self, rows: pa.Table) -> None:
+        self.note_backend()
+        self.written.append(self.table.commit(rows, self.metadata))
+
+    def note_backend(self) -> None:
+        """``run.backend`` of the metadata (and of the run record, which shares it): the
+        engine paths that really ran, not the ones chosen before any image."""
+        run = self.metadata.get("run")
+        if self.backend is not None and isinstance(run, dict):
+            run["backend"] = self.backend()
 
 
 def image_starts(rows: pa.Table) -> np.ndarray:

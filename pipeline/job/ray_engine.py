@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 from fdpipe.job.config import JobConfig
@@ -32,6 +33,7 @@ from fdpipe.job.setup import job_explainer, row_format
 
 log = logging.getLogger("fdpipe.ray")
 NODE_COLUMN = "_ray_node"  # added by the actors, removed by the driver
+BACKEND_COLUMN = "_ray_backend"  # the engine paths that ran in the actor (``Backend.ran``)
 ACTOR_START_SECONDS = 600
 
 
@@ -77,7 +79,9 @@ class ExplainActor:
                 (int(size), int(version)) if size >= 0 else (None, None)
             )
         rows = explain_rows(self.explainer, self.form, decoded)
-        return rows.append_column(NODE_COLUMN, pa.array([self.node] * rows.num_rows))
+        rows = rows.append_column(NODE_COLUMN, pa.array([self.node] * rows.num_rows))
+        ran = self.explainer.backend.ran()
+        return rows.append_column(BACKEND_COLUMN, pa.array([ran] * rows.num_rows))
 
 
 def actor_resources(config: JobConfig) -> tuple[int, float, float]:
@@ -104,6 +108,9 @@ def run_ray(
     """``config.methods``: the methods the pending images need. Returns the images explained
     per Ray node id (the run record's placement)."""
     placement: Counter[str] = Counter()
+    ran: set[str] = set()  # each actor's engine paths
+    before = sink.backend
+    sink.backend = lambda: " | ".join(sorted(ran)) if ran or before is None else before()
     if not plan.pending:
         return dict(placement)
     if not ray.is_initialized():
@@ -150,7 +157,8 @@ def run_ray(
         assert isinstance(table, pa.Table)  # batch_format="pyarrow"
         nodes = table.column(NODE_COLUMN).take(image_starts(table)).to_pylist()
         placement.update(str(node) for node in nodes)  # one count per image
-        table = table.drop_columns([NODE_COLUMN])
+        ran.update(str(r) for r in pc.unique(table.column(BACKEND_COLUMN)).to_pylist())
+        table = table.drop_columns([NODE_COLUMN, BACKEND_COLUMN])
         sink.add(table)
         progress.record(table)
     return dict(placement)

@@ -184,7 +184,7 @@ def _run_locked(
     )
     # Only the methods some pending image lacks run; the rows of the others stay current.
     explainer.methods = {k: m for k, m in explainer.methods.items() if k in plan.labels}
-    sink = PartSink(table, config.part_size, metadata)
+    sink = PartSink(table, config.part_size, metadata, explainer.backend.ran)
     progress = Progress(len(plan.pending), bar=config.progress)
     form = row_format(explainer, config, stamp)
     try:
@@ -201,6 +201,7 @@ def _run_locked(
             run_local(config, source, plan, explainer, form, sink, progress)
         sink.close()
     finally:
+        sink.note_backend()  # the record shares ``metadata["run"]``
         seconds = progress.close()
         record.fields["commits"] = sink.written  # the table versions this run committed
         record.fields["memory"] = explainer.budget.record()  # the chunks the budget gave

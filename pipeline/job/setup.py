@@ -130,7 +130,8 @@ def run_metadata(
         "versions": versions(),
         "run": {
             "run_id": run_id,
-            "backend": explainer.backend.description,
+            "backend": explainer.backend.ran(),  # what ran so far; refreshed at each commit
+            "selected": explainer.backend.description,  # the engines chosen at build
             "runtime": config.runtime,
             "engine": config.engine,
             "shard": list(config.shard),

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from fdpipe.cli import main
 from image_files import explain_command, write_images
-from results import commit_versions
+from results import commit_versions, run_metadata
 
 
 def records(output: Path) -> list[dict]:
@@ -106,3 +106,29 @@ def test_an_interrupted_or_crashed_run_records_how_it_ended(
     # the first batch's part is kept, nothing half-written is
     assert record["commits"] == commit_versions(output)
     assert done.returncode != 143 or signal.SIGTERM == 15
+
+
+@pytest.mark.parametrize(
+    ("layer", "method", "heads"),
+    [
+        ("features.12", "fdcam", "torch-factorised"),  # a classifier head: factorised
+        ("features.11", "ablationcam", "torch-explicit"),  # a Fire module after the cut: no plan
+        ("features.12", None, "none"),  # Grad-CAM alone scores no masks
+    ],
+)
+def test_the_record_names_the_masked_head_path_that_ran(
+    tmp_path: Path, layer: str, method: str | None, heads: str
+) -> None:
+    """Issue 19 item 3: ``run.backend`` (record and commit metadata) says what scored the masks,
+    not what was chosen before a plan was made for the layer."""
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 1)
+    args = explain_command(
+        images, output, "--layer", layer, *(["--method", method] if method else [])
+    )
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (record,) = records(output)
+    assert f" head-scores={heads} " in record["run"]["backend"]
+    assert run_metadata(output)["run"] == record["run"]  # type: ignore[index]
+    assert record["run"]["selected"].startswith("backbone=torch head-scores=torch-factorised")
