@@ -58,10 +58,12 @@ RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")
 REFERENCE_RUNTIME = "torch-explicit"
 # What ``precision="auto"`` picks per device kind: reduced precision only where the fidelity
 # suite (``fdpipe bench --suite fidelity``) showed FD-CAM maps at r >= 0.999 of fp32 on every
-# model AND the speed suite showed it faster (README, "Precision"). CPU bf16: maps hold, speed
-# not measured (no CPU with native bf16 here). CUDA (H100, 2026-11-22): fp16 holds for every
-# method, but end to end it was faster only on VGG16 (0.71-0.87x fp32) and slower on SqueezeNet
-# (1.2-1.8x): FD-CAM on a GPU is bound by the CPU's share. Both stay fp32.
+# model AND the speed suite showed it faster (README, "Precision"). CPU bf16 (AVX-512 BF16, no
+# AMX, 2026-12-06): FD-CAM's maps hold and it ran at 0.49x fp32 on VGG16; it stays fp32 for
+# now, as Grad-CAM and XGrad-CAM fell below the bar in bf16 (H100) and auto is per run, not
+# per method. CUDA (H100, 2026-11-22): fp16 holds for every method, but end to end it was faster
+# only on VGG16 (0.71-0.87x fp32) and slower on SqueezeNet (1.2-1.8x): FD-CAM on a GPU is bound
+# by the CPU's share. Both stay fp32.
 AUTO_PRECISION = {"cpu": "fp32", "cuda": "fp32"}
 
 

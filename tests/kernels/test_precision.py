@@ -13,8 +13,14 @@ from fdpipe.backends import BackendError, select_backend
 from fdpipe.kernels import FDCAM, ExplicitMaskedHead, prepare
 from fdpipe.kernels import precision as precision_module
 from fdpipe.kernels.factorised_head import FactorisedMaskedHead
-from fdpipe.kernels.precision import AutocastBackbone, cpu_has_native_bf16, ieee_fp32
+from fdpipe.kernels.precision import (
+    CAST_ONCE,
+    AutocastBackbone,
+    cpu_has_native_bf16,
+    ieee_fp32,
+)
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU refusals")
 
@@ -93,6 +99,42 @@ def test_bf16_fdcam_on_squeezenet_follows_fp32(squeezenet, photos, monkeypatch) 
     assert torch.equal(actual.weights.argmax(-1), expected.weights.argmax(-1))
     r = torch.corrcoef(torch.stack([actual.maps.flatten(), expected.maps.flatten()]))[0, 1]
     assert r > 0.99
+
+
+class _Casts(TorchDispatchMode):
+    """The sources of every dtype cast (``aten._to_copy``) dispatched inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func is torch.ops.aten._to_copy.default and (kwargs or {}).get("dtype") is not None:
+            self.sources.append(args[0].data_ptr())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_low_precision_backbone_casts_its_weights_once_and_computes_what_autocast_does(
+    squeezenet_net, dtype: torch.dtype
+) -> None:
+    model = copy.deepcopy(squeezenet_net.backbone)
+    backbone = AutocastBackbone(model, dtype)
+    weights = [m.weight for m in backbone.fast.modules() if type(m) in CAST_ONCE]
+    assert weights and all(w.dtype == dtype for w in weights)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the model: untouched
+    assert backbone.channels_last and "channels-last" in backbone.name
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad(), _Casts() as casts:
+        activations = backbone(images)
+    pointers = {p.data_ptr() for p in backbone.parameters()}
+    assert not pointers & set(casts.sources)  # no weight is cast per call
+    assert activations.dtype == torch.float32 and activations.is_contiguous()
+    # What autocast over the fp32 model computes in the same layout: the same, bit for bit.
+    reference = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        expected = reference(images.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(activations, expected.float())
 
 
 def test_ieee_fp32_turns_tf32_off_on_cuda_and_restores_the_callers_setting(monkeypatch) -> None:
