@@ -8,7 +8,7 @@ every gradient method (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, Group-CAM, FD
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from fdpipe.kernels.budget import CPU_CAP, MemoryBudget, default_budget
@@ -28,6 +28,19 @@ class LayerState:
     scorer: MaskedHeadScorer
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(CPU_CAP))
     _gradients: Tensor | None = field(default=None, repr=False)
+
+    def select(self, images: Tensor, classes: Tensor) -> LayerState:
+        """The state of the ``images`` (indices) of the batch with other target ``classes``
+        (one row each): the backbone pass is shared, gradients are worked out anew."""
+        return replace(
+            self,
+            inputs=self.inputs[images],
+            activations=self.activations[images],
+            extras=tuple(extra[images] for extra in self.extras),
+            logits=self.logits[images],
+            classes=classes,
+            _gradients=None,
+        )
 
     @property
     def input_size(self) -> tuple[int, int]:

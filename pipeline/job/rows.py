@@ -24,6 +24,7 @@ from fdpipe.export.request import ModelError
 from fdpipe.job.contract import contract_violations
 from fdpipe.job.decode import DecodedImage
 from fdpipe.job.schema import SCHEMA, RunStamp
+from fdpipe.kernels.state import LayerState
 from torch import Tensor
 
 Box = tuple[float, float, float, float]
@@ -188,18 +189,73 @@ def explain_usable(
         chosen = torch.tensor(targets).view(-1, 1)
         if explainer.top_k > 0:
             state = explainer.prepare(batch)
-            state.classes = torch.cat([chosen.to(state.classes.device), state.classes], dim=1)
+            chosen = chosen.to(state.classes.device)
+            merged = state.classes == chosen  # (B, k): the label is also that prediction
+            state.classes = torch.cat([chosen, state.classes], dim=1)
+            if bool(merged.any()):
+                return labelled(explainer, state, merged, save_weights, start)
         else:
             state = explainer.prepare(batch, classes=chosen)
     shared = (perf_counter() - start) / len(explainer.methods)
+    return host_explanations(explainer, state, save_weights, shared)
+
+
+def host_explanations(
+    explainer: Explainer, state: LayerState, save_weights: bool, shared: float
+) -> list[HostExplanation]:
+    """Every method on ``state``, copied to the host once per tensor; ``shared``: the seconds
+    of the shared pass per method."""
     copies: HostCopies = {}
     explained = []
     start = perf_counter()
     for label, explanation in explainer.explanations(state):
         host = HostExplanation.of(label, explanation, save_weights, copies)
-        host.seconds = (perf_counter() - start + shared) / len(images)
+        host.seconds = (perf_counter() - start + shared) / len(state.classes)
         explained.append(host)
         start = perf_counter()
+    return explained
+
+
+def labelled(
+    explainer: Explainer, state: LayerState, merged: Tensor, save_weights: bool, start: float
+) -> list[HostExplanation]:
+    """Label then top-k where some images' label is one of their predictions (``merged``, B x
+    k): that class is explained once, in slot 0 (the label's); its prediction slot stays empty
+    (class -1, no row), so slot t is rank t for every image. Images with and without such a
+    slot are explained as two groups of the one backbone pass."""
+    batch, slots = state.classes.shape
+    keep = torch.cat([torch.ones_like(merged[:, :1]), ~merged], dim=1)  # (B, 1 + k)
+    twice = merged.any(1)
+    groups = [g for g in (torch.nonzero(~twice)[:, 0], torch.nonzero(twice)[:, 0]) if len(g)]
+    states = [state.select(g, state.classes[g][keep[g]].view(len(g), -1)) for g in groups]
+    shared = (perf_counter() - start) / len(explainer.methods) / len(groups)
+    parts = [host_explanations(explainer, sub, save_weights, shared) for sub in states]
+    order = torch.cat(groups)
+    image, slot = torch.nonzero(keep[order], as_tuple=True)  # group after group, row-major
+    at = (order[image].cpu().numpy(), slot.cpu().numpy())
+
+    def placed(arrays: list[np.ndarray], fill: float) -> np.ndarray:
+        flat = np.concatenate([a.reshape(-1, *a.shape[2:]) for a in arrays])
+        out = np.full((batch, slots, *flat.shape[1:]), fill, flat.dtype)
+        out[at] = flat
+        return out
+
+    explained = []
+    for hosts in zip(*parts, strict=True):
+        ranges = [h.raw_range for h in hosts if h.raw_range is not None]
+        weights = [h.weights for h in hosts if h.weights is not None]
+        explained.append(
+            HostExplanation(
+                hosts[0].label,
+                placed([h.classes for h in hosts], -1),
+                placed([h.logits for h in hosts], 0.0),
+                placed([h.probabilities for h in hosts], 0.0),
+                placed([h.native for h in hosts], 0.0),
+                placed(ranges, 0.0) if ranges else None,
+                placed(weights, 0.0) if weights else None,
+                sum(h.seconds * len(g) for h, g in zip(hosts, groups, strict=True)) / batch,
+            )
+        )
     return explained
 
 
@@ -247,14 +303,16 @@ def batch_rows(
     if not failed:
         return explained_table
     failed_table = _failed(form, failed, [image.error or errors[id(image)] for image in failed])
-    # Back to input order: each image's rows where the image is.
-    per_image = len(explained) * (explained[0].classes.shape[1] if explained else 0)
+    # Back to input order: each image's rows where the image is (an empty slot has none).
+    slots = (explained[0].classes >= 0).sum(1) if explained else np.zeros(0, np.int64)
+    counts = iter(len(explained) * int(slots[b]) for b in ok)
     order, done, lost = [], 0, explained_table.num_rows
     for image in images:
         if image.error is not None or id(image) in errors:
             order.append(lost)
             lost += 1
         else:
+            per_image = next(counts)
             order.extend(range(done, done + per_image))
             done += per_image
     return pa.concat_tables([explained_table, failed_table]).take(pa.array(order))
@@ -313,10 +371,27 @@ def _explained(
             pa.float32(),
         ),
     }
+    columns["target_role"] = _roles(form.stamp.targets, t, (classes < 0).reshape(-1, ranks), n)
     if form.save_weights:
         weights = [None if h.weights is None else h.weights[i] for i in ok for h in explained]
         columns["weights"] = _lists(weights, ranks)
-    return _table(n, **columns)
+    rows = _table(n, **columns)
+    present = classes >= 0  # a label that is also a prediction has no prediction row
+    return rows if present.all() else rows.filter(pa.array(present))
+
+
+def _roles(targets: str, rank: np.ndarray, empty: np.ndarray, n: int) -> pa.Array:
+    """``target_role`` per row: with a manifest's labels (``column=...``) rank 0 is the
+    ``label`` (``both`` when it is also one of the explained predictions: an empty slot of the
+    row's image and method), higher ranks the ``prediction``s; top-k runs explain predictions
+    only; given ``--classes`` are neither (null)."""
+    if targets.startswith("top-"):
+        return _repeat("prediction", n)
+    if not targets.startswith("column="):
+        return pa.nulls(n, pa.string())
+    both = np.repeat(empty.any(1), empty.shape[1])
+    role = np.where(rank > 0, "prediction", np.where(both, "both", "label"))
+    return pa.array(role.astype(object), pa.string())
 
 
 def _failed(form: RowFormat, images: list[DecodedImage], errors: list[str]) -> pa.Table:

@@ -42,6 +42,9 @@ SCHEMA = pa.schema(
         pa.field("file_size", pa.int64()),
         pa.field("file_mtime_ns", pa.int64()),
         pa.field("run_id", pa.string(), nullable=False),
+        # Added in 0.2 (issue 19): tables written before lack it and read it as null; the first
+        # commit after adds it to the table's schema (Delta schema evolution, ``merge``).
+        pa.field("target_role", pa.string()),  # "label", "prediction", "both" (see README)
     ]
 )
 # Rows of a run for one image: a later run's rows of the same (image_path, method, targets,

@@ -255,6 +255,7 @@ class ResultsTable:
                         storage_options=self.storage_options or None,
                         commit_properties=properties,
                         writer_properties=writer_properties(),
+                        schema_mode="merge",  # a table written before a column was added
                     )
                 else:
                     write_deltalake(
@@ -264,6 +265,7 @@ class ResultsTable:
                         storage_options=self.storage_options or None,
                         commit_properties=properties,
                         writer_properties=writer_properties(),
+                        schema_mode="merge",  # a table written before a column was added
                     )
             except CommitFailedError as exc:  # another writer committed first: recompute
                 log.info("commit conflict (attempt %d): %s", attempt + 1, str(exc)[:200])
