@@ -27,6 +27,7 @@ FGCAM_BASES = ("gradcam", "scorecam", "fdcam")
 RUNTIMES = ("auto", "torch", "onnxruntime", "tensorrt")  # fdpipe.backends.RUNTIMES
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "auto")  # fdpipe.kernels.precision.PRECISION_CHOICES
 ENGINES = ("local", "ray")  # fdpipe.job.config.ENGINES
+DECODES = ("auto", "cpu", "device")  # fdpipe.job.config.DECODES
 DEFAULT_COLORMAP = "jet"  # fdpipe.display.DEFAULT_COLORMAP
 OPSET = 18  # fdpipe.export.onnx.OPSET
 MAX_PIXELS = 40_000_000  # fdpipe.images.MAX_PIXELS
@@ -35,6 +36,7 @@ VOC_TO_IMAGENET = Path(__file__).parents[1] / "evaluation" / "data" / "voc_to_im
 
 __all__ = [
     "CAM_METHODS",
+    "DECODES",
     "DEFAULT_MODEL",
     "ENGINES",
     "FGCAM_BASES",

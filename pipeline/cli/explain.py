@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 from fdpipe.cli.choices import (
+    DECODES,
     ENGINES,
     FGCAM_BASES,
     MAX_PIXELS,
@@ -213,6 +214,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
     help="Decode threads.",
 )
 @click.option(
+    "--decode",
+    type=click.Choice(DECODES),
+    default="auto",
+    show_default=True,
+    help="Where JPEGs are decoded and preprocessed: on the model's device (nvJPEG on a GPU), "
+    "the CPU (PIL), or auto: the device on a GPU.",
+)
+@click.option(
     "--part-size",
     type=click.IntRange(min=1),
     default=256,
@@ -311,6 +320,7 @@ def explain(
     target_column: str | None,
     batch_size: int | str,
     workers: int,
+    decode: str,
     part_size: int,
     shard: str,
     overwrite: bool,
@@ -377,6 +387,7 @@ def explain(
         target_column=target_column,
         batch_size=batch_size,
         workers=workers,
+        decode=decode,
         part_size=part_size,
         shard=parse_shard(shard),
         overwrite=overwrite,

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ENGINES = ("local", "ray")
+DECODES = ("auto", "cpu", "device")  # where JPEGs are decoded; auto: on the model's GPU
 
 
 class ConfigError(FdpipeError, ValueError):
@@ -42,6 +43,7 @@ class JobConfig:
     target_column: str | None = None  # manifest column with each image's class to explain
     batch_size: int | str = "auto"  # or images per pass (``fdpipe.job.setup.resolve_batch_size``)
     workers: int = os.cpu_count() or 1  # decode threads
+    decode: str = "auto"  # JPEGs on the model's device or the CPU (``fdpipe.job.setup``)
     max_memory: int | None = None  # bytes a batch's perturbation work holds; None: the default
     part_size: int = 256  # images per part file: the most work a kill can lose
     shard: tuple[int, int] = (0, 1)
@@ -109,4 +111,4 @@ class RunParams:
         return cast(dict[str, object], json.loads(json.dumps(asdict(self), default=str)))
 
 
-__all__ = ["ENGINES", "ConfigError", "JobConfig", "RunParams", "local_output"]
+__all__ = ["DECODES", "ENGINES", "ConfigError", "JobConfig", "RunParams", "local_output"]

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import ray
 import torch
 from fdpipe.job.config import JobConfig
-from fdpipe.job.decode import DecodedImage, decode
+from fdpipe.job.decode import DecodedImage, decode, decode_on_device
 from fdpipe.job.inputs import Entry, Source
 from fdpipe.job.parts import PartSink, image_starts
 from fdpipe.job.plan import Plan
@@ -29,7 +29,7 @@ from fdpipe.job.progress import Progress
 from fdpipe.job.ray_files import pack, unpack
 from fdpipe.job.rows import explain_rows
 from fdpipe.job.schema import RunStamp
-from fdpipe.job.setup import job_explainer, row_format
+from fdpipe.job.setup import decode_device, job_explainer, row_format
 
 log = logging.getLogger("fdpipe.ray")
 NODE_COLUMN = "_ray_node"  # added by the actors, removed by the driver
@@ -57,11 +57,14 @@ class ExplainActor:
         self.explainer = job_explainer(config)
         self.form = row_format(self.explainer, config, stamp)
         self.pool = ThreadPoolExecutor(max_workers=config.workers)
+        self.device = decode_device(config.decode, self.explainer)
+        self.max_pixels = config.max_pixels
         self.read = partial(
             decode,
             source=source,
             preprocess=self.explainer.model.preprocess,
             max_pixels=config.max_pixels,
+            leave_jpegs=self.device is not None,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -78,6 +81,9 @@ class ExplainActor:
             image.info.size, image.info.mtime_ns = (
                 (int(size), int(version)) if size >= 0 else (None, None)
             )
+        if self.device is not None:
+            preprocess = self.explainer.model.preprocess
+            decode_on_device(decoded, preprocess, self.device, self.max_pixels)
         rows = explain_rows(self.explainer, self.form, decoded)
         rows = rows.append_column(NODE_COLUMN, pa.array([self.node] * rows.num_rows))
         ran = self.explainer.backend.ran()

@@ -50,6 +50,7 @@ from fdpipe.job.setup import (
     job_explainer,
     method_label,
     resolve_batch_size,
+    resolve_decode,
     row_format,
     run_metadata,
     run_params,
@@ -83,6 +84,7 @@ def run_job(config: JobConfig) -> Summary:
                 "overwrite": config.overwrite,
                 "engine": config.engine,
                 "batch_size": config.batch_size,
+                "decode": config.decode,
                 "part_size": config.part_size,
             },
             "versions": versions(),
@@ -105,7 +107,11 @@ def run_job(config: JobConfig) -> Summary:
                 log.warning("cannot write the run record: %s", exc)
             return summary
         explainer = job_explainer(config)
-        config = replace(config, batch_size=resolve_batch_size(config.batch_size, explainer))
+        config = replace(
+            config,
+            batch_size=resolve_batch_size(config.batch_size, explainer),
+            decode=resolve_decode(config.decode, explainer, config.engine),
+        )
         with output_lock(config.output, config.shard):  # one run per (output, shard)
             return _run_locked(config, record, clock, source, entries, explainer)
     except REFUSALS as exc:

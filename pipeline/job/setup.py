@@ -16,8 +16,9 @@ import torchvision
 from fdpipe import __version__
 from fdpipe.api import Explainer
 from fdpipe.export.class_names import class_indices
+from fdpipe.export.preprocessing import Preprocess
 from fdpipe.export.request import ModelError
-from fdpipe.job.config import ConfigError, JobConfig, RunParams
+from fdpipe.job.config import DECODES, ConfigError, JobConfig, RunParams
 from fdpipe.job.rows import RowFormat
 from fdpipe.job.schema import RunStamp
 from fdpipe.methods import MethodSpec
@@ -82,6 +83,29 @@ def resolve_batch_size(batch_size: int | str, explainer: Explainer) -> int:
     return batch_size
 
 
+def decode_device(decode: str, explainer: Explainer) -> torch.device | None:
+    """Where the run decodes its JPEGs (``--decode``): the model's device, or None for the CPU
+    decoders alone. ``auto`` is the device on a GPU; ``device`` on a CPU model runs the same
+    code on the CPU (torchvision's libjpeg decoder: how the tests cover it)."""
+    if decode not in DECODES:
+        raise ConfigError(f"--decode {decode!r}: choose from {', '.join(DECODES)}")
+    own = isinstance(explainer.model.preprocess, Preprocess)  # a callable takes PIL images
+    if decode == "cpu" or (decode == "auto" and not (own and explainer.device.type == "cuda")):
+        return None
+    if not own:
+        raise ConfigError("--decode device needs the model's own preprocessing, not a callable")
+    return explainer.device
+
+
+def resolve_decode(decode: str, explainer: Explainer, engine: str) -> str:
+    """``--decode`` as run (``cpu`` or ``device``), refused before any work if it cannot be;
+    ``auto`` stays for Ray's actors, each resolving it on its own device."""
+    device = decode_device(decode, explainer)
+    if engine == "ray" and decode == "auto":
+        return decode
+    return "cpu" if device is None else "device"
+
+
 def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
     """What the rows depend on: a rerun must match the model fields."""
     model = explainer.model
@@ -136,6 +160,7 @@ def run_metadata(
             "engine": config.engine,
             "shard": list(config.shard),
             "batch_size": config.batch_size,
+            "decode": config.decode,
             "max_memory_bytes": explainer.budget.bytes,
             "input": str(config.input),
             "input_root": root,
@@ -164,9 +189,11 @@ __all__ = [
     "CPU_BATCH",
     "MAX_AUTO_BATCH",
     "auto_batch_size",
+    "decode_device",
     "job_explainer",
     "method_label",
     "resolve_batch_size",
+    "resolve_decode",
     "row_format",
     "run_metadata",
     "run_params",

@@ -186,13 +186,14 @@ def test_choices_match_their_sources() -> None:
     from fdpipe.evaluation.pointing import POINTING_TOLERANCE, VOC_TO_IMAGENET
     from fdpipe.export.onnx import OPSET
     from fdpipe.images import MAX_PIXELS
-    from fdpipe.job.config import ENGINES
+    from fdpipe.job.config import DECODES, ENGINES
     from fdpipe.kernels import FGCAM, METHODS
     from fdpipe.kernels.precision import PRECISION_CHOICES
 
     assert tuple(METHODS) == choices.METHOD_NAMES
     assert tuple(m for m in METHODS if m != FGCAM.name) == choices.CAM_METHODS
     assert (choices.RUNTIMES, choices.ENGINES) == (RUNTIMES, ENGINES)
+    assert choices.DECODES == DECODES
     assert (choices.OPSET, choices.POINTING_TOLERANCE) == (OPSET, POINTING_TOLERANCE)
     assert choices.MAX_PIXELS == MAX_PIXELS
     assert choices.PRECISION_CHOICES == PRECISION_CHOICES
