@@ -262,6 +262,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
     help="Memory each batch's perturbation work may hold at once (2G, 512M, bytes); "
     "default: a quarter of the available memory up to 1G, or half a GPU's free memory.",
 )
+@click.option(
+    "--evaluate-sample",
+    type=click.IntRange(min=1),
+    help="Score a seeded random sample of N of this run's images by insertion / deletion and "
+    "Average Drop / Increase with the maps just computed; means with bootstrap intervals go "
+    "into the run record and `fdpipe report`.",
+)
+@click.option(
+    "--evaluate-seed", type=int, default=0, show_default=True, help="Of --evaluate-sample."
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 # Aliases of method options, written into the --method specs (cli/options.method_alias).
 @method_alias(
@@ -334,6 +344,8 @@ def explain(
     actors: int | None,
     max_pixels: int,
     max_memory: int | None,
+    evaluate_sample: int | None,
+    evaluate_seed: int,
     progress: bool | None,
 ) -> None:
     """Explain every image of INPUT into a Parquet dataset at OUTPUT.
@@ -402,6 +414,8 @@ def explain(
         progress=progress,
         max_pixels=max_pixels,
         max_memory=max_memory,
+        evaluate_sample=evaluate_sample or 0,
+        evaluate_seed=evaluate_seed,
         command=command_line(ctx),
     )
     ctx.meta[JOB_STARTED] = True

@@ -60,9 +60,17 @@ class JobConfig:
     max_pixels: int = MAX_PIXELS  # decoded pixels per image: bounds decode memory
     storage_options: dict[str, Any] = field(default_factory=dict)  # the input's filesystem
     command: str | None = None  # the command line, recorded in the run record (the CLI)
+    evaluate_sample: int = 0  # score a seeded sample of this many of the run's images (0: off)
+    evaluate_seed: int = 0
 
     def __post_init__(self) -> None:
         local_output(self.output)
+        for name in ("evaluate_sample", "evaluate_seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.evaluate_sample < 0:
+            raise ConfigError(f"evaluate_sample must be >= 0 (0: off), got {self.evaluate_sample}")
 
     @property
     def request(self) -> ModelRequest:

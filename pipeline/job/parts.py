@@ -128,8 +128,11 @@ class PartSink:
     backend: Callable[[], str] | None = None  # the engine paths that ran so far (``run.backend``)
     pending: pa.Table | None = None
     written: list[int] = field(default_factory=list)  # the table versions committed
+    watch: Callable[[pa.Table], None] | None = None  # sees every row table (a sample's tap)
 
     def add(self, table: pa.Table) -> None:
+        if self.watch is not None:
+            self.watch(table)
         rows = table if self.pending is None else pa.concat_tables([self.pending, table])
         starts = image_starts(rows)
         # Only cut once a later image has begun: an image's rows may straddle two tables.

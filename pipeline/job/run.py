@@ -18,8 +18,10 @@ import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fdpipe.api import Explainer
+from fdpipe.errors import FdpipeError
 from fdpipe.export.request import ModelError
 from fdpipe.job.config import ConfigError, JobConfig
 from fdpipe.job.inputs import Entry, InputError, InputMissing, Source, shard_of
@@ -59,6 +61,9 @@ from fdpipe.job.setup import (
 )
 from fdpipe.job.sources import open_source
 from fdpipe.job.table import ResultsTable, TableError, image_keys
+
+if TYPE_CHECKING:
+    from fdpipe.job.faithfulness import SampleTap
 
 log = logging.getLogger("fdpipe.job")
 
@@ -191,6 +196,10 @@ def _run_locked(
     # Only the methods some pending image lacks run; the rows of the others stay current.
     explainer.methods = {k: m for k, m in explainer.methods.items() if k in plan.labels}
     sink = PartSink(table, config.part_size, metadata, explainer.backend.ran)
+    if config.evaluate_sample:
+        from fdpipe.job.faithfulness import draw
+
+        sink.watch = tap = draw(plan.pending, config.evaluate_sample, config.evaluate_seed)
     progress = Progress(len(plan.pending), bar=config.progress)
     form = row_format(explainer, config, stamp)
     try:
@@ -211,6 +220,8 @@ def _run_locked(
         seconds = progress.close()
         record.fields["commits"] = sink.written  # the table versions this run committed
         record.fields["memory"] = explainer.budget.record()  # the chunks the budget gave
+    if config.evaluate_sample:
+        record.fields["evaluation"] = faithfulness(config, tap, explainer, source, plan.pending)
     summary = Summary(
         progress.done,
         progress.failed,
@@ -226,6 +237,24 @@ def _run_locked(
     )
     finish(record, summary, clock)
     return summary
+
+
+def faithfulness(
+    config: JobConfig, tap: SampleTap, explainer: Explainer, source: Source, pending: list[Entry]
+) -> dict[str, object]:
+    """``--evaluate-sample``: the sample's scores, or why there are none (the run's rows are
+    committed by now: an evaluation that fails costs the record's scores, never the run)."""
+    from fdpipe.job.faithfulness import evaluate_sample
+
+    try:
+        return evaluate_sample(
+            tap, explainer, source, pending, asked=config.evaluate_sample,
+            seed=config.evaluate_seed,
+        )  # fmt: skip
+    except (FdpipeError, OSError, RuntimeError, ValueError) as exc:
+        log.warning("faithfulness sample not scored: %s: %s", type(exc).__name__, exc)
+        return {"asked": config.evaluate_sample, "seed": config.evaluate_seed,
+                "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
 
 
 def clear(table: ResultsTable, shard: tuple[int, int], record: dict[str, object]) -> None:

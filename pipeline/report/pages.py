@@ -166,6 +166,54 @@ def run_record_html(run: RunRecord) -> str:
     )
 
 
+FAITHFULNESS = ("insertion", "deletion")  # columns of the drift table (higher, lower is better)
+
+
+def faithfulness_html(runs: list[RunRecord]) -> str:
+    """One row per run that scored a sample (``explain --evaluate-sample``): per method its mean
+    insertion and deletion with their 95 % bootstrap intervals, the verdict. A record is data:
+    values of the wrong shape are shown as missing, never trusted."""
+
+    def cell(means: object, metric: str, method: str) -> str:
+        try:
+            found = means[metric][method]  # type: ignore[index]
+            mean, low, high = (float(found[k]) for k in ("mean", "low", "high"))
+        except (KeyError, TypeError, ValueError):
+            return "<td>–</td>"
+        return f"<td class='num'>{mean:.3f} [{low:.3f}, {high:.3f}]</td>"
+
+    scored: list[tuple[RunRecord, dict[str, object]]] = []
+    methods: set[str] = set()
+    for run in runs:
+        evaluation = run.record.get("evaluation")
+        if isinstance(evaluation, dict):
+            scored.append((run, evaluation))
+            means = evaluation.get("means")
+            for per in means.values() if isinstance(means, dict) else []:
+                methods.update(map(str, per) if isinstance(per, dict) else [])
+    if not scored:
+        return ""
+    order = sorted(methods)
+    head = "".join(f"<th>{escape(m)} {metric}</th>" for m in order for metric in FAITHFULNESS)
+    rows = []
+    for run, evaluation in scored:
+        means = evaluation.get("means")
+        cells = "".join(cell(means, metric, m) for m in order for metric in FAITHFULNESS)
+        note = evaluation.get("error") or evaluation.get("verdict") or ""
+        rows.append(
+            f"<tr><td>{escape(str(run.record.get('run_id', run.source)))}</td>"
+            f"<td class='num'>{escape(str(evaluation.get('evaluated', 0)))} / "
+            f"{escape(str(evaluation.get('asked', '')))}</td>{cells}"
+            f"<td>{escape(str(note))}</td></tr>"
+        )
+    return (
+        "<h2>Faithfulness of a sample, run by run</h2><p>Insertion (higher is better) and "
+        "deletion (lower is better), mean [95 % bootstrap interval] over each run's sample "
+        "(<code>explain --evaluate-sample</code>).</p><table class='stats'><tr><th>run</th>"
+        f"<th>images scored / asked</th>{head}<th>verdict</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def index_page(
     aggregates: Aggregates,
     runs: list[RunRecord],
@@ -198,6 +246,7 @@ def index_page(
         '</form><div id="found"></div>',
         "<h2>Runs</h2>",
         *([run_record_html(run) for run in runs] or ["<p>No run records.</p>"]),
+        faithfulness_html(runs),
         "<h2>Score distributions</h2><div class='charts'>",
         histogram_svg(aggregates.top1, "top-1 class probability", ("0", "1")),
     ]

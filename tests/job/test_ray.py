@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from fdpipe.export.request import ModelRequest, PreprocessOptions
 from fdpipe.job.config import JobConfig
 from fdpipe.job.reader import iter_rows
 from fdpipe.job.run import run_job
@@ -97,3 +99,24 @@ def test_one_actor_per_gpu_else_per_cpu(
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
     config = JobConfig(input=Path("."), output=Path("out"), actors=actors)
     assert actor_resources(config) == expected
+
+
+def test_ray_scores_the_same_faithfulness_sample(local_ray: None, tmp_path: Path) -> None:
+    """``--evaluate-sample`` with Ray: the sample's rows are taken on the driver, as they reach
+    the sink, and scored there: the same record as the local engine's."""
+    write_images(tmp_path / "images", 3)
+    config = JobConfig(
+        input=tmp_path / "images", output=tmp_path / "ray", methods=("gradcam",),
+        model=ModelRequest("squeezenet1_1", preprocess=PreprocessOptions(size=(64, 64))),
+        batch_size=2, part_size=2, engine="ray", evaluate_sample=2, evaluate_seed=5,
+    )  # fmt: skip
+    run_job(config)
+    run_job(replace(config, output=tmp_path / "local", engine="local"))
+    by_ray, by_local = (
+        json.loads(next((output / "_runs").glob("*.json")).read_text())["evaluation"]
+        for output in (config.output, tmp_path / "local")
+    )
+    assert by_ray["images"] == by_local["images"] and by_ray["evaluated"] == 2
+    for metric, per_method in by_local["means"].items():
+        for key, value in per_method["gradcam"].items():
+            assert by_ray["means"][metric]["gradcam"][key] == pytest.approx(value, abs=1e-5)
