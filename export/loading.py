@@ -4,6 +4,8 @@ count read from a probe forward, names and preprocessing settled) as a :class:`L
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,15 +15,21 @@ import torch
 from fdpipe.export.class_names import default_class_names, read_class_names
 from fdpipe.export.hf import HFClassifier, class_names_of, is_transformers_model
 from fdpipe.export.layers import check_layer, default_layer, device_of
-from fdpipe.export.model_sources import REGISTRY, Built, build, recorded_source
+from fdpipe.export.model_sources import REGISTRY, Built, build, own_preprocess, recorded_source
 from fdpipe.export.preprocessing import (
     AnyPreprocess,
     CallablePreprocess,
     Preprocess,
     PreprocessArg,
-    imagenet_preprocess,
 )
-from fdpipe.export.request import DEFAULT_MODEL, ModelError, PreprocessOptions, check_score
+from fdpipe.export.request import (
+    DEFAULT_MODEL,
+    ModelError,
+    PreprocessOptions,
+    WeightsMap,
+    check_score,
+    weights_map_of,
+)
 from fdpipe.export.weights import tensors_id
 from torch import Tensor, nn
 
@@ -38,6 +46,10 @@ class LoadedModel:
     weights_id: str  # sha256 of the weights file or of the tensors; "random-seed-N" for tests
     source: str = ""  # where the model came from (torchvision:resnet18, timm:..., factory:...)
     score: str = "softmax"  # what the stored probability means: softmax, sigmoid or logit
+    # The weights file given (``--weights``), absolute, and its sha256; recorded with outputs
+    # so that ``evaluate --maps`` loads it again (or says it is gone or changed).
+    weights_file: tuple[str, str] | None = None
+    weights_map: WeightsMap | None = None  # how that file's keys were renamed
 
     def __post_init__(self) -> None:
         check_score(self.score)
@@ -69,6 +81,7 @@ def load_model(
     *,
     layer: str | None = None,
     weights: str | Path | None = None,
+    weights_map: WeightsMap | None = None,
     pretrained: bool = True,
     seed: int = 0,
     class_names: str | os.PathLike[str] | Sequence[str] | None = None,
@@ -82,14 +95,31 @@ def load_model(
     ``pretrained=False`` gives seeded random weights (tests). The class count comes from the
     weights; ``class_names`` (a file or a list) names the classes; ``preprocess`` overrides the
     model's own preprocessing (``PreprocessOptions``) or replaces it (a ``Preprocess`` or any
-    callable PIL image -> tensor); ``score`` says what the stored probability is.
+    callable PIL image -> tensor); ``score`` says what the stored probability is;
+    ``weights_map`` renames the weights file's keys (``fdpipe.export.request.weights_map_of``).
     """
     name = recorded_source(name)
     weights_path = Path(weights) if weights is not None else None
     if weights_path is not None and not weights_path.is_file():
         raise ModelError(f"weights file {weights_path} does not exist or is not a file")
-    built = build(name, weights_path, pretrained, seed, trust_pickle, offline)
-    return finish(built, layer, class_names, preprocess, score)
+    weights_map = weights_map_of(weights_map)
+    if weights_map is not None and weights_path is None:
+        raise ModelError("a weights map applies to a weights file: give --weights FILE too")
+    built = build(name, weights_path, pretrained, seed, trust_pickle, offline, weights_map)
+    loaded = finish(built, layer, class_names, preprocess, score)
+    if weights_path is not None and pretrained:  # every source names a file by its sha256
+        loaded.weights_file = (str(weights_path.absolute()), built.weights_id)
+        loaded.weights_map = weights_map
+        if weights_map is not None:  # other names, other tensors: another identity
+            loaded.weights_id += f"+{weights_map_id(weights_map)}"
+    return loaded
+
+
+def weights_map_id(weights_map: WeightsMap) -> str:
+    if isinstance(weights_map, str):
+        return weights_map
+    text = json.dumps(sorted(weights_map.items()))
+    return f"map-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def finish(
@@ -162,9 +192,10 @@ def from_module(
     label = name or type(module).__name__
     source = f"module:{type(module).__qualname__}"
     names = class_names_of(module) if is_transformers_model(module) else None
+    own = own_preprocess(module)  # a timm model's own config; ImageNet's otherwise
     if is_transformers_model(module):  # pixels -> logits, its own module paths
         module = HFClassifier(module)
-    built = Built(module, label, source, tensors_id(module), imagenet_preprocess(), None, names)
+    built = Built(module, label, source, tensors_id(module), own, None, names)
     return finish(built, layer, class_names, preprocess, score)
 
 

@@ -31,7 +31,7 @@ from fdpipe.export.preprocessing import (
     Preprocess,
     imagenet_preprocess,
 )
-from fdpipe.export.request import ModelError
+from fdpipe.export.request import ModelError, WeightsMap
 from fdpipe.export.weights import (
     apply_state_dict,
     efficientnet_lite0_path,
@@ -43,6 +43,7 @@ from fdpipe.export.weights import (
     num_classes_in,
     offline,
     read_state_dict,
+    remap,
     sha256_file,
     tensors_id,
     torchvision_weights_locator,
@@ -59,7 +60,7 @@ class ModelSpec:
     normalisation: str
     build: Callable[[], nn.Module]
     locate_weights: Callable[[Path | None], Path]
-    load_weights: Callable[[nn.Module, Path], None]
+    load_weights: Callable[[nn.Module, Path, WeightsMap | None], None]
     input_size: tuple[int, int] = (224, 224)
 
 
@@ -120,11 +121,13 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def _load_weights(spec: ModelSpec, module: nn.Module, path: Path) -> None:
+def _load_weights(
+    spec: ModelSpec, module: nn.Module, path: Path, weights_map: WeightsMap | None
+) -> None:
     """``spec.load_weights`` with every way a weights file can be wrong as one ModelError: not a
     pickle, a refused pickle (code is never run), a tensor instead of a dict, missing keys."""
     try:
-        spec.load_weights(module, path)
+        spec.load_weights(module, path, weights_map)
     except ModelError:
         raise
     except (pickle.UnpicklingError, EOFError, RuntimeError, TypeError, ValueError,
@@ -154,7 +157,12 @@ def _hf_source(name: str, weights: Path | None) -> Built:
 
 
 def _registry_source(
-    spec: ModelSpec, weights: Path | None, pretrained: bool, seed: int, offline_only: bool | None
+    spec: ModelSpec,
+    weights: Path | None,
+    pretrained: bool,
+    seed: int,
+    offline_only: bool | None,
+    weights_map: WeightsMap | None,
 ) -> Built:
     preprocess = Preprocess(spec.input_size, Normalisation.named(spec.normalisation))
     torchvision_weights = spec.load_weights is load_state_dict or (
@@ -162,12 +170,12 @@ def _registry_source(
     )
     if pretrained and torchvision_weights and spec.name in _torchvision_names():
         # A fine-tuned state dict of any class count, sized like any torchvision name.
-        built = _torchvision_source(spec.name, weights, pretrained, seed, offline_only)
+        built = _torchvision_source(spec.name, weights, pretrained, seed, offline_only, weights_map)
         return replace(built, source=spec.name, preprocess=preprocess, layer=spec.layer)
     if pretrained:
         path = spec.locate_weights(weights)
         module = spec.build()
-        _load_weights(spec, module, path)
+        _load_weights(spec, module, path, weights_map)
         weights_id = sha256_file(path)
     else:
         module = _seeded(spec.build, seed)
@@ -186,7 +194,12 @@ def _seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 
 def _torchvision_source(
-    arch: str, weights: Path | None, pretrained: bool, seed: int, offline_only: bool | None
+    arch: str,
+    weights: Path | None,
+    pretrained: bool,
+    seed: int,
+    offline_only: bool | None,
+    weights_map: WeightsMap | None = None,
 ) -> Built:
     enum = torchvision.models.get_model_weights(arch).DEFAULT
     transforms = enum.transforms()
@@ -207,6 +220,7 @@ def _torchvision_source(
             k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))
         }
     module = torchvision.models.get_model(arch, weights=None, **kwargs)
+    state = remap(state, module.state_dict(), weights_map, path)  # before the class count
     count = num_classes_in(state, module)
     if count is not None and count != 1000:  # a fine-tuned classifier: size it from the weights
         module = torchvision.models.get_model(arch, weights=None, num_classes=count, **kwargs)
@@ -214,14 +228,39 @@ def _torchvision_source(
     return Built(module, arch, f"torchvision:{arch}", sha256_file(path), preprocess)
 
 
+def own_preprocess(module: nn.Module) -> Preprocess:
+    """The model's own preprocessing where it carries one (a timm model's ``pretrained_cfg``:
+    size, crop, interpolation, mean and std), else ImageNet's with a squash resize."""
+    if not isinstance(getattr(module, "pretrained_cfg", None), dict):
+        return imagenet_preprocess()
+    timm = _timm()  # the model was made by timm
+    config = timm.data.resolve_data_config({}, model=module)  # type: ignore[attr-defined]
+    channels, height, width = config["input_size"]
+    if int(channels) not in (1, 3):
+        return imagenet_preprocess()
+    return Preprocess(
+        (int(height), int(width)),
+        Normalisation("timm", tuple(config["mean"]), tuple(config["std"])),
+        resize="crop",
+        crop_fraction=float(config.get("crop_pct", TORCHVISION_CROP)),
+        channels=int(channels),
+        interpolation=str(config.get("interpolation", "bilinear")),
+    )
+
+
 def _timm_source(
-    name: str, weights: Path | None, pretrained: bool, seed: int, offline_only: bool | None
+    name: str,
+    weights: Path | None,
+    pretrained: bool,
+    seed: int,
+    offline_only: bool | None,
+    weights_map: WeightsMap | None = None,
 ) -> Built:
-    timm = _timm()
     state = read_state_dict(weights) if pretrained and weights is not None else None
     kwargs: dict[str, object] = {"pretrained": False}
-    if state is not None:
+    if state is not None and weights is not None:
         probe = _timm_model(name, pretrained=False)
+        state = remap(state, probe.state_dict(), weights_map, weights)  # before the class count
         count = num_classes_in(state, probe)
         if count is not None:
             kwargs["num_classes"] = count
@@ -246,21 +285,7 @@ def _timm_source(
         weights_id = f"timm-pretrained:{config.get('hf_hub_id') or name}"
     else:
         weights_id = f"random-seed-{seed}"
-    config = timm.data.resolve_data_config({}, model=module)  # type: ignore[attr-defined]
-    channels, height, width = config["input_size"]
-    preprocess = (
-        Preprocess(
-            (int(height), int(width)),
-            Normalisation("timm", tuple(config["mean"]), tuple(config["std"])),
-            resize="crop",
-            crop_fraction=float(config.get("crop_pct", TORCHVISION_CROP)),
-            channels=int(channels),
-            interpolation=str(config.get("interpolation", "bilinear")),
-        )
-        if int(channels) in (1, 3)
-        else imagenet_preprocess()
-    )
-    return Built(module, name, f"timm:{name}", weights_id, preprocess)
+    return Built(module, name, f"timm:{name}", weights_id, own_preprocess(module))
 
 
 def _import_factory(source: str) -> Callable[[], object]:
@@ -290,7 +315,13 @@ def _import_factory(source: str) -> Callable[[], object]:
     return factory
 
 
-def _factory_source(source: str, weights: Path | None, pretrained: bool, seed: int) -> Built:
+def _factory_source(
+    source: str,
+    weights: Path | None,
+    pretrained: bool,
+    seed: int,
+    weights_map: WeightsMap | None = None,
+) -> Built:
     factory = _import_factory(source)
     try:
         module = _seeded(factory, seed)  # type: ignore[arg-type]
@@ -299,12 +330,12 @@ def _factory_source(source: str, weights: Path | None, pretrained: bool, seed: i
     if not isinstance(module, nn.Module):
         raise ModelError(f"{source}() returned a {type(module).__name__}, not a torch nn.Module")
     if pretrained and weights is not None:
-        load_state_dict(module, weights)
+        load_state_dict(module, weights, weights_map)
         weights_id = sha256_file(weights)
     else:  # the factory's own weights
         weights_id = tensors_id(module)
     name = source.rpartition(":")[2]
-    return Built(module, name, f"factory:{source}", weights_id, imagenet_preprocess())
+    return Built(module, name, f"factory:{source}", weights_id, own_preprocess(module))
 
 
 def is_torchscript(path: Path) -> bool:
@@ -316,7 +347,9 @@ def is_torchscript(path: Path) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
 
 
-def _file_source(path: Path, weights: Path | None, trust_pickle: bool) -> Built:
+def _file_source(
+    path: Path, weights: Path | None, trust_pickle: bool, weights_map: WeightsMap | None = None
+) -> Built:
     if is_torchscript(path):
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -338,9 +371,9 @@ def _file_source(path: Path, weights: Path | None, trust_pickle: bool) -> Built:
             f"torchvision name, timm:NAME or module:factory) and this file with --weights"
         )
     if weights is not None:
-        load_state_dict(module, weights)
+        load_state_dict(module, weights, weights_map)
     weights_id = sha256_file(weights if weights is not None else path)
-    return Built(module, path.stem, source, weights_id, imagenet_preprocess())
+    return Built(module, path.stem, source, weights_id, own_preprocess(module))
 
 
 def recorded_source(source: str) -> str:
@@ -380,22 +413,25 @@ def build(
     seed: int,
     trust_pickle: bool,
     offline_only: bool | None,
+    weights_map: WeightsMap | None = None,
 ) -> Built:
-    """The model of ``source`` (see the module docstring) with its weights."""
+    """The model of ``source`` (see the module docstring) with its weights (their keys renamed
+    by ``weights_map``)."""
     if source.startswith("hf:"):
         return _hf_source(source[3:], weights)
     if source.startswith("timm:"):
-        return _timm_source(source[5:], weights, pretrained, seed, offline_only)
+        return _timm_source(source[5:], weights, pretrained, seed, offline_only, weights_map)
     if source in REGISTRY:
-        return _registry_source(REGISTRY[source], weights, pretrained, seed, offline_only)
+        spec = REGISTRY[source]
+        return _registry_source(spec, weights, pretrained, seed, offline_only, weights_map)
     if _is_file_source(source):
         if not Path(source).is_file():
             raise ModelError(f"model file {source} does not exist")
-        return _file_source(Path(source), weights, trust_pickle)
+        return _file_source(Path(source), weights, trust_pickle, weights_map)
     if ":" in source:
-        return _factory_source(source, weights, pretrained, seed)
+        return _factory_source(source, weights, pretrained, seed, weights_map)
     if source in _torchvision_names():
-        return _torchvision_source(source, weights, pretrained, seed, offline_only)
+        return _torchvision_source(source, weights, pretrained, seed, offline_only, weights_map)
     classifiers = sorted(torchvision.models.list_models(module=torchvision.models))
     raise ModelError(
         f"unknown model {source!r}; registered: {', '.join(sorted(REGISTRY))}; any torchvision "
@@ -411,5 +447,6 @@ __all__ = [
     "ModelSpec",
     "build",
     "is_torchscript",
+    "own_preprocess",
     "runs_code",
 ]

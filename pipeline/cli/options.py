@@ -75,13 +75,35 @@ def _size(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple
     return (values[0], values[-1])
 
 
+class PathOrWord(click.Path):
+    """A file, or one of ``words`` (kept as it is, in a config file too)."""
+
+    def __init__(self, *words: str) -> None:
+        super().__init__(dir_okay=False, path_type=str)
+        self.words = words
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value if value in self.words else super().convert(value, param, ctx)
+
+
+def _weights_map(ctx: click.Context, param: click.Parameter, text: str | None) -> object:
+    from fdpipe.export.request import ModelError, weights_map_of  # torch-free
+
+    try:
+        return weights_map_of(text)  # checked and read here, before torch loads
+    except ModelError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _channels(ctx: click.Context, param: click.Parameter, text: str | None) -> int | None:
     return int(text) if text else None
 
 
 # The model options' parameter names: ModelRequest's fields (``--model`` is ``source``,
 # the score ``model_score``: evaluate has a --score of its own) and PreprocessOptions' fields.
-_REQUEST_PARAMS = ("source", "layer", "weights", "class_names", "trust_pickle", "offline")
+_REQUEST_PARAMS = (
+    "source", "layer", "weights", "weights_map", "class_names", "trust_pickle", "offline",
+)  # fmt: skip
 _PREPROCESS_PARAMS = ("size", "resize", "crop_fraction", "normalisation", "mean", "std", "channels")
 
 
@@ -127,6 +149,15 @@ def model_options(
             "--weights",
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="State dict (any class count) instead of the model's usual weights.",
+        ),
+        click.option(
+            "--weights-map",
+            type=PathOrWord("by-position"),
+            callback=_weights_map,
+            metavar="by-position|FILE.json",
+            help="How --weights' keys name the model's tensors when they differ: by-position "
+            "(in order; count and shapes must match) or a JSON object of checkpoint key -> "
+            "model key (other keys keep their names).",
         ),
         click.option(
             "--class-names",
@@ -255,7 +286,7 @@ def config_value(param: click.Parameter, value: object) -> object:
 def beside(config: Path, param: click.Parameter, value: object) -> object:
     """A relative path in a config file means beside the file, so that the same file works from
     any working directory (a path on the command line or in a variable stays the shell's)."""
-    if not isinstance(param.type, click.Path):
+    if not isinstance(param.type, click.Path) or value in getattr(param.type, "words", ()):
         return value
     if isinstance(value, list):
         return [beside(config, param, v) for v in value]

@@ -103,6 +103,8 @@ class RunParams:
     model: str
     source: str
     weights_id: str
+    weights_file: dict[str, str] | None  # {"path", "sha256"} of the --weights file given
+    weights_map: str | dict[str, str] | None  # how that file's keys were renamed
     layer: str
     num_classes: int
     score: str

@@ -171,9 +171,15 @@ def _run_locked(
     run_id = next_run_id(max(newest_run, newest_record(config.output)))
     stamp = RunStamp(run_id, targets)
     metadata = run_metadata(params, explainer, config, source.root, run_id)
+    preprocessing = explainer.model.preprocess.summary()
+    log.info("preprocessing: %s", preprocessing)  # what every image goes through, stated once
     try:  # before any work: an output or --summary that cannot be written is a setting error
         record.write(
-            run_id=run_id, params=metadata["params"], run=metadata["run"], status="running"
+            run_id=run_id,
+            params=metadata["params"],
+            preprocessing=preprocessing,
+            run=metadata["run"],
+            status="running",
         )
     except OSError as exc:
         raise ConfigError(f"cannot write the run record: {exc}") from exc

@@ -113,6 +113,12 @@ def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
         model=model.name,
         source=model.source,
         weights_id=model.weights_id,
+        weights_file=(
+            dict(zip(("path", "sha256"), model.weights_file, strict=True))
+            if model.weights_file
+            else None
+        ),
+        weights_map=model.weights_map,
         layer=model.layer,
         num_classes=model.num_classes,
         score=model.score,

@@ -5,6 +5,8 @@ every bad model input as a one-line usage error (exit 2) that runs no code."""
 from __future__ import annotations
 
 import csv
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,98 @@ class _Evil:
 
     def __reduce__(self) -> tuple[object, tuple[Path]]:
         return (Path.touch, (Path(self.path),))
+
+
+@pytest.fixture(scope="module")
+def renamed(workspace: Path) -> Path:
+    """ft10.pt under another implementation's names, in the same order."""
+    state = torch.load(workspace / "ft10.pt", weights_only=True)
+    torch.save({f"net.{i}": v for i, v in enumerate(state.values())}, workspace / "renamed.pt")
+    items = list(state.items())
+    torch.save({f"net.{i}": v for i, (_, v) in enumerate(items[:-1])}, workspace / "short.pt")
+    torch.save({f"net.{i}": v for i, (_, v) in enumerate(reversed(items))}, workspace / "rev.pt")
+    return workspace / "renamed.pt"
+
+
+@pytest.mark.parametrize(
+    ("weights", "content", "message"),
+    [
+        ("short.pt", None, "121 tensors in the file, 122 in the model"),
+        ("rev.pt", None, "tensor(s) of another shape"),
+        ("ft10.pt", b"[1, 2]", "holds a JSON list, not an object"),
+        ("ft10.pt", b'{"nope": "fc.weight"}', "1 key(s) not in"),
+        ("ft10.pt", b'{"fc.weight": "head.weight"}', "target(s) the model does not have"),
+        ("ft10.pt", b'{"fc.weight": "conv1.weight"}', "'conv1.weight' would be given twice"),
+        ("ft10.pt", b'{"a": "fc.weight", "b": "fc.weight"}', "named more than once"),
+        ("ft10.pt", b'{"fc.weight": NaN}', "NaN is not JSON"),
+        ("ft10.pt", b'{"fc.weight": 1.5}', "must be strings"),
+        ("ft10.pt", b'{"a": "fc.weight", "a": "fc.bias"}', "'a' given twice"),
+        ("ft10.pt", b"{}", "maps no key"),
+        ("ft10.pt", b"\xff\xfe{", "cannot be read as JSON"),
+        ("ft10.pt", b"[" * 100_000, "cannot be read as JSON"),
+        ("ft10.pt", "fifo", "not a regular file"),
+        ("ft10.pt", "missing", "No such file"),
+        (None, b'{"a": "fc.weight"}', "applies to a weights file"),
+    ],
+    ids=[
+        "count",
+        "shapes",
+        "not-object",
+        "unknown-key",
+        "unknown-target",
+        "target-taken",
+        "duplicate-targets",
+        "nan",
+        "number",
+        "repeated-key",
+        "empty",
+        "not-utf8",
+        "deep",
+        "fifo",
+        "missing",
+        "no-weights",
+    ],
+)
+def test_a_bad_weights_map_is_one_line_and_exit_two(
+    workspace: Path,
+    renamed: Path,
+    tmp_path: Path,
+    weights: str | None,
+    content: bytes | str | None,
+    message: str,
+) -> None:
+    """Issue 19, item 6: every hostile ``--weights-map`` is refused before any work."""
+    mapping = tmp_path / "map.json"
+    if content == "fifo":
+        os.mkfifo(mapping)  # would block a reader forever
+    elif isinstance(content, bytes):
+        mapping.write_bytes(content)
+    given = ["--weights", str(workspace / weights)] if weights else []
+    value = "by-position" if content is None else str(mapping)
+    code, output = run("explain", "-i", str(workspace / "images"), "-o", str(tmp_path / "o"),
+                       *FINETUNED, *given, "--weights-map", value)  # fmt: skip
+    assert code == 2, output
+    assert message in output and "Traceback" not in output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("how", ["by-position", "json"])
+def test_the_weights_map_used_is_recorded_and_rebuilt(
+    workspace: Path, renamed: Path, tmp_path: Path, how: str
+) -> None:
+    names = {f"net.{i}": key for i, key in enumerate(torch.load(workspace / "ft10.pt"))}
+    (tmp_path / "map.json").write_text(json.dumps(names))
+    value = how if how == "by-position" else str(tmp_path / "map.json")
+    code, output = run("explain", "-i", str(workspace / "images"), "-o", str(tmp_path / "out"),
+                       *FINETUNED, "--weights", str(renamed), "--weights-map", value)  # fmt: skip
+    assert code == 0, output
+    params = run_metadata(tmp_path / "out")["params"]
+    assert params["weights_map"] == (how if how == "by-position" else names)
+    plain = stored_rows(tmp_path / "out").column("probability").to_pylist()
+    code, output = run("explain", "-i", str(workspace / "images"), "-o", str(tmp_path / "ft"),
+                       *FINETUNED, "--weights", str(workspace / "ft10.pt"))  # fmt: skip
+    assert plain == stored_rows(tmp_path / "ft").column("probability").to_pylist()
+    (tmp_path / "map.json").unlink()  # the map travels in the output, not by its file
+    code, output = run("evaluate", "--maps", str(tmp_path / "out"), "-o", str(tmp_path / "ev"),
+                       "--no-curves", "--metric", "confidence")  # fmt: skip
+    assert code == 0, output

@@ -428,3 +428,64 @@ def test_classes_and_top_k_together_are_refused() -> None:
     explainer = fdpipe.Explainer(module, "gradcam", preprocess=SMALL)
     with pytest.raises(ValueError, match="classes or top_k, not both"):
         explainer(torch.randn(1, 3, 64, 64), classes=[1], top_k=2)
+
+
+TIMM_FACTORY = """
+import timm
+
+
+def build():
+    return timm.create_model("resnet10t", num_classes=3)
+"""
+
+
+def test_a_factory_timm_model_keeps_its_own_preprocessing(tmp_path: Path) -> None:
+    """Issue 19, item 7: once ImageNet's mean/std and a squash resize, whatever the model's
+    ``pretrained_cfg`` said; the user's options still override it."""
+    timm = pytest.importorskip("timm")
+    (tmp_path / "net.py").write_text(TIMM_FACTORY)
+    expected = load_model("timm:resnet10t", pretrained=False).preprocess  # timm's own config
+    config = timm.data.resolve_data_config({}, model=timm.create_model("resnet10t"))
+    assert isinstance(expected, Preprocess) and expected.resize == "crop"
+    assert expected.interpolation == config["interpolation"]
+    assert expected.crop_fraction == pytest.approx(config["crop_pct"])
+    built = load_model(f"{tmp_path / 'net.py'}:build")
+    in_memory = fdpipe.Explainer(timm.create_model("resnet10t", num_classes=3), "gradcam").model
+    assert built.preprocess == expected and in_memory.preprocess == expected
+    squash = load_model(
+        f"{tmp_path / 'net.py'}:build", preprocess=PreprocessOptions(resize="squash")
+    )
+    assert squash.preprocess == PreprocessOptions(resize="squash").apply(expected)
+    plain = fdpipe.Explainer(torchvision.models.resnet18(num_classes=3), "gradcam").model
+    assert plain.preprocess.describe()["kind"] == "imagenet"  # no config of its own
+
+
+@pytest.mark.parametrize(
+    "preprocess",
+    [
+        Preprocess((224, 224), Normalisation.named("imagenet")),
+        Preprocess((80, 96), Normalisation.named("caffe"), "crop", 0.8, interpolation="nearest"),
+        Preprocess(
+            (299, 299),
+            Normalisation("timm", (0.5,) * 3, (0.25,) * 3),
+            "crop",
+            0.95,
+            interpolation="bicubic",
+        ),
+        Preprocess((64, 64), Normalisation.named("none", 1), channels=1),
+        PreprocessOptions(mean=(0.4,), std=(0.3, 0.2, 0.1), normalisation="tf-lite").apply(
+            Preprocess((32, 48), Normalisation.named("imagenet"))
+        ),
+    ],
+    ids=["imagenet", "caffe-crop-nearest", "timm-bicubic", "gray", "custom"],
+)
+def test_every_preprocessing_field_round_trips_through_its_record(preprocess: Preprocess) -> None:
+    """What an output records rebuilds the same preprocessing (``evaluate --maps``, item 5)."""
+    recorded = json.loads(json.dumps(preprocess.describe()))
+    assert Preprocess.described(recorded) == preprocess
+    assert f"{preprocess.size[0]}x{preprocess.size[1]}" in preprocess.summary()
+    for key in ("resize", "mean", "kind"):  # a tampered record: one line, no traceback
+        with pytest.raises(ModelError, match="not fdpipe's"):
+            Preprocess.described({k: v for k, v in recorded.items() if k != key})
+    with pytest.raises(ModelError, match="caller's own"):
+        Preprocess.described({"callable": "<lambda>", "input_size": [224, 224]})

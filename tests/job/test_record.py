@@ -5,6 +5,7 @@ rewritten, so that monitoring never reads last night's success on a night when n
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -132,3 +133,21 @@ def test_the_record_names_the_masked_head_path_that_ran(
     assert f" head-scores={heads} " in record["run"]["backend"]
     assert run_metadata(output)["run"] == record["run"]  # type: ignore[index]
     assert record["run"]["selected"].startswith("backbone=torch head-scores=torch-factorised")
+
+
+def test_the_preprocessing_in_effect_is_logged_and_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19, item 7: one line at the start of every run, and in its record."""
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 2)
+    extra = ("--resize", "crop", "--crop-fraction", "0.8", "--input-size", "96", "--mean", "0.5")
+    with caplog.at_level(logging.INFO, logger="fdpipe"):
+        result = CliRunner().invoke(main, explain_command(images, output, *extra))
+    assert result.exit_code == 0, result.output
+    line = (
+        "resize crop to 96x96 (centre crop, 0.8 of the shorter side), bilinear, 3 channel(s), "
+        "mean 0.5,0.5,0.5, std 1,1,1 (custom, x255, BGR)"
+    )  # squeezenet1_1's caffe statistics, the mean overridden
+    assert f"preprocessing: {line}" in caplog.text
+    assert records(output)[-1]["preprocessing"] == line
