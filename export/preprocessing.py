@@ -199,7 +199,8 @@ class Preprocess:
             )
         try:
             height, width = description["resize"]
-            interpolation = str(description["interpolation"]).removeprefix("PIL ")
+            resampler, _, interpolation = str(description["interpolation"]).partition(" ")
+            before = description.get("before_crop")
             normalisation = Normalisation(
                 str(description["kind"]),
                 tuple(float(v) for v in description["mean"]),
@@ -214,8 +215,12 @@ class Preprocess:
                 crop_fraction=float(description.get("crop_fraction", TORCHVISION_CROP)),
                 channels=int(description["channels"]),
                 interpolation=interpolation,
+                before_crop=(int(before[0]), int(before[1]))
+                if isinstance(before, list)
+                else before,
+                resampler=resampler.replace("PIL", "pil"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelError(
                 f"recorded preprocessing {dict(description)} is not fdpipe's: {exc}"
             ) from None
@@ -223,14 +228,15 @@ class Preprocess:
     def summary(self) -> str:
         """One line: what every image goes through (logged at the start of every run)."""
         norm = self.normalisation
-        crop = (
-            f" (centre crop, {self.crop_fraction:g} of the shorter side)"
-            if self.resize == "crop"
-            else ""
-        )
+        crop = ""
+        if self.before_crop is not None:
+            crop = f" (centre crop of a resize to {self.before_crop})"
+        elif self.resize == "crop":
+            crop = f" (centre crop, {self.crop_fraction:g} of the shorter side)"
         extra = (", x255" if norm.scale != 1 else "") + (", BGR" if norm.order == "BGR" else "")
         return (
-            f"resize {self.resize} to {self.size[0]}x{self.size[1]}{crop}, {self.interpolation}, "
+            f"resize {self.resize} to {self.size[0]}x{self.size[1]}{crop}, "
+            f"{self.resampler.replace('pil', 'PIL')} {self.interpolation}, "
             f"{self.channels} channel(s), mean {_numbers(norm.mean)}, std {_numbers(norm.std)} "
             f"({norm.name}{extra})"
         )

@@ -473,11 +473,20 @@ def test_a_factory_timm_model_keeps_its_own_preprocessing(tmp_path: Path) -> Non
             interpolation="bicubic",
         ),
         Preprocess((64, 64), Normalisation.named("none", 1), channels=1),
+        Preprocess(
+            (224, 224),
+            Normalisation.named("imagenet"),
+            "crop",
+            before_crop=(256, 240),
+            resampler="torchvision",
+            interpolation="bicubic",
+        ),
+        Preprocess((224, 224), Normalisation.named("imagenet"), "crop", before_crop=256),
         PreprocessOptions(mean=(0.4,), std=(0.3, 0.2, 0.1), normalisation="tf-lite").apply(
             Preprocess((32, 48), Normalisation.named("imagenet"))
         ),
     ],
-    ids=["imagenet", "caffe-crop-nearest", "timm-bicubic", "gray", "custom"],
+    ids=["imagenet", "caffe-crop-nearest", "timm-bicubic", "gray", "hf-crop", "hf-side", "custom"],
 )
 def test_every_preprocessing_field_round_trips_through_its_record(preprocess: Preprocess) -> None:
     """What an output records rebuilds the same preprocessing (``evaluate --maps``, item 5)."""

@@ -146,7 +146,8 @@ def test_the_preprocessing_in_effect_is_logged_and_recorded(
         result = CliRunner().invoke(main, explain_command(images, output, *extra))
     assert result.exit_code == 0, result.output
     line = (
-        "resize crop to 96x96 (centre crop, 0.8 of the shorter side), bilinear, 3 channel(s), "
+        "resize crop to 96x96 (centre crop, 0.8 of the shorter side), PIL bilinear, "
+        "3 channel(s), "
         "mean 0.5,0.5,0.5, std 1,1,1 (custom, x255, BGR)"
     )  # squeezenet1_1's caffe statistics, the mean overridden
     assert f"preprocessing: {line}" in caplog.text
