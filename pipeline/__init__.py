@@ -22,6 +22,7 @@ _PUBLIC = {
     "PreprocessOptions": "fdpipe.export.request",
     "split_at": "fdpipe.export.split",
     "read_maps": "fdpipe.job.reader",
+    "image_file": "fdpipe.job.reader",
     "JobConfig": "fdpipe.job.config",
     "run_job": "fdpipe.job.run",
 }
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from fdpipe.export.request import ModelRequest, PreprocessOptions
     from fdpipe.export.split import split_at
     from fdpipe.job.config import JobConfig
-    from fdpipe.job.reader import read_maps
+    from fdpipe.job.reader import image_file, read_maps
     from fdpipe.job.run import run_job
     from fdpipe.kernels import METHODS
 
@@ -53,6 +54,7 @@ __all__ = [
     "__version__",
     "available_models",
     "explain",
+    "image_file",
     "load_model",
     "read_maps",
     "run_job",

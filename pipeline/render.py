@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from fdpipe.display import Colormap, Display, colormap, display_for
 from fdpipe.images import ImageDecodeError, load_image
-from fdpipe.job.inputs import OUTPUT_MARKER
+from fdpipe.job.inputs import OUTPUT_MARKER, key_file
 from fdpipe.job.reader import MapRow
 from fdpipe.kernels.postprocess import place_map
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -88,7 +88,7 @@ def pictures_with_rows(
     grouped = itertools.groupby(rows, key=lambda row: row.image_path)
     for image_path, image_rows in itertools.islice(grouped, limit):
         try:
-            picture = load_image(root / image_path)
+            picture = load_image(key_file(root, image_path))
         except (ImageDecodeError, OSError) as exc:
             log.warning("cannot render %s: %s", image_path, exc)
             if missing is not None:

@@ -364,7 +364,7 @@ def evaluate(
         write_report,
     )
     from fdpipe.evaluation.road import ROADProtocol
-    from fdpipe.job.inputs import Entry, FileSource
+    from fdpipe.job.inputs import Entry, FileSource, key_file
     from fdpipe.job.reader import CurrentRows, check_filters, images_root, select_rows
     from fdpipe.job.sources import open_source
 
@@ -394,7 +394,7 @@ def evaluate(
         stored = StoredMaps(select_rows(current, methods=wanted))
         root = input_ or images_root(maps)
         images: Source = FileSource(root)
-        items = [Entry(key, str(root / key)) for key in stored.image_paths]
+        items = [Entry(key, str(key_file(root, key))) for key in stored.image_paths]
         source = stored
     else:
         assert input_ is not None  # one of --input and --maps, checked above

@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -181,6 +182,21 @@ def key_text(name: str) -> str:
     return name
 
 
+ESCAPED_BYTE = re.compile(rb"\\x([89a-f][0-9a-f])")  # a byte key_text escaped: 0x80 and up
+
+
+def key_file(root: Path, key: str) -> Path:
+    """The file of an ``image_path`` under ``root``, for the readers (render, report,
+    ``evaluate --maps``): ``root / key``, or, where that does not exist and ``key`` holds
+    ``\\xNN`` escapes, the file whose name has those bytes (``key_text`` reversed)."""
+    path = root / key
+    if "\\x" not in key or os.path.lexists(path):
+        return path
+    raw = ESCAPED_BYTE.sub(lambda m: bytes([int(m[1], 16)]), key.encode("utf-8"))
+    real = root / os.fsdecode(raw)  # surrogates: the bytes go back to the OS as they were
+    return real if os.path.lexists(real) else path
+
+
 def walk_images(root: Path) -> list[tuple[str, Path]]:
     """(key, path) of the image files under ``root``; each real directory is walked once.
 
@@ -325,6 +341,7 @@ __all__ = [
     "InputError",
     "InputMissing",
     "Source",
+    "key_file",
     "key_text",
     "manifest_targets",
     "open_regular",

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from fdpipe.errors import FdpipeError
 from fdpipe.job.current import KEY_COLUMNS
+from fdpipe.job.inputs import key_file
 from fdpipe.job.table import DataFileError, ResultsTable
 
 log = logging.getLogger("fdpipe.job")
@@ -374,6 +375,12 @@ def images_root(output: str | os.PathLike[str]) -> Path:
     return Path(run["input_root"])
 
 
+def image_file(output: str | os.PathLike[str], image_path: str) -> Path:
+    """The file a row's ``image_path`` was read from: under the recorded input root, with a
+    name that is not UTF-8 (stored with ``\\xNN`` escapes) turned back into its bytes."""
+    return key_file(images_root(output), image_path)
+
+
 __all__ = [
     "ROW_COLUMNS",
     "CurrentRows",
@@ -385,6 +392,7 @@ __all__ = [
     "current_rows",
     "decode_maps",
     "filtered_rows",
+    "image_file",
     "images_root",
     "iter_rows",
     "map_rows",

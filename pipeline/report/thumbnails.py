@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fdpipe.display import Colormap, Display, display_for
 from fdpipe.images import load_image
+from fdpipe.job.inputs import key_file
 from fdpipe.job.reader import MapRow
 from fdpipe.render import overlay
 from fdpipe.report.scan import ImageEntry
@@ -67,7 +68,7 @@ class Thumbnails:
         if self.images_root is None:
             return None
         try:
-            loaded = load_image(self.images_root / image.path)
+            loaded = load_image(key_file(self.images_root, image.path))
         except (OSError, ValueError):  # moved, deleted or unreadable since the run
             self.missing_images += 1
             return None

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fdpipe
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -258,6 +259,30 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly(images: Path, tmp_pat
     assert paths["latin1-\\xe9.jpg"]["status"] == "ok"
     assert paths["latin1-\\xe9.jpg"]["image_sha256"] == paths["img_000.jpg"]["image_sha256"]
     assert run_job(config).skipped == 4  # and every rerun resumes
+
+
+def test_a_file_name_that_is_not_utf8_is_found_by_every_reader(
+    images: Path, tmp_path: Path
+) -> None:
+    """Issue 19 item 16: the ``\\xNN`` form of a name is turned back into its bytes by render,
+    the report, ``evaluate --maps`` and ``fdpipe.image_file``."""
+    real = os.fsencode(images) + b"/latin1-\xe9.jpg"
+    with open(real, "wb") as fh:
+        fh.write((images / "img_000.jpg").read_bytes())
+    out, key = tmp_path / "out", "latin1-\\xe9.jpg"
+    assert invoke(*explain(images, out))[0] == 0
+    assert os.fsencode(fdpipe.image_file(out, key)) == real
+    code, said = invoke("render", str(out), "-o", str(tmp_path / "png"))
+    assert code == 0 and (tmp_path / "png" / f"{key}.gradcam.rank0.png").is_file(), said
+    code, said = invoke("evaluate", "--maps", str(out), "-o", str(tmp_path / "ev"),
+                        "--no-progress", "--no-curves", "--overlays", "0")  # fmt: skip
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert code == 0 and key in {row["image"] for row in results["images"]}, said
+    code, said = invoke("report", str(out), "-o", str(tmp_path / "site"))
+    assert code == 0 and "not found" not in said, said
+    # a real name holding a backslash and those characters is the one found where both exist
+    (images / key).write_bytes(b"")
+    assert fdpipe.image_file(out, key) == images / key
 
 
 def test_fifos_and_devices_are_failed_rows_not_hangs(images: Path, tmp_path: Path) -> None:
