@@ -13,7 +13,9 @@ peak RSS and seconds per method on EfficientNet-Lite0, each in its own process
 (``memory_suite.py``); "sources": the job's images/s from a loopback S3 server, WebDataset shards
 and a Parquet image table against a local directory, identical maps (``sources_suite.py``);
 "table": the results table's size after ten reruns, compact and vacuum against a clean run, and
-``fdpipe status`` over 8 shards (``table_suite.py``).
+``fdpipe status`` over 8 shards (``table_suite.py``); "transformers": FD-CAM against Score-CAM and
+Ablation-CAM on ViT-Tiny, and on Swin-T without Score-CAM, seconds per image and ratios
+(``transformers_suite.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fdpipe.bench.runners import BATCH, runners_suite
 from fdpipe.bench.sources_suite import sources_suite
 from fdpipe.bench.startup import startup_suite
 from fdpipe.bench.table_suite import table_suite
+from fdpipe.bench.transformers_suite import transformers_suite
 from fdpipe.export.tensorrt import tensorrt_missing
 
 
@@ -60,6 +63,7 @@ SUITES: dict[str, Suite] = {
     "memory": memory_suite,
     "sources": sources_suite,
     "table": table_suite,
+    "transformers": transformers_suite,
 }
 
 

@@ -22,6 +22,7 @@ SUITE_NAMES = (
     "memory",
     "sources",
     "table",
+    "transformers",
 )  # bench.SUITES
 RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
 

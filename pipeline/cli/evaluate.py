@@ -89,6 +89,7 @@ def sanity_check(
     source: Source,
     steps: int,
     images: int,
+    stop: float | None,
 ) -> tuple[Cascade, tuple[Image.Image, tuple[float, float, float, float]]]:
     """The cascade on the first ``images`` scored images; the first one's picture and the part
     of it the model saw, for its sheet."""
@@ -100,7 +101,7 @@ def sanity_check(
     by_key = {entry.key: entry for entry in entries}
     pictures = [load_image_sized(source.open(by_key[key]))[0] for key in scored]
     inputs = torch.stack([loaded.preprocess(p) for p in pictures]).to(explainer.device)
-    result = cascade(loaded, list(explainer.methods), inputs, scored, steps=steps)
+    result = cascade(loaded, list(explainer.methods), inputs, scored, steps=steps, stop=stop)
     first = pictures[0]
     return result, (first, loaded.preprocess.crop_box(first.width, first.height))
 
@@ -309,6 +310,12 @@ def recorded_weights(maps: Path, recorded: object) -> Path | None:
     show_default=True,
     help="Images of the sanity check (the first ones scored).",
 )
+@click.option(
+    "--sanity-stop",
+    type=FiniteFloat(-1.0, 1.0),
+    help="Stop explaining a method in the sanity check once its mean rank correlation is "
+    "below this (e.g. 0.5): deep cascades cost the slow methods only the steps they need.",
+)
 @click.option("--sample", type=click.IntRange(min=1), help="Evaluate a random sample of N images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Of --sample.")
 @click.option(
@@ -339,6 +346,7 @@ def evaluate(
     chunk: int,
     sanity: int,
     sanity_images: int,
+    sanity_stop: float | None,
     sample: int | None,
     seed: int,
     choose: bool,
@@ -429,7 +437,7 @@ def evaluate(
     cascade, picture = None, None
     if sanity and comparison.scores:
         cascade, picture = sanity_check(
-            loaded, explainer, comparison, chosen, images, sanity, sanity_images
+            loaded, explainer, comparison, chosen, images, sanity, sanity_images, sanity_stop
         )
     write_report(
         output, comparison, model=loaded.name, command=command, cascade=cascade,

@@ -69,18 +69,15 @@ def statistics_html(statistics: dict[str, MetricStatistics]) -> list[str]:
 
 def cascade_html(cascade: Cascade, picture: bool) -> list[str]:
     """The sanity check: rank correlation (SSIM) per method and step, and the cascade's maps."""
-    means = cascade.means()
-    rows = [
-        [f"<code>{escape(label)}</code>"]
-        + [f"{r:.3f} ({s:.3f})" for r, s in zip(row["rank"], row["ssim"], strict=True)]
-        for label, row in means.items()
-    ]
+    rows = [[f"<code>{escape(label)}</code>", *cells] for label, cells in cascade.cells().items()]
     headers = ["Method", *(f"<code>{escape(step)}</code>" for step in cascade.steps)]
     body = [
         "<h2>Sanity check: cascading model randomisation</h2>",
         f"<p>Spearman rank correlation (SSIM) of each method's map with the trained model's on "
         f"{len(cascade.images)} image(s), after re-initialising every block from the output "
-        "down to the one named (Adebayo et al., 2018). A faithful map changes: low values.</p>",
+        "down to the one named (Adebayo et al., 2018). A faithful map changes: low values."
+        + ("" if cascade.stop is None else f" A row ends once its mean is below {cascade.stop}.")
+        + "</p>",
         _table(headers, rows),
     ]
     if picture:

@@ -6,6 +6,10 @@ explains the same images for the class the trained model predicted, and each map
 with the trained model's map of that image by Spearman's rank correlation and SSIM (both on the
 input-size maps in [0, 1]). A map that depends on the model falls towards 0 as the cascade goes
 down; one that stays high explains the image, not the model.
+
+``stop``: a method whose mean rank correlation has fallen below it is not explained at the
+deeper steps (its row ends there): the cascade then costs the expensive methods (Score-CAM's K
+forward passes per image and step) only as deep as they need.
 """
 
 from __future__ import annotations
@@ -72,6 +76,15 @@ class Cascade:
     trained: dict[str, Tensor] = field(default_factory=dict)  # method -> first image's map
     class_name: str = ""  # the first image's class, as the trained model predicts it
     probability: float = float("nan")  # and its score there
+    stop: float | None = None  # a method's row ends once its mean rank falls below this
+
+    def cells(self) -> dict[str, list[str]]:
+        """Per method and step: "rank (SSIM)" means, "–" after its row ended (``stop``)."""
+        return {
+            label: [f"{r:.3f} ({s:.3f})" for r, s in zip(row["rank"], row["ssim"], strict=True)]
+            + ["–"] * (len(self.steps) - len(row["rank"]))
+            for label, row in self.means().items()
+        }
 
     def means(self) -> dict[str, dict[str, list[float]]]:
         return {
@@ -98,9 +111,11 @@ def cascade(
     *,
     steps: int | None = None,
     seed: int = 0,
+    stop: float | None = None,
 ) -> Cascade:
     """Randomise the top ``steps`` blocks of ``model`` (all by default) one at a time and
-    compare each method's maps of ``inputs`` (B, C, H, W) with the trained model's."""
+    compare each method's maps of ``inputs`` (B, C, H, W) with the trained model's; a method
+    stops once its mean rank correlation is below ``stop``."""
     blocks = cascade_blocks(model.module)[:steps]
     with torch.no_grad():
         logits = model.module(inputs)
@@ -112,13 +127,18 @@ def cascade(
         images=list(images),
         class_name=model.class_names[first],
         probability=float(model.scores(logits)[0, first]),
+        stop=stop,
     )
     result.trained = {label: e.native[0, 0] for label, e in trained.items()}
     module = copy.deepcopy(model.module)
+    active = list(trained)  # the labels, each also its own spec
     for j, block in enumerate(blocks):
+        if not active:
+            result.steps = blocks[:j]  # every method's map has changed: no deeper step needed
+            break
         randomise(module, block, seed + j)
         randomised = replace(model, module=module, weights_id=f"{model.weights_id}+random-{j}")
-        for label, explanation in _explain(randomised, methods, inputs, classes).items():
+        for label, explanation in _explain(randomised, active, inputs, classes).items():
             pairs = [
                 (trained[label].maps[i, 0].cpu().numpy(), explanation.maps[i, 0].cpu().numpy())
                 for i in range(len(inputs))
@@ -126,4 +146,6 @@ def cascade(
             result.rank.setdefault(label, []).append([rank_correlation(a, b) for a, b in pairs])
             result.ssim.setdefault(label, []).append([ssim(a, b) for a, b in pairs])
             result.maps.setdefault(label, []).append(explanation.native[0, 0])
+        if stop is not None:
+            active = [m for m in active if float(np.mean(result.rank[m][-1])) >= stop]
     return result

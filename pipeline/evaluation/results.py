@@ -117,7 +117,6 @@ def statistics_markdown(statistics: dict[str, MetricStatistics]) -> list[str]:
 
 def cascade_markdown(cascade: Cascade) -> list[str]:
     """Mean rank correlation (SSIM) with the trained model's maps after each cascade step."""
-    means = cascade.means()
     lines = [
         "",
         f"Sanity check (cascading randomisation, {len(cascade.images)} image(s)): Spearman "
@@ -127,9 +126,14 @@ def cascade_markdown(cascade: Cascade) -> list[str]:
         "| Method | " + " | ".join(f"`{step}`" for step in cascade.steps) + " |",
         "|---|" + "---:|" * len(cascade.steps),
     ]
-    for label, row in means.items():
-        cells = [f"{r:.3f} ({s:.3f})" for r, s in zip(row["rank"], row["ssim"], strict=True)]
-        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    lines += [
+        f"| `{label}` | " + " | ".join(cells) + " |" for label, cells in cascade.cells().items()
+    ]
+    if cascade.stop is not None:
+        lines += [
+            "",
+            f"A method's row ends once its mean rank correlation is below {cascade.stop}.",
+        ]
     return lines
 
 
@@ -138,6 +142,7 @@ def cascade_json(cascade: Cascade) -> dict[str, object]:
         "steps": cascade.steps,
         "images": cascade.images,
         "means": cascade.means(),
+        "stop": cascade.stop,
         "rank": cascade.rank,
         "ssim": cascade.ssim,
     }
@@ -166,10 +171,11 @@ def draw_cascade(
                 native.float().cpu().numpy(),
                 box,
             )
-            for name, native in zip(names, natives, strict=True)
+            for name, native in zip(names, natives, strict=False)  # a stopped row is shorter
         ]
         lines.append(sheet_line(picture, rows, alpha))
-    sheet = Image.new("RGB", (lines[0].width, sum(line.height for line in lines)), "white")
+    width = max(line.width for line in lines)
+    sheet = Image.new("RGB", (width, sum(line.height for line in lines)), "white")
     for i, line in enumerate(lines):
         sheet.paste(line, (0, i * line.height))
     sheet.save(path)

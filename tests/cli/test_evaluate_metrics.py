@@ -62,6 +62,8 @@ def test_every_metric_with_intervals_the_cascade_and_a_recommendation(
         (["--road-noise", "-1"], "--road-noise"),
         (["--road-noise", "nan"], "not a finite number"),
         (["--sample", "0"], "--sample"),
+        (["--sanity-stop", "nan"], "not a finite number"),
+        (["--sanity-stop", "2"], "--sanity-stop"),
         (["--maps", "."], "--sanity re-runs the methods"),
     ],
 )

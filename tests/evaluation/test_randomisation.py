@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,9 @@ from fdpipe.evaluation.randomisation import (
     rank_correlation,
     ssim,
 )
+from fdpipe.evaluation.results import cascade_markdown, draw_cascade
 from fdpipe.export.loading import from_module
+from PIL import Image
 from torch import nn
 
 
@@ -59,3 +64,25 @@ def test_cascade_compares_every_step_with_the_trained_maps() -> None:
     # the random head gives other Grad-CAM weights: the maps are no longer the trained ones
     assert np.mean(result.rank["gradcam"][0]) < 0.99
     assert model.module[1][2].weight.equal(tiny_cnn()[1][2].weight)  # the caller's model intact
+
+
+@pytest.mark.parametrize("stop", [1.01, -1.0])
+def test_a_method_stops_once_its_maps_have_changed(stop: float, tmp_path: Path) -> None:
+    """``stop``: a method whose mean rank correlation is below it is not explained deeper; its
+    row ends there in the tables and the picture. 1.01: every method stops after one step (the
+    steps end too); -1: none ever does."""
+    model = from_module(tiny_cnn(), layer="0.4", preprocess=None)
+    inputs = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result = cascade(model, ["gradcam", "layercam"], inputs, ["a"], steps=3, stop=stop)
+    depth = 1 if stop > 1 else 3
+    assert result.steps == ["1.2", "0.3", "0.1"][:depth] and result.stop == stop
+    assert all(len(result.rank[m]) == depth for m in ("gradcam", "layercam"))
+    mixed = replace(result, steps=["1.2", "0.3", "0.1"])  # as if one row ended early
+    mixed.rank = {**result.rank, "layercam": result.rank["layercam"][:1]}
+    mixed.ssim = {**result.ssim, "layercam": result.ssim["layercam"][:1]}
+    mixed.maps = {**result.maps, "layercam": result.maps["layercam"][:1]}
+    cells = mixed.cells()
+    assert cells["layercam"][1:] == ["–", "–"] and "–" not in cells["gradcam"][:depth]
+    assert any("| `layercam` |" in line and "| – | – |" in line for line in cascade_markdown(mixed))
+    draw_cascade(tmp_path / "c.png", mixed, Image.new("RGB", (32, 32)), None)
+    assert (tmp_path / "c.png").stat().st_size > 0
