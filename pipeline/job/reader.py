@@ -68,8 +68,14 @@ class CurrentRows:
         table = ResultsTable(output)
         table.refuse_legacy()
         self.dataset = table.dataset(version) if table.exists() else None
+        self.skipped: list[str] = [str(path) for path in table.missing]
         keys = list(self.parts(KEY_COLUMNS))
         self.keys = pa.concat_tables(keys) if keys and sum(k.num_rows for k in keys) else None
+        if self.skipped and not keys:  # "0 images" would read as an empty night
+            raise DataFileError(
+                f"{output}: none of its {len(self.skipped)} data file(s) can be read (damaged "
+                f"or missing, e.g. {self.skipped[0]}); `fdpipe explain` again redoes their images"
+            )
 
     def current_keys(self) -> pa.Table | None:
         """The key columns (``KEY_COLUMNS``) of the current rows; None when there are none."""
@@ -93,6 +99,8 @@ class CurrentRows:
                     check_maps(Path(fragment.path), part["map"])
             except (pa.ArrowException, OSError, DataFileError) as exc:
                 log.warning("%s: skipped (%s)", fragment.path, exc)
+                if fragment.path not in self.skipped:
+                    self.skipped.append(fragment.path)
                 continue
             yield part
 

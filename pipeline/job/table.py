@@ -78,6 +78,7 @@ class ResultsTable:
     ) -> None:
         self.uri = str(location) if is_remote(location) else str(Path(location).absolute())
         self.storage_options = storage_options or {}
+        self.missing: list[Path] = []  # data files the log names that ``dataset`` did not find
         if not is_remote(location) and "%" in self.uri:  # delta-rs decodes "%20" in a path
             raise TableError(f"{self.uri}: a '%' in the output's path is misread by the Delta "
                              "library as an escape; choose a path without '%'")  # fmt: skip
@@ -150,7 +151,14 @@ class ResultsTable:
         table = self.delta(version)
         if is_remote(self.uri):
             return table.to_pyarrow_dataset()
-        files = [str(local_path(uri)) for uri in table.file_uris()]
+        files, self.missing = [], []
+        for path in (local_path(uri) for uri in table.file_uris()):
+            if os.path.lexists(path):
+                files.append(str(path))
+            else:  # deleted by hand: its images are left out (``explain`` redoes them)
+                log.warning("%s: data file missing: skipped, its images are left out (`fdpipe "
+                            "explain` again explains them)", path)  # fmt: skip
+                self.missing.append(path)
         return ds.dataset(files, schema=SCHEMA, format="parquet")
 
     def rows(
@@ -182,6 +190,11 @@ class ResultsTable:
             return []
         damaged = []
         for path in self.data_files():
+            if not os.path.lexists(path):
+                log.warning("%s: data file missing: removed from the table, its images are "
+                            "explained again", path)  # fmt: skip
+                damaged.append(path)
+                continue
             try:
                 pq.read_metadata(path)
             except (pa.ArrowException, OSError) as exc:

@@ -65,3 +65,40 @@ def test_a_damaged_part_is_named_and_skipped(
         main, ["render", str(two_parts), "-o", str(two_parts.parent / "p")]
     )
     assert rendered.exit_code == 0 and bad.name in caplog.text, rendered.output
+
+
+def truncate(part: Path) -> None:
+    part.write_bytes(part.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("command", ["render", "report"])
+def test_a_deleted_data_file_is_named_by_the_readers_and_redone(
+    two_parts: Path, command: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19, also seen: a data file deleted by hand is named in a warning by ``render`` and
+    ``report`` (its images left out), and the next ``explain`` explains its images again."""
+    bad, _ = data_files(two_parts)
+    gone = set(pq.read_table(bad)["image_path"].to_pylist())
+    bad.unlink()
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(
+            main, [command, str(two_parts), "-o", str(two_parts.parent / "x")]
+        )
+    assert result.exit_code == 0, result.output
+    assert f"{bad.name}: data file missing" in caplog.text
+    again = CliRunner().invoke(main, explain_command(two_parts.parent / "images", two_parts))
+    assert again.exit_code == 0 and "new 2," in again.output, again.output
+    assert gone <= set(read_maps(two_parts)[1]["image_path"].to_pylist())
+
+
+@pytest.mark.parametrize("damage", [truncate, Path.unlink])
+@pytest.mark.parametrize("command", ["render", "report"])
+def test_an_output_with_no_readable_data_file_fails_in_one_line(
+    two_parts: Path, damage: object, command: str
+) -> None:
+    """Not "0 images" and exit 0: a night's output that cannot be read at all is an error."""
+    for part in data_files(two_parts):
+        damage(part)  # type: ignore[operator]
+    result = CliRunner().invoke(main, [command, str(two_parts), "-o", str(two_parts.parent / "x")])
+    assert result.exit_code == 2 and "none of its 2 data file(s) can be read" in result.output
+    assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
