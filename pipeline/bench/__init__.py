@@ -15,7 +15,8 @@ and a Parquet image table against a local directory, identical maps (``sources_s
 "table": the results table's size after ten reruns, compact and vacuum against a clean run, and
 ``fdpipe status`` over 8 shards (``table_suite.py``); "transformers": FD-CAM against Score-CAM and
 Ablation-CAM on ViT-Tiny, and on Swin-T without Score-CAM, seconds per image and ratios
-(``transformers_suite.py``).
+(``transformers_suite.py``); "feed": the job's reader with 2 decode workers against 1,
+and the job's cost per extra image against the API's (``feed_suite.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 from fdpipe.bench.evaluation_suite import evaluation_suite
+from fdpipe.bench.feed_suite import feed_suite
 from fdpipe.bench.fidelity import fidelity_suite
 from fdpipe.bench.memory_suite import memory_suite
 from fdpipe.bench.pipeline import pipeline_suite
@@ -64,6 +66,7 @@ SUITES: dict[str, Suite] = {
     "sources": sources_suite,
     "table": table_suite,
     "transformers": transformers_suite,
+    "feed": feed_suite,
 }
 
 

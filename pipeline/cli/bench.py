@@ -23,6 +23,7 @@ SUITE_NAMES = (
     "sources",
     "table",
     "transformers",
+    "feed",
 )  # bench.SUITES
 RENAMED = {"engine": "runners"}  # earlier suite names, still accepted with a warning
 
