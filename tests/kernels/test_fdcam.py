@@ -20,7 +20,7 @@ from fdpipe.kernels.fdcam import (
 )
 from fdpipe.kernels.masked_head import ExplicitMaskedHead
 from fdpipe.kernels.state import LayerState
-from torch.overrides import TorchFunctionMode
+from syncs import CountSyncs
 
 # Variants run on 112 px inputs: SqueezeNet's head then sees 6 x 6 activations, cheap to re-run
 # 1,024 times per variant; the formulas do not depend on the size.
@@ -224,30 +224,6 @@ def test_unique_rows_are_torch_uniques_rows(weights: torch.Tensor | None) -> Non
         )
         assert not unique[b, len(expected) :].any()  # padding
     assert unique.shape[1] == max(counts) and counts[1] < counts[0]
-
-
-SYNCS = {
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.__bool__,
-    torch.Tensor.__int__,
-    torch.Tensor.__float__,
-    torch.Tensor.__index__,
-    torch.Tensor.numpy,
-    torch.equal,
-}
-
-
-class CountSyncs(TorchFunctionMode):
-    """Counts the calls that make the host wait for the device's values."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.count += func in SYNCS
-        return func(*args, **(kwargs or {}))
 
 
 def test_fdcam_waits_for_the_device_once_per_batch_not_per_image(small_state: LayerState) -> None:
