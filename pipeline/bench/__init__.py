@@ -70,9 +70,21 @@ SUITES: dict[str, Suite] = {
 }
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and whether it has native bf16 (AVX-512 BF16, AMX): what a CPU
+    figure is read against."""
+    if not cpuinfo.is_file():
+        return platform.processor() or platform.machine()
+    lines = cpuinfo.read_text(errors="replace").splitlines()
+    name = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "")
+    flags = next((x.split(":", 1)[1].split() for x in lines if x.startswith("flags")), [])
+    native = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{name or platform.machine()} ({', '.join(native) or 'no native bf16'})"
+
+
 def machine(threads: int) -> dict[str, object]:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
         "load_average_at_start": os.getloadavg(),
@@ -116,4 +128,4 @@ def table(rows: list[dict[str, object]], columns: list[str] | None = None) -> st
     return "\n".join(lines)
 
 
-__all__ = ["SUITES", "Settings", "Suite", "machine", "table"]
+__all__ = ["SUITES", "Settings", "Suite", "cpu_model", "machine", "table"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fdpipe import bench as bench_module
 from fdpipe.cli import main
@@ -46,3 +47,17 @@ def test_renamed_suite_still_runs_with_a_warning(tmp_path: Path, monkeypatch) ->
 def test_benchmarks_start_children_without_the_command_line_module() -> None:
     sources = Path(bench_module.__file__).parent.glob("*.py")
     assert not [p.name for p in sources if "fdpipe.cli" in p.read_text()]  # `python -m fdpipe`
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("avx2 avx512f avx512_bf16", "AMD EPYC (avx512_bf16)"),
+        ("avx512_bf16 amx_tile amx_bf16", "AMD EPYC (avx512_bf16, amx_bf16)"),
+        ("avx avx2 fma", "AMD EPYC (no native bf16)"),
+    ],
+)
+def test_the_cpu_is_named_with_its_native_bf16(tmp_path: Path, flags: str, expected: str) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu {flags}\n")
+    assert bench_module.cpu_model(cpuinfo) == expected
