@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fdpipe.errors import FdpipeError
+from fdpipe.job import checksums
 from fdpipe.job.current import KEY_COLUMNS
 from fdpipe.job.inputs import key_file
-from fdpipe.job.table import DataFileError, ResultsTable
+from fdpipe.job.table import DataFileError, ResultsTable, is_remote
 
 log = logging.getLogger("fdpipe.job")
 
@@ -59,8 +60,9 @@ class CurrentRows:
     """An output's current rows (its results table at a version, the newest by default), opened
     once: a command that checks its filters and then reads rows reads the key columns once.
 
-    A data file that does not decode, or whose maps are not finite and in [0, 1] (altered pages
-    behind an intact footer), is named in a warning and skipped."""
+    A data file that does not decode, whose content differs from the sha256 recorded when fdpipe
+    wrote it (``fdpipe.job.checksums``), or whose maps are not finite and in [0, 1] (altered
+    pages behind an intact footer), is named in a warning and skipped."""
 
     def __init__(self, output: str | os.PathLike[str], version: int | str | None = None) -> None:
         self.output = output
@@ -69,6 +71,8 @@ class CurrentRows:
         table.refuse_legacy()
         self.dataset = table.dataset(version) if table.exists() else None
         self.skipped: list[str] = [str(path) for path in table.missing]
+        self.local = not is_remote(table.uri)
+        self.verified: dict[str, str | None] = {}  # data file -> why it is damaged, or None
         keys = list(self.parts(KEY_COLUMNS))
         self.keys = pa.concat_tables(keys) if keys and sum(k.num_rows for k in keys) else None
         if self.skipped and not keys:  # "0 images" would read as an empty night
@@ -93,6 +97,14 @@ class CurrentRows:
         schema = self.dataset.schema
         present = [c for c in columns if c in schema.names] if columns else None
         for fragment in self.dataset.get_fragments():
+            path = fragment.path
+            if self.local and path not in self.verified:  # each file hashed once
+                self.verified[path] = checksums.mismatch(Path(path))
+            if damaged := self.verified.get(path):
+                log.warning("%s: skipped (%s)", path, damaged)
+                if path not in self.skipped:
+                    self.skipped.append(path)
+                continue
             try:
                 part = fragment.to_table(columns=present, schema=schema)
                 if "map" in part.column_names:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from fdpipe.errors import FdpipeError
+from fdpipe.job import checksums
 from fdpipe.job.current import current_mask
 from fdpipe.job.schema import SCHEMA
 
@@ -183,9 +184,11 @@ class ResultsTable:
         return [local_path(uri) for uri in uris]
 
     def set_aside_damaged(self, record: dict[str, object]) -> list[Path]:
-        """Data files whose footer cannot be read (a torn copy, a truncated disk) are renamed to
-        a hidden ``.<name>.unreadable`` (kept for inspection) and removed from the table in one
-        commit: their images have no rows any more, so the run explains them again."""
+        """Data files whose footer cannot be read (a torn copy, a truncated disk) or whose
+        content differs from the sha256 recorded when fdpipe wrote them (altered pages behind an
+        intact footer, ``fdpipe.job.checksums``) are renamed to a hidden ``.<name>.unreadable``
+        or ``.<name>.damaged`` (kept for inspection) and removed from the table in one commit:
+        their images have no rows any more, so the run explains them again."""
         if is_remote(self.uri) or not self.exists():
             return []
         damaged = []
@@ -197,11 +200,15 @@ class ResultsTable:
                 continue
             try:
                 pq.read_metadata(path)
+                reason, kind = checksums.mismatch(path), "damaged"
             except (pa.ArrowException, OSError) as exc:
-                aside = path.with_name(f".{path.name}.unreadable")
+                reason, kind = str(exc), "unreadable"
+            if reason is not None:
+                aside = path.with_name(f".{path.name}.{kind}")
                 os.replace(path, aside)
-                log.warning("%s: unreadable data file (%s); set aside as %s, its images are "
-                            "explained again", path, exc, aside.name)  # fmt: skip
+                checksums.forget(Path(self.uri), [path.name])
+                log.warning("%s: %s data file (%s); set aside as %s, its images are explained "
+                            "again", path, kind, reason, aside.name)  # fmt: skip
                 damaged.append(path)
         if damaged:
             from deltalake import CommitProperties
@@ -248,6 +255,7 @@ class ResultsTable:
         if not touched:
             return -1
         properties = CommitProperties(custom_metadata={COMMIT_KEY: json.dumps(record, default=str)})
+        start = self.version()
         for attempt in range(COMMIT_RETRIES):
             exists = self.exists()
             if exists:
@@ -285,7 +293,7 @@ class ResultsTable:
                 continue
             except Exception as exc:  # delta-rs reports the file system's errors as text
                 raise os_error(exc) or exc from None
-            return self.delta().version()
+            return self.seal(start)
         raise TableError(f"{self.uri}: could not commit after {COMMIT_RETRIES} conflicts")
 
     def delete(self, images: Iterable[str] | None, record: dict[str, object]) -> None:
@@ -296,13 +304,13 @@ class ResultsTable:
 
         properties = CommitProperties(custom_metadata={COMMIT_KEY: json.dumps(record, default=str)})
         table = self.delta()
+        start = table.version()
         if images is None:
             table.delete(commit_properties=properties)
-            return
-        keys = sorted(images)
-        if keys:
+        elif keys := sorted(images):
             predicate = f"image_path IN ({sql_strings(keys)})"
-            table.delete(predicate, commit_properties=properties)
+            table.delete(predicate, commit_properties=properties)  # rewrites the files it cuts
+        self.seal(start)
 
     # -- maintenance --------------------------------------------------------------------------
 
@@ -311,8 +319,15 @@ class ResultsTable:
         commit that changes no row."""
         from deltalake import CommitProperties
 
+        for path in [] if is_remote(self.uri) else self.data_files():  # never copy damage on
+            if (reason := checksums.mismatch(path)) is not None:
+                raise TableError(
+                    f"{path}: {reason}: damaged; run `fdpipe explain` on this output again to set "
+                    "it aside and redo its images, then compact"
+                )
+        start = self.version()
         try:
-            return self.delta().optimize.z_order(
+            found = self.delta().optimize.z_order(
                 ["image_path"],
                 writer_properties=writer_properties(),
                 commit_properties=CommitProperties(
@@ -321,6 +336,8 @@ class ResultsTable:
             )
         except Exception as exc:  # a damaged data file, a read-only folder
             raise TableError(f"{self.uri}: compact failed ({first_line(exc)})") from None
+        self.seal(start)
+        return found
 
     def vacuum(self, retain_hours: int, *, dry_run: bool = False) -> list[str]:
         """Delete the files no version newer than ``retain_hours`` ago needs (time travel to
@@ -344,7 +361,21 @@ class ResultsTable:
         if not dry_run and not is_remote(self.uri):
             for name in orphans:
                 (Path(self.uri) / name).unlink(missing_ok=True)
+            checksums.forget(Path(self.uri), checksums.orphans(Path(self.uri)))
         return [*removed, *orphans]
+
+    def version(self) -> int:
+        """The newest version; -1 before the first commit."""
+        return self.delta().version() if self.exists() else -1
+
+    def seal(self, start: int) -> int:
+        """Record the checksums of the data files committed since version ``start`` (this
+        writer's, and any a racing writer added meanwhile); returns the newest version."""
+        newest = self.version()
+        if not is_remote(self.uri):
+            root = Path(self.uri)
+            checksums.seal(root, root / DELTA_LOG, range(start + 1, newest + 1))
+        return newest
 
 
 def local_path(uri: str) -> Path:

@@ -1,0 +1,111 @@
+"""Checksums of a local results table's data files.
+
+delta-rs writes no Parquet page checksums, so a data file whose footer still reads but whose
+pages were altered (bit rot, a bad copy) would decode as wrong values. fdpipe records the sha256
+of every data file it commits, right after the commit, in ``_checksums/<file>.sha256``
+(``sha256sum`` format: ``cd OUTPUT && cat _checksums/*.sha256 | sha256sum -c``; Delta readers
+skip ``_`` folders), and checks it where a whole file is read: at the start of ``explain`` (a
+file that fails is set aside and its images are redone, ``ResultsTable.set_aside_damaged``) and
+by every reader of maps (named and skipped). A file without a checksum (written before them, by
+another tool, or by a run killed between its commit and the checksum) is checked as before: its
+footer, and its maps' range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import unquote
+
+CHECKSUMS_DIR = "_checksums"
+MAX_SIDECAR = 4096  # a line of 64 hex digits and a file name
+
+
+def sha256_of(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def sidecar(root: Path, name: str) -> Path:
+    return root / CHECKSUMS_DIR / f"{name}.sha256"
+
+
+def own_data_file(name: str) -> bool:
+    """A data file at the table's top level (never a path out of it from a tampered log)."""
+    return Path(name).name == name and name.endswith(".parquet") and name[0] not in "._"
+
+
+def added_files(log: Path, version: int) -> list[str]:
+    """The data files that ``version``'s commit (in the Delta log folder ``log``) added."""
+    try:
+        lines = (log / f"{version:020d}.json").read_text().splitlines()
+    except OSError:  # cleaned up, or another writer's checkpoint only: nothing to seal
+        return []
+    names = []
+    for line in lines:
+        try:
+            add = json.loads(line).get("add")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(add, dict) and isinstance(add.get("path"), str):
+            names.append(unquote(add["path"]))
+    return [name for name in names if own_data_file(name)]
+
+
+def seal(root: Path, log: Path, versions: Iterable[int]) -> None:
+    """Record the sha256 of each data file the ``versions`` (just committed) added."""
+    for version in versions:
+        for name in added_files(log, version):
+            target = sidecar(root, name)
+            if target.exists() or not (root / name).is_file():
+                continue
+            target.parent.mkdir(exist_ok=True)
+            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temp.write_text(f"{sha256_of(root / name)}  {name}\n")
+            os.replace(temp, target)  # atomically: a reader never sees half a checksum
+
+
+def mismatch(path: Path) -> str | None:
+    """Why ``path`` is not the file fdpipe wrote (its sha256 differs from the recorded one), or
+    None when it is, or when no checksum was recorded."""
+    record = sidecar(path.parent, path.name)
+    try:
+        if not stat.S_ISREG(record.stat().st_mode):  # a FIFO would block the read
+            return f"its checksum {record} is not a regular file"
+        with record.open("rb") as fh:
+            words = fh.read(MAX_SIDECAR).decode("ascii", "replace").split()
+    except FileNotFoundError:
+        return None
+    expected = words[0].lower() if words else ""
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:  # gone or unreadable: not the file fdpipe wrote either
+        return f"cannot be read ({exc.strerror or exc})"
+    if actual == expected:
+        return None
+    return (
+        f"sha256 {actual[:12]}... differs from the {expected[:12]}... recorded when it was written"
+    )
+
+
+def forget(root: Path, names: Iterable[str]) -> None:
+    """Drop the checksums of data files that left the folder (vacuumed, set aside)."""
+    for name in names:
+        if own_data_file(name):
+            sidecar(root, name).unlink(missing_ok=True)
+
+
+def orphans(root: Path) -> list[str]:
+    """Data files with a checksum but no longer in the folder."""
+    folder = root / CHECKSUMS_DIR
+    if not folder.is_dir():
+        return []
+    names = [p.name.removesuffix(".sha256") for p in folder.glob("*.sha256")]
+    return [name for name in names if not (root / name).exists()]
+
+
+__all__ = ["CHECKSUMS_DIR", "added_files", "forget", "mismatch", "orphans", "seal", "sidecar"]

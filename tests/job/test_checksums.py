@@ -1,0 +1,111 @@
+"""Checksums of the table's data files (issue 19, item 15, the writer's side): delta-rs writes no
+Parquet page checksums, so fdpipe records each data file's sha256 when it commits it; a file whose
+pages were altered behind an intact footer is named and skipped by readers, and set aside and
+redone by the next ``explain``, its rows then equal to an undamaged run's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from fdpipe.cli import main
+from fdpipe.job.checksums import CHECKSUMS_DIR, added_files
+from fdpipe.job.reader import read_maps
+from fdpipe.job.table import DELTA_LOG
+from image_files import explain_command, write_images
+from results import data_files, stored_rows
+
+COMPARED = ["image_path", "method", "class_rank", "class_index", "probability", "map", "status"]
+
+
+def explain(images: Path, output: Path) -> None:
+    result = CliRunner().invoke(main, explain_command(images, output))
+    assert result.exit_code == 0, result.output
+
+
+def flip_pages(part: Path, column: str) -> None:
+    """Up to 400 bytes in the middle of ``column``'s data pages flipped, the footer intact."""
+    meta = pq.ParquetFile(part).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index(column))
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    count = min(400, size // 2)
+    middle = start + (size - count) // 2
+    data = bytearray(part.read_bytes())
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    part.write_bytes(bytes(data))
+    pq.read_metadata(part)  # the footer still reads
+
+
+def current(output: Path) -> list[dict]:
+    rows = stored_rows(output).select(COMPARED).to_pylist()
+    return sorted(rows, key=lambda r: (r["image_path"], r["method"], r["class_rank"]))
+
+
+def test_every_committed_data_file_has_its_sha256_beside_the_table(tmp_path: Path) -> None:
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 4)
+    explain(images, output)
+    files = data_files(output)
+    sums = sorted((output / CHECKSUMS_DIR).glob("*.sha256"))
+    assert [p.name for p in sums] == sorted(f"{f.name}.sha256" for f in files)
+    for path in files:  # sha256sum's format, names relative to the output
+        digest, name = (output / CHECKSUMS_DIR / f"{path.name}.sha256").read_text().split()
+        assert name == path.name and digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    result = CliRunner().invoke(main, ["compact", str(output)])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(main, ["vacuum", str(output), "--retain", "0h"]).exit_code == 0
+    left = {p.name.removesuffix(".sha256") for p in (output / CHECKSUMS_DIR).iterdir()}
+    assert left == {f.name for f in data_files(output)} and left.isdisjoint(f.name for f in files)
+
+
+@pytest.mark.parametrize("column", ["map.list.item", "probability", "image_path"])
+def test_altered_pages_are_set_aside_and_redone_by_the_next_explain(
+    tmp_path: Path, column: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    images, output, clean = tmp_path / "images", tmp_path / "out", tmp_path / "clean"
+    write_images(images, 4)
+    explain(images, clean)
+    explain(images, output)
+    bad, good = data_files(output)
+    flip_pages(bad, column)
+    with caplog.at_level(logging.WARNING):
+        _, rows = read_maps(output)  # a reader names the file and skips it
+    assert f"{bad.name}: skipped (sha256" in caplog.text
+    assert rows["image_path"].to_pylist() == pq.read_table(good)["image_path"].to_pylist()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        explain(images, output)  # sets it aside, redoes its images
+    assert f"{bad}: damaged data file" in caplog.text and "2 changed" not in caplog.text
+    assert (bad.parent / f".{bad.name}.damaged").is_file() and not bad.exists()
+    assert current(output) == current(clean)
+
+
+def test_compact_refuses_to_copy_a_damaged_file(tmp_path: Path) -> None:
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 4)
+    explain(images, output)
+    bad = data_files(output)[0]
+    flip_pages(bad, "map.list.item")
+    before = sorted(os.listdir(output))
+    result = CliRunner().invoke(main, ["compact", str(output)])
+    assert result.exit_code == 2 and "fdpipe explain" in result.output, result.output
+    assert str(bad) in result.output and sorted(os.listdir(output)) == before
+
+
+def test_a_tampered_log_cannot_make_fdpipe_hash_or_write_outside_the_table(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / DELTA_LOG
+    log.mkdir()
+    adds = ["../../etc/passwd", "sub/part-0.parquet", ".hidden.parquet", "part-00001-a.parquet"]
+    lines = [json.dumps({"add": {"path": p}}) for p in adds] + ["not json", "[1]"]
+    (log / f"{3:020d}.json").write_text("\n".join(lines))
+    assert added_files(log, 3) == ["part-00001-a.parquet"]
+    assert added_files(log, 4) == []
