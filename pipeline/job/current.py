@@ -4,18 +4,21 @@ An output holds the rows of a set of runs; parts are never edited, so a rerun th
 image again (new content, a retry) adds rows rather than replacing them. Per image, its newest
 run (largest ``run_id``) says what it is now: a ``pruned`` row there hides the image, and only
 rows with the newest run's ``image_sha256`` (the current content) stay. Among those, each
-(``method``, ``targets``, ``class_rank``) keeps the rows of its newest run; a ``failed`` row stays
-only while it is from the image's newest run (a later success or a prune supersedes it).
+(``method``, ``targets``, ``class_rank``) keeps the rows of its newest run, and of the ``top-k``
+sets of one method only the widest stays (it holds the narrower ones' rows); a ``failed`` row
+stays only while it is from the image's newest run (a later success or a prune supersedes it).
 """
 
 from __future__ import annotations
 
+import re
 from typing import cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+TOP_K = re.compile(r"^top-([0-9]+)$")  # a targets label of the top-k classes
 KEY_COLUMNS = ["image_path", "run_id", "image_sha256", "status", "method", "targets", "class_rank"]
 
 
@@ -43,7 +46,7 @@ def current_mask(keys: pa.Table) -> np.ndarray:
         pc.equal(table["status"], pa.scalar("failed")),
         pc.equal(table["run_id"], table["run_id_max"]),
     )
-    ok = table.filter(pc.and_(alive, pc.equal(table["status"], pa.scalar("ok"))))
+    ok = widest_top_k(table.filter(pc.and_(alive, pc.equal(table["status"], pa.scalar("ok")))))
     group = ["image_path", "method", "targets", "class_rank"]
     newest = ok.group_by(group).aggregate([("run_id", "max")])
     newest = newest.select([*group, "run_id_max"]).rename_columns([*group, "_newest"])
@@ -56,4 +59,31 @@ def current_mask(keys: pa.Table) -> np.ndarray:
     return mask
 
 
-__all__ = ["KEY_COLUMNS", "current_mask"]
+def top_k(targets: pa.ChunkedArray) -> pa.ChunkedArray:
+    """k of each ``top-k`` targets label; null for other labels (``classes=...``, ``column=``)."""
+    plain = pc.match_substring_regex(targets, TOP_K.pattern)
+    digits = pc.if_else(plain, pc.utf8_slice_codeunits(targets, 4), pa.scalar(None, pa.string()))
+    return cast(pa.ChunkedArray, pc.cast(digits, pa.int64()))
+
+
+def widest_top_k(ok: pa.Table) -> pa.Table:
+    """Of an image's top-k row sets of one method (same content), only the widest: a top-2 run
+    after a top-1 run holds the top-1 rows again (same class, same map at rank 0), and two
+    rank-0 rows of one method would be read as two maps."""
+    ok = ok.append_column("_k", top_k(ok["targets"]))
+    widest = ok.group_by(["image_path", "method"]).aggregate([("_k", "max")])
+    ok = ok.join(widest, ["image_path", "method"])
+    narrower = pc.fill_null(pc.less(ok["_k"], ok["_k_max"]), pa.scalar(False))
+    return ok.filter(pc.invert(cast(pa.ChunkedArray, narrower)))
+
+
+def covers(held: str, wanted: str) -> bool:
+    """Rows of targets ``held`` stand for ``wanted`` (itself, or a narrower top-k): the plan
+    does not explain ``wanted`` again, and the readers keep only ``held``."""
+    wide, narrow = TOP_K.match(held), TOP_K.match(wanted)
+    if wide is None or narrow is None:
+        return held == wanted
+    return int(wide[1]) >= int(narrow[1])
+
+
+__all__ = ["KEY_COLUMNS", "covers", "current_mask"]

@@ -13,6 +13,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from fdpipe.job.current import covers
 from fdpipe.job.inputs import (
     MAX_FILE_BYTES,
     ChangeToken,
@@ -85,7 +86,11 @@ def plan_run(
                 plan.new += 1
             else:
                 if not changed:
-                    missing = {label for label in labels if (label, targets) not in state.done}
+                    missing = {
+                        label
+                        for label in labels
+                        if not any(m == label and covers(t, targets) for m, t in state.done)
+                    }
                 if not missing:
                     plan.skipped += 1
                     continue

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from fdpipe.cli import main
-from fdpipe.job.reader import iter_rows
+from fdpipe.job.reader import iter_rows, read_maps
 from image_files import explain_command, write_images
+from results import duckdb_sql
 
 
 def test_failures_without_a_sha256_stay_current_and_are_not_new_again(tmp_path: Path) -> None:
@@ -29,3 +30,28 @@ def test_failures_without_a_sha256_stay_current_and_are_not_new_again(tmp_path: 
     assert "(+2 in earlier runs)" in again.output
     site = CliRunner().invoke(main, ["report", str(output), "-o", str(tmp_path / "site")])
     assert site.exit_code == 0 and "(2 failed)" in site.output, site.output
+
+
+def test_a_wider_top_k_supersedes_a_narrower_one(tmp_path: Path) -> None:
+    """Issue 19, also seen: ``--top-k 2`` on a top-1 output leaves one rank-0 map per image and
+    method (the top-2 set holds the top-1 rows), for fdpipe's readers and any Delta reader; a
+    later ``--top-k 1`` explains nothing again; ``--classes`` sets stay beside them."""
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 2)
+
+    def explain(*extra: str) -> str:
+        result = CliRunner().invoke(main, explain_command(images, output, *extra))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    explain()
+    explain("--top-k", "2")
+    maps, rows = read_maps(output)
+    keys = sorted((r["image_path"], r["targets"], r["class_rank"]) for r in rows.to_pylist())
+    paths = sorted({key[0] for key in keys})
+    assert keys == [(p, "top-2", rank) for p in paths for rank in (0, 1)]
+    assert len(maps) == 4 and duckdb_sql(f"select * from delta_scan('{output}')").num_rows == 4
+    assert "skipped 2" in explain("--top-k", "1")  # held by the top-2 rows
+    explain("--classes", "281")
+    _, rows = read_maps(output, ranks=[0])
+    assert sorted(rows["targets"].to_pylist()) == ["classes=281", "classes=281", "top-2", "top-2"]
