@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote
+
+log = logging.getLogger("fdpipe.job")
 
 CHECKSUMS_DIR = "_checksums"
 MAX_SIDECAR = 4096  # a line of 64 hex digits and a file name
@@ -39,10 +42,10 @@ def own_data_file(name: str) -> bool:
     return Path(name).name == name and name.endswith(".parquet") and name[0] not in "._"
 
 
-def added_files(log: Path, version: int) -> list[str]:
-    """The data files that ``version``'s commit (in the Delta log folder ``log``) added."""
+def added_files(delta_log: Path, version: int) -> list[str]:
+    """The data files that ``version``'s commit (in the folder ``delta_log``) added."""
     try:
-        lines = (log / f"{version:020d}.json").read_text().splitlines()
+        lines = (delta_log / f"{version:020d}.json").read_text().splitlines()
     except OSError:  # cleaned up, or another writer's checkpoint only: nothing to seal
         return []
     names = []
@@ -56,17 +59,21 @@ def added_files(log: Path, version: int) -> list[str]:
     return [name for name in names if own_data_file(name)]
 
 
-def seal(root: Path, log: Path, versions: Iterable[int]) -> None:
+def seal(root: Path, delta_log: Path, versions: Iterable[int]) -> None:
     """Record the sha256 of each data file the ``versions`` (just committed) added."""
     for version in versions:
-        for name in added_files(log, version):
+        for name in added_files(delta_log, version):
             target = sidecar(root, name)
             if target.exists() or not (root / name).is_file():
                 continue
-            target.parent.mkdir(exist_ok=True)
-            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            temp.write_text(f"{sha256_of(root / name)}  {name}\n")
-            os.replace(temp, target)  # atomically: a reader never sees half a checksum
+            try:
+                target.parent.mkdir(exist_ok=True)
+                temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                temp.write_text(f"{sha256_of(root / name)}  {name}\n")
+                os.replace(temp, target)  # atomically: a reader never sees half a checksum
+            except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+                # Something else where the checksums go: the commit stands, unchecked.
+                log.warning("%s: no checksum recorded (%s)", root / name, exc)
 
 
 def mismatch(path: Path) -> str | None:
@@ -78,7 +85,7 @@ def mismatch(path: Path) -> str | None:
             return f"its checksum {record} is not a regular file"
         with record.open("rb") as fh:
             words = fh.read(MAX_SIDECAR).decode("ascii", "replace").split()
-    except FileNotFoundError:
+    except OSError:  # none recorded (or none readable: the file is checked as before them)
         return None
     expected = words[0].lower() if words else ""
     try:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fdpipe.cli import main
 from fdpipe.job.checksums import CHECKSUMS_DIR, added_files
 from fdpipe.job.reader import read_maps
-from fdpipe.job.table import DELTA_LOG
+from fdpipe.job.table import DELTA_LOG, DataFileError
 from image_files import explain_command, write_images
 from results import data_files, stored_rows
 
@@ -109,3 +109,29 @@ def test_a_tampered_log_cannot_make_fdpipe_hash_or_write_outside_the_table(
     (log / f"{3:020d}.json").write_text("\n".join(lines))
     assert added_files(log, 3) == ["part-00001-a.parquet"]
     assert added_files(log, 4) == []
+
+
+@pytest.mark.parametrize("odd", ["file", "fifo"])
+def test_an_odd_checksum_folder_or_file_never_stops_a_run_or_hangs_a_reader(
+    tmp_path: Path, odd: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 2)
+    if odd == "file":  # a file where the checksums go: the run commits, unchecked
+        output.mkdir()
+        (output / CHECKSUMS_DIR).write_text("not a folder")
+        with caplog.at_level(logging.WARNING):
+            explain(images, output)
+        assert "no checksum recorded" in caplog.text
+        assert len(read_maps(output)[1]) == 2
+        return
+    explain(images, output)
+    (part,) = data_files(output)
+    sidecar = output / CHECKSUMS_DIR / f"{part.name}.sha256"
+    sidecar.unlink()
+    os.mkfifo(sidecar)  # would block a reader: taken as a damaged file, redone
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(DataFileError, match="none of its 1 data file"):
+            read_maps(output)
+        explain(images, output)
+    assert "not a regular file" in caplog.text and len(read_maps(output)[1]) == 2
