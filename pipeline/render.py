@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -97,10 +98,45 @@ def pictures_with_rows(
         yield image_path, picture, image_rows
 
 
-def prepare_target(to: Path) -> None:
-    """Create ``to``, marked as fdpipe output so that a walk of the images never takes it in."""
-    to.mkdir(parents=True, exist_ok=True)
-    (to / OUTPUT_MARKER).touch()
+class Target:
+    """A render folder, marked as fdpipe output (a walk of the images never takes it in). Its
+    marker lists the files rendered there: only those are written over; a file of the same
+    name that fdpipe did not write is kept, and the picture goes to ``<name>~<n>.png``."""
+
+    def __init__(self, to: Path) -> None:
+        to.mkdir(parents=True, exist_ok=True)
+        self.to, self.marker = to, to / OUTPUT_MARKER
+        try:
+            listed = self.marker.read_text("utf-8").splitlines() if self.marker.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            listed = None
+        # An empty marker: a folder an earlier fdpipe rendered into, whose files are its own.
+        self.legacy = listed == []
+        self.ours = set(listed or [])
+        self.marker.touch()
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name`` (a relative path) without overwriting someone's file."""
+        wanted = candidate = self.to / name
+        n = 0
+        while os.path.lexists(candidate) and not self.owns(candidate):
+            n += 1
+            candidate = wanted.with_name(f"{wanted.stem}~{n}{wanted.suffix}")
+        if candidate != wanted:
+            log.warning("%s exists and was not rendered by fdpipe: kept; written as %s",
+                        wanted, candidate.name)  # fmt: skip
+        candidate.parent.mkdir(parents=True, exist_ok=True)
+        return candidate
+
+    def owns(self, path: Path) -> bool:
+        return self.legacy or path.relative_to(self.to).as_posix() in self.ours
+
+    def wrote(self, path: Path) -> None:
+        name = path.relative_to(self.to).as_posix()
+        if name not in self.ours and not self.legacy:
+            self.ours.add(name)
+            with self.marker.open("a", encoding="utf-8") as fh:
+                fh.write(name + "\n")
 
 
 def render_overlays(
@@ -119,18 +155,19 @@ def render_overlays(
 
     Returns the files written, each once (a row repeated in the output is not drawn twice).
     """
-    prepare_target(to)
-    written: dict[Path, None] = {}
+    folder = Target(to)
+    written: dict[Path, Path] = {}  # wanted name -> the file written
     for image_path, picture, image_rows in pictures_with_rows(rows, root, limit, missing):
         for row in image_rows:
-            target = to / overlay_path(image_path, row.method, row.class_rank)
-            if target in written:
+            wanted = overlay_path(image_path, row.method, row.class_rank)
+            if wanted in written:
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = folder.path(wanted.as_posix())
             shown = display_for(row.method, display)
             overlay(picture, row.native, alpha, row.box, shown, cmap, row.frame).save(target)
-            written[target] = None
-    return list(written)
+            folder.wrote(target)
+            written[wanted] = target
+    return list(written.values())
 
 
 def render_sheets(
@@ -147,7 +184,7 @@ def render_sheets(
 ) -> list[Path]:
     """Contact sheets: one line per (image, class), the photo then each method's overlay; a
     colour bar under each sheet says the colormap and each method's display."""
-    prepare_target(to)
+    folder = Target(to)
     lines = []
     methods: dict[str, None] = {}  # in order of appearance
     for _, picture, image_rows in pictures_with_rows(rows, root, limit, missing):
@@ -161,8 +198,9 @@ def render_sheets(
     written = []
     key = legend(list(methods), display, cmap or colormap())
     for page, start in enumerate(range(0, len(lines), per_sheet)):
-        target = to / f"sheet-{page:04d}.png"
+        target = folder.path(f"sheet-{page:04d}.png")
         stack([*lines[start : start + per_sheet], key]).save(target)
+        folder.wrote(target)
         written.append(target)
     return written
 

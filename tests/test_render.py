@@ -98,3 +98,23 @@ def test_the_legend_holds_its_whole_display_line() -> None:
     assert strip.width > text_width + font.getlength(": min-max; fgcam: clipped at p99")
     ink = np.asarray(strip.convert("L"))[22:, -4:]  # a margin stays free at the right edge
     assert ink.min() == 255
+
+
+@pytest.mark.parametrize("sheet", [False, True])
+def test_a_file_fdpipe_did_not_write_is_never_overwritten(
+    output: Path, tmp_path: Path, sheet: bool
+) -> None:
+    """A user's file with the name of an overlay (or sheet) is kept; the picture goes beside
+    it; a second render writes over its own file, not the user's, and adds no third one."""
+    name = "sheet-0000.png" if sheet else "img_000.jpg.gradcam.rank0.png"
+    mine = tmp_path / "png" / name
+    mine.parent.mkdir()
+    mine.write_bytes(b"mine")
+    draw = render_sheets if sheet else render_overlays
+    rows = list(select_rows(output, methods=["gradcam"], images=["img_000.jpg"]))
+    for _ in range(2):
+        written = draw(rows, images_root(output), tmp_path / "png")
+        assert mine.read_bytes() == b"mine"
+        beside = mine.with_name(mine.stem + "~1.png")
+        assert beside in written and Image.open(beside).size[0] > 0
+        assert not mine.with_name(mine.stem + "~2.png").exists()

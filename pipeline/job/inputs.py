@@ -142,8 +142,22 @@ class FileSource(Source):
         return ChangeToken(status.st_size, status.st_mtime_ns)
 
     def open(self, entry: Entry, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        if climbs_out(entry.key):
+            raise EntryError(
+                "a relative entry that climbs out of the list's folder ('..'): not read; "
+                "write the absolute path of a file that lives elsewhere"
+            )
         with open_regular(Path(entry.location), max_bytes) as fh:
             return fh.read()
+
+
+def climbs_out(key: str) -> bool:
+    """Whether a relative list or manifest entry leaves the folder it is relative to: an input
+    lives under the input directory or the list's folder, or is named by an absolute path."""
+    if os.path.isabs(key):
+        return False
+    normal = os.path.normpath(key)
+    return normal == os.pardir or normal.startswith(os.pardir + os.sep)
 
 
 def open_regular(path: Path, max_bytes: int) -> io.BufferedReader:

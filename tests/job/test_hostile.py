@@ -285,6 +285,28 @@ def test_a_file_name_that_is_not_utf8_is_found_by_every_reader(
     assert fdpipe.image_file(out, key) == images / key
 
 
+def test_a_list_entry_that_climbs_out_of_its_folder_is_not_read(
+    images: Path, tmp_path: Path
+) -> None:
+    """Issue 19, also seen: an input lives under the input directory or the list's folder, or
+    is named by an absolute path; a relative ``../`` entry is a failed row, never read."""
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes((images / "img_000.jpg").read_bytes())
+    listed = images / "todo.txt"
+    listed.write_text(f"img_000.jpg\n../secret.jpg\nnested/../img_001.jpg\n{secret}\n")
+    code, said = invoke(*explain(listed, tmp_path / "out"))
+    assert code == 1, said  # some images failed
+    rows = {row["image_path"]: row for row in table(tmp_path / "out")}
+    assert (
+        rows["../secret.jpg"]["status"] == "failed"
+        and rows["../secret.jpg"]["image_sha256"] is None
+    )
+    assert "climbs out of the list's folder" in rows["../secret.jpg"]["error"]
+    assert {rows[k]["status"] for k in ("img_000.jpg", "nested/../img_001.jpg", str(secret))} == {
+        "ok"
+    }
+
+
 def test_fifos_and_devices_are_failed_rows_not_hangs(images: Path, tmp_path: Path) -> None:
     os.mkfifo(images / "b.jpg")
     (images / "z.jpg").symlink_to("/dev/zero")
