@@ -108,9 +108,9 @@ def sanity_check(
 
 def maps_model(maps: Path, model: ModelRequest, score_given: bool = False) -> LoadedModel:
     """The model an explain output was made with, rebuilt from its metadata: source, layer,
-    weights file (checked against its recorded sha256), weights map, every preprocessing field
-    and the score. Options may restate it but never contradict it (other weights, layer or
-    preprocessing would score foreign maps)."""
+    weights file (checked against its recorded sha256), weights map, every preprocessing field,
+    the score and class names. Options may restate it but never contradict it (other weights,
+    layer or preprocessing would score foreign maps)."""
     from fdpipe.export.model_sources import recorded_source, runs_code
     from fdpipe.export.preprocessing import Preprocess
     from fdpipe.export.request import ModelError, PreprocessOptions
@@ -145,6 +145,7 @@ def maps_model(maps: Path, model: ModelRequest, score_given: bool = False) -> Lo
         pretrained=model.pretrained and not str(params.get("weights_id")).startswith("random-"),
         preprocess=preprocess,
         score=model.score if score_given else str(params.get("score") or model.score),
+        class_names=model.class_names or recorded_names(maps, params.get("class_names")),
     )
     loaded = request.load()
     mine = {
@@ -165,6 +166,17 @@ def maps_model(maps: Path, model: ModelRequest, score_given: bool = False) -> Lo
             f"--maps {maps} was made with another model setup ({'; '.join(differ)}){hint}"
         )
     return loaded
+
+
+def recorded_names(maps: Path, recorded: object) -> list[str] | None:
+    """The class names an output records (where they were not the default ones)."""
+    from fdpipe.export.request import ModelError
+
+    if recorded is None:
+        return None
+    if not (isinstance(recorded, list) and all(isinstance(n, str) for n in recorded)):
+        raise ModelError(f"--maps {maps}: its recorded class names are not a list of names")
+    return recorded
 
 
 def recorded_weights(maps: Path, recorded: object) -> Path | None:
@@ -354,8 +366,8 @@ def evaluate(
 ) -> None:
     """Score methods by insertion / deletion (and the pointing game with --boxes).
 
-    With --maps, the model (source, weights file, weights map, layer, preprocessing, score)
-    comes from the explain output's metadata.
+    With --maps, the model (source, weights file, weights map, layer, preprocessing, score,
+    class names) comes from the explain output's metadata.
     Exit 1 when a --fail-under gate is missed; 2 on a usage or configuration error.
     """
     from fdpipe.api import Explainer

@@ -107,6 +107,7 @@ class RunParams:
     weights_map: str | dict[str, str] | None  # how that file's keys were renamed
     layer: str
     num_classes: int
+    class_names: list[str] | None  # where not the default ones (``evaluate --maps`` reuses them)
     score: str
     preprocess: dict[str, object]
     precision: str

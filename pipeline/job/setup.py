@@ -15,7 +15,7 @@ import torch
 import torchvision
 from fdpipe import __version__
 from fdpipe.api import Explainer
-from fdpipe.export.class_names import class_indices
+from fdpipe.export.class_names import class_indices, default_class_names
 from fdpipe.export.preprocessing import Preprocess
 from fdpipe.export.request import ModelError
 from fdpipe.job.config import DECODES, ConfigError, JobConfig, RunParams
@@ -121,6 +121,11 @@ def run_params(explainer: Explainer, config: JobConfig) -> RunParams:
         weights_map=model.weights_map,
         layer=model.layer,
         num_classes=model.num_classes,
+        class_names=(
+            None
+            if model.class_names == default_class_names(model.num_classes)
+            else model.class_names
+        ),
         score=model.score,
         preprocess=model.preprocess.describe(),
         precision=explainer.backend.precision,

@@ -14,6 +14,8 @@ import torch
 import torchvision
 from click.testing import CliRunner
 from fdpipe.cli import main
+from fdpipe.cli.evaluate import maps_model
+from fdpipe.export.request import ModelRequest
 from fdpipe.job.table import COMMIT_KEY
 from image_files import explain_command, write_images
 from results import run_metadata
@@ -97,10 +99,15 @@ def test_evaluate_maps_rebuilds_the_setup_from_the_recorded_weights_and_preproce
     write_images(images, 2)
     torch.manual_seed(0)
     torch.save(make().state_dict(), weights)
-    explain = CliRunner().invoke(main, own_model(images, output, name, weights, *PREPROCESSING))
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\ncup\nrocket\n")
+    explain = CliRunner().invoke(main, own_model(images, output, name, weights, *PREPROCESSING,
+                                                 "--class-names", str(names)))  # fmt: skip
     assert explain.exit_code == 0, explain.output
     params = run_metadata(output)["params"]
     assert params["weights_file"] == {"path": str(weights), "sha256": params["weights_id"]}
+    names.unlink()  # the names travel in the output
+    assert maps_model(output, ModelRequest()).class_names == ["cat", "dog", "cup", "rocket"]
     args = ["evaluate", "--maps", str(output), "-o", str(tmp_path / "ev"), "--no-curves",
             "--metric", "confidence"]  # fmt: skip
     result = CliRunner().invoke(main, args)
@@ -141,6 +148,7 @@ def test_a_moved_or_changed_weights_file_is_refused_in_one_line(
         {"preprocess": {"resize": "big"}},
         {"preprocess": {"callable": "<lambda>", "input_size": [64, 64]}},
         {"score": "banana"},
+        {"class_names": "cat"},
     ],
     ids=[
         "weights-file-list",
@@ -150,6 +158,7 @@ def test_a_moved_or_changed_weights_file_is_refused_in_one_line(
         "preprocess",
         "callable",
         "score",
+        "names",
     ],
 )
 def test_a_tampered_record_is_refused_in_one_line(
