@@ -58,7 +58,8 @@ def status(output: Path, window: str, as_json: bool) -> None:
     """One status for the newest night of OUTPUT over all its shards, from the run records.
 
     Exit 0: every shard completed and every image was explained; 1: some images failed; 4: a
-    shard is missing, still running, interrupted or was refused.
+    shard is missing, still running, interrupted or was refused, or the newest run record
+    cannot be read. Every unreadable record is named.
     """
     from fdpipe.job.status import night_status
 
@@ -74,6 +75,8 @@ def status(output: Path, window: str, as_json: bool) -> None:
                 f"shard {index}/{count}: {shard.state:<10} run {shard.run_id or '-'}"
                 f"  ok {shard.ok}  failed {shard.failed}"
             )
+        for unreadable in night.unreadable:
+            click.echo(f"unreadable run record: {unreadable}")
         click.echo(f"{output}: {night.state} (exit {night.exit_code})")
     raise SystemExit(night.exit_code)
 

@@ -40,9 +40,13 @@ class ShardStatus:
 @dataclass
 class NightStatus:
     shards: list[ShardStatus]
+    unreadable: list[str] = field(default_factory=list)  # records that cannot be read, why
+    newest_unreadable: bool = False  # the newest record is one of them: its night is unknown
 
     @property
     def state(self) -> str:
+        if self.newest_unreadable:
+            return "incomplete"
         states = {shard.state for shard in self.shards}
         if states <= {"ok"}:
             return "ok"
@@ -70,20 +74,29 @@ class NightStatus:
                 }
                 for s in self.shards
             ],
+            "unreadable_records": self.unreadable,
         }
 
 
-def run_records(output: str | Path) -> list[dict[str, object]]:
-    """Every readable run record of ``output``, oldest first (unreadable ones are skipped)."""
+def run_records(
+    output: str | Path, unreadable: dict[Path, str] | None = None
+) -> list[dict[str, object]]:
+    """Every readable run record of ``output``, oldest first; each one that cannot be read (or
+    is no record) goes into ``unreadable`` with why."""
     directory = Path(output) / RUNS_DIR
     records = []
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
             record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("run_id"), str):
+        except (OSError, ValueError) as exc:
+            why: str | None = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            good = isinstance(record, dict) and isinstance(record.get("run_id"), str)
+            why = None if good else "not a run record (no run_id)"
+        if why is None:
             records.append(record)
+        elif unreadable is not None and not path.is_dir():
+            unreadable[path] = why
     return sorted(records, key=lambda r: str(r["run_id"]))
 
 
@@ -96,9 +109,15 @@ def started(record: dict[str, object]) -> datetime | None:
 
 def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) -> NightStatus:
     """The status of the newest night of ``output`` (see the module docstring)."""
-    records = run_records(output)
+    bad: dict[Path, str] = {}
+    records = run_records(output, bad)
+    unreadable = [f"{path}: {why}" for path, why in bad.items()]
+    # Records are named by run id: an unreadable one named after every readable one is newest.
+    last = str(records[-1]["run_id"]) if records else ""
+    newest_unreadable = max((path.stem for path in bad), default="") > last
     if not records:
-        return NightStatus([ShardStatus((0, 1), None, "missing", None)])
+        missing = [ShardStatus((0, 1), None, "missing", None)]
+        return NightStatus(missing, unreadable, newest_unreadable)
     newest = records[-1]
     count = record_shard(newest)[1]
     newest_start = started(newest)
@@ -130,7 +149,7 @@ def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) ->
                 failed=int(counts.get("failed", 0) or 0),
             )
         )
-    return NightStatus(shards)
+    return NightStatus(shards, unreadable, newest_unreadable)
 
 
 def record_shard(record: dict[str, object]) -> tuple[int, int]:

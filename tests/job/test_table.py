@@ -208,6 +208,26 @@ def test_status_names_a_missing_shard_and_failed_images(tmp_path: Path) -> None:
     assert invoke(["status", str(tmp_path / "nothing")]).exit_code == 2
 
 
+@pytest.mark.parametrize("content", ['{"run_id": "2026', '[1, 2, "x"]', "null", '{"status": 1}'])
+def test_status_names_an_unreadable_run_record(tmp_path: Path, content: str) -> None:
+    """Issue 19 (older bug): a run record that cannot be read is named; when it is the newest
+    (named after every readable one) the night's outcome is unknown: exit 4."""
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 2)
+    assert invoke(explain_command(images, output)).exit_code == 0
+    older = output / "_runs" / "20000101T000000000000Z-000000.json"
+    older.write_text(content)
+    result = invoke(["status", str(output)])
+    assert result.exit_code == 0 and f"unreadable run record: {older}" in result.output
+    newer = output / "_runs" / "29991231T000000000000Z-000000.json"
+    newer.write_text(content)
+    result = invoke(["status", str(output), "--json"])
+    assert result.exit_code == 4, result.output
+    night = json.loads(result.output)
+    assert night["status"] == "incomplete" and len(night["unreadable_records"]) == 2
+    assert night["unreadable_records"][1].startswith(f"{newer}: ")
+
+
 def test_compact_and_vacuum_keep_the_rows_and_shrink_the_folder(tmp_path: Path) -> None:
     images, output = tmp_path / "images", tmp_path / "out"
     paths = write_images(images, 6)
