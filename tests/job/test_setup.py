@@ -75,3 +75,18 @@ def test_a_bad_batch_size_is_a_usage_error(tmp_path: Path, size: str) -> None:
     assert "Traceback" not in result.output
     assert "--batch-size" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_device_decoding_needs_the_models_own_preprocessing(squeezenet: LoadedModel) -> None:
+    """A callable preprocess takes PIL images: ``auto`` decodes on the CPU, ``device`` is
+    refused; the model's own ``Preprocess`` may decode on its device."""
+    own = Explainer(squeezenet, "gradcam")
+    assert job_setup.decode_device("device", own) == torch.device("cpu")
+    transform = squeezenet.preprocess.__call__  # a plain callable: PIL image -> tensor
+    layer = squeezenet.layer
+    explainer = Explainer(squeezenet.module, "gradcam", layer=layer, preprocess=transform)
+    assert type(explainer.model.preprocess).__name__ == "CallablePreprocess"
+    assert job_setup.decode_device("auto", explainer) is None
+    assert job_setup.decode_device("cpu", explainer) is None
+    with pytest.raises(ConfigError, match="needs the model's own preprocessing"):
+        job_setup.decode_device("device", explainer)
