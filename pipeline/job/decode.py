@@ -4,20 +4,23 @@ decodable images.
 
 With ``--decode device`` (``auto`` on a GPU) the workers only read, hash and check the headers:
 plain JPEGs stay encoded (``DecodedImage.data``) and each batch of them is decoded together by
-the model's device (nvJPEG on CUDA, through ``torchvision.io.decode_jpeg``) and preprocessed
-there (``Preprocess.from_pixels``); every other file, and any JPEG the device decoder refuses,
-goes through the CPU decoders (PIL) as before, with the same failed rows.
+the model's device (nvJPEG on CUDA: TorchCodec's ``decode_jpeg`` where it is installed, the
+``decode`` extra, else torchvision's) and preprocessed there (``Preprocess.from_pixels``); every
+other file, and any JPEG the device decoder refuses, goes through the CPU decoders (PIL) as
+before, with the same failed rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import io
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from time import perf_counter
 
 import torch
@@ -27,9 +30,8 @@ from fdpipe.job.inputs import MAX_FILE_BYTES, Entry, EntryError, Source
 from fdpipe.job.schema import ImageInfo
 from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg
 
-# torchvision 0.29 deprecates its decoders for TorchCodec's; nvJPEG through decode_jpeg still works.
+# torchvision 0.29 deprecates its decoders for TorchCodec's; without TorchCodec they still work.
 warnings.filterwarnings(
     "ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning
 )
@@ -101,13 +103,56 @@ def device_jpeg(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     return None
 
 
+Decoded = list[Tensor] | Tensor  # a batch's pixels, or one image's
+
+
+@dataclass(frozen=True)
+class JpegDecoder:
+    """A batched JPEG decoder to RGB uint8 (3, H, W) on a device (nvJPEG on CUDA)."""
+
+    name: str  # the package and its version, recorded in the run metadata
+    decode: Callable[[list[Tensor] | Tensor, torch.device], Decoded]
+
+
+@cache
+def jpeg_decoder() -> JpegDecoder:
+    """TorchCodec's decoder where it is installed and loads (the maintained nvJPEG path), else
+    torchvision's (deprecated since 0.29, still working)."""
+    return torchcodec_decoder() or torchvision_decoder()
+
+
+def torchcodec_decoder() -> JpegDecoder | None:
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except (ImportError, OSError, RuntimeError):  # absent, or its native library does not load
+        return None
+
+    def decode(data: list[Tensor] | Tensor, device: torch.device) -> Decoded:
+        pixels: Decoded = decode_jpeg(data, mode="RGB", device=device)
+        return pixels
+
+    return JpegDecoder(f"torchcodec {importlib.metadata.version('torchcodec')}", decode)
+
+
+def torchvision_decoder() -> JpegDecoder:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def decode(data: list[Tensor] | Tensor, device: torch.device) -> Decoded:
+        pixels: Decoded = decode_jpeg(data, ImageReadMode.RGB, device=device)
+        return pixels
+
+    return JpegDecoder(f"torchvision {importlib.metadata.version('torchvision')}", decode)
+
+
 def decode_on_device(
     images: list[DecodedImage],
     preprocess: AnyPreprocess,
     device: torch.device,
     max_pixels: int = MAX_PIXELS,
+    decoder: JpegDecoder | None = None,
 ) -> None:
-    """Decode and preprocess on ``device`` the JPEGs ``decode`` left encoded, in one batched call;
+    """Decode and preprocess on ``device`` the JPEGs ``decode`` left encoded, in one batched call
+    of ``decoder`` (``jpeg_decoder()``);
     a batch the decoder refuses is retried image by image, and an image it still refuses (or
     decodes to another size than its header's) goes through the CPU decoders, failing as there.
     Each image's ``tensor`` ends on ``device``; its ``seconds`` gain its share of the batch."""
@@ -117,11 +162,12 @@ def decode_on_device(
     assert isinstance(preprocess, Preprocess)  # checked by the setup (``decode_device``)
     start = perf_counter()
     blobs = [torch.frombuffer(bytearray(image.data), dtype=torch.uint8) for image in waiting]  # type: ignore[arg-type]
+    decoder = decoder or jpeg_decoder()
     pixels: list[Tensor | None]
     try:
-        pixels = list(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:  # one bad file fails the whole batched call: find it
-        pixels = [_decode_one(blob, device) for blob in blobs]
+        pixels = list(decoder.decode(blobs, device))
+    except Exception:  # one bad file fails the whole batched call: find it
+        pixels = [_decode_one(decoder, blob, device) for blob in blobs]
     share = (perf_counter() - start) / len(waiting)
     for image, picture in zip(waiting, pixels, strict=True):
         start = perf_counter()
@@ -139,11 +185,12 @@ def decode_on_device(
         image.seconds += share + perf_counter() - start
 
 
-def _decode_one(blob: Tensor, device: torch.device) -> Tensor | None:
+def _decode_one(decoder: JpegDecoder, blob: Tensor, device: torch.device) -> Tensor | None:
     try:
-        return decode_jpeg(blob, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
+        pixels = decoder.decode(blob, device)
+    except Exception:  # the decoders raise RuntimeError, ValueError...: PIL's path says why
         return None
+    return pixels if isinstance(pixels, Tensor) else None
 
 
 def ordered_map(
@@ -176,10 +223,14 @@ def batches(images: Iterable[DecodedImage], size: int) -> Iterator[list[DecodedI
 
 __all__ = [
     "DecodedImage",
+    "JpegDecoder",
     "batches",
     "cpu_decode",
     "decode",
     "decode_on_device",
     "device_jpeg",
+    "jpeg_decoder",
     "ordered_map",
+    "torchcodec_decoder",
+    "torchvision_decoder",
 ]

@@ -18,6 +18,7 @@ from fdpipe.api import Explainer
 from fdpipe.export.class_names import class_indices, default_class_names
 from fdpipe.export.preprocessing import Preprocess
 from fdpipe.export.request import ModelError
+from fdpipe.job import decode as decode_stage
 from fdpipe.job.config import DECODES, ConfigError, JobConfig, RunParams
 from fdpipe.job.rows import RowFormat
 from fdpipe.job.schema import RunStamp
@@ -172,6 +173,7 @@ def run_metadata(
             "shard": list(config.shard),
             "batch_size": config.batch_size,
             "decode": config.decode,
+            "jpeg_decoder": decode_stage.jpeg_decoder().name if config.decode != "cpu" else None,
             "max_memory_bytes": explainer.budget.bytes,
             "input": str(config.input),
             "input_root": root,

@@ -23,6 +23,14 @@ from image_files import explain_command, write_images
 from PIL import Image
 from results import run_metadata
 
+DECODERS = [job_decode.torchvision_decoder(), job_decode.torchcodec_decoder()]
+
+
+def decoders() -> list[job_decode.JpegDecoder]:
+    """The JPEG decoders installed here: torchvision's always, TorchCodec's with the extra."""
+    return [decoder for decoder in DECODERS if decoder is not None]
+
+
 COLUMNS = ["image_path", "method", "status", "error", "class_index", "map", "original_width"]
 
 
@@ -41,9 +49,13 @@ def pearson(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(np.asarray(a, np.float64), np.asarray(b, np.float64))[0, 1])
 
 
-def test_device_decoded_maps_agree_with_pil(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", decoders(), ids=lambda decoder: decoder.name)
+def test_device_decoded_maps_agree_with_pil(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: job_decode.JpegDecoder
+) -> None:
     """The bundled photos through both paths: the same top-1 class, every map at r >= 0.999
     (the resampling differs: torch's antialiased resize against PIL's)."""
+    monkeypatch.setattr(job_decode, "jpeg_decoder", lambda: decoder)
     (tmp_path / "images").mkdir()
     for name, load in PHOTOS.items():
         picture = Image.fromarray(load()).convert("RGB")
@@ -62,7 +74,8 @@ def test_device_decoded_maps_agree_with_pil(tmp_path: Path) -> None:
         assert (got["status"], got["class_index"]) == ("ok", want["class_index"]), key
         worst = min(worst, pearson(want["map"], got["map"]))  # type: ignore[arg-type]
     assert worst >= 0.999, worst
-    assert run_metadata(tmp_path / "device")["run"]["decode"] == "device"  # type: ignore[index]
+    run = run_metadata(tmp_path / "device")["run"]
+    assert (run["decode"], run["jpeg_decoder"]) == ("device", decoder.name)  # type: ignore[index]
 
 
 def odd_files(directory: Path) -> dict[str, bool]:
@@ -98,9 +111,10 @@ def test_which_files_the_device_decoder_takes(tmp_path: Path) -> None:
     assert job_decode.device_jpeg(big, 96 * 64 - 1) is None  # PIL decodes it at a reduced scale
 
 
+@pytest.mark.parametrize("decoder", decoders(), ids=lambda decoder: decoder.name)
 @pytest.mark.parametrize("fault", ["none", "batch", "image", "size"])
 def test_device_decoding_falls_back_image_by_image(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, decoder: job_decode.JpegDecoder
 ) -> None:
     """Every kind of file gives the same rows through the device path as through the CPU
     path, whatever the device decoder does: fails the whole batched call (one bad file among
@@ -111,22 +125,22 @@ def test_device_decoding_falls_back_image_by_image(
         methods=("gradcam",), decode="cpu", progress=False, workers=1,
     )  # fmt: skip
     run_job(config)
-    real = job_decode.decode_jpeg
     calls: list[int] = []
 
-    def device_decoder(data, **options):  # type: ignore[no-untyped-def]
+    def device_decoder(data, device):  # type: ignore[no-untyped-def]
         batch = isinstance(data, list)
         calls.append(len(data) if batch else 1)
         if fault == "batch" and batch:
             raise RuntimeError("nvjpeg: a bad file in the batch (injected)")
         if fault == "image":  # the batch, then each image
-            raise RuntimeError("nvjpeg: cannot decode (injected)")
-        pixels = real(data, **options)
+            raise ValueError("nvjpeg: cannot decode (injected)")
+        pixels = decoder.decode(data, device)
         if fault == "size":
             return [p[:, 1:] for p in pixels] if batch else pixels[:, 1:]
         return pixels
 
-    monkeypatch.setattr(job_decode, "decode_jpeg", device_decoder)
+    faulty = job_decode.JpegDecoder("faulty", device_decoder)
+    monkeypatch.setattr(job_decode, "jpeg_decoder", lambda: faulty)
     to_device: list[torch.Tensor] = []
 
     def from_pixels(preprocess, pixels):  # type: ignore[no-untyped-def]
