@@ -68,3 +68,11 @@ def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     store.start(binary)
     yield store
     store.stop()
+
+
+@pytest.fixture
+def s3_env(s3_store: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
+    """The store, named to fdpipe as a user would: the standard AWS variables."""
+    for name, value in s3_store.environment.items():
+        monkeypatch.setenv(name, value)
+    return s3_store

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ACCESS_KEY, SECRET_KEY = "fdpipe-test", "fdpipe-test-secret"
+READ_KEY, READ_SECRET = "fdpipe-reader", "fdpipe-reader-secret"  # may read and list, not write
 _buckets = count()
 
 
@@ -54,7 +55,12 @@ class SeaweedFS:
             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
-        config.write_text(json.dumps({"identities": [identity]}))
+        reader = {
+            "name": "reader",
+            "credentials": [{"accessKey": READ_KEY, "secretKey": READ_SECRET}],
+            "actions": ["Read", "List"],
+        }
+        config.write_text(json.dumps({"identities": [identity, reader]}))
         (self.directory / "data").mkdir(exist_ok=True)
         command = [
             binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -136,4 +142,12 @@ def upload(fs: Any, local: Path, bucket_prefix: str) -> None:
             fs.put_file(str(path), f"{bucket_prefix}/{path.relative_to(local).as_posix()}")
 
 
-__all__ = ["ACCESS_KEY", "SECRET_KEY", "SeaweedFS", "upload", "weed_binary"]
+__all__ = [
+    "ACCESS_KEY",
+    "READ_KEY",
+    "READ_SECRET",
+    "SECRET_KEY",
+    "SeaweedFS",
+    "upload",
+    "weed_binary",
+]

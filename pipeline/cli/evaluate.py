@@ -6,12 +6,19 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 from fdpipe.cli.choices import CAM_METHODS, POINTING_TOLERANCE, VOC_TO_IMAGENET
-from fdpipe.cli.options import FiniteFloat, command_line, method_specs, model_options
+from fdpipe.cli.options import (
+    FiniteFloat,
+    OutputLocation,
+    command_line,
+    method_specs,
+    model_options,
+    storage_option,
+)
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
@@ -106,17 +113,23 @@ def sanity_check(
     return result, (first, loaded.preprocess.crop_box(first.width, first.height))
 
 
-def maps_model(maps: Path, model: ModelRequest, score_given: bool = False) -> LoadedModel:
+def maps_model(
+    maps: Path | str,
+    model: ModelRequest,
+    score_given: bool = False,
+    options: dict[str, Any] | None = None,
+) -> LoadedModel:
     """The model an explain output was made with, rebuilt from its metadata: source, layer,
     weights file (checked against its recorded sha256), weights map, every preprocessing field,
     the score and class names. Options may restate it but never contradict it (other weights,
-    layer or preprocessing would score foreign maps)."""
+    layer or preprocessing would score foreign maps). ``options``: an object store's (``maps``
+    a URL)."""
     from fdpipe.export.model_sources import recorded_source, runs_code
     from fdpipe.export.preprocessing import Preprocess
     from fdpipe.export.request import ModelError, PreprocessOptions
     from fdpipe.job.table import TableError, open_results
 
-    params = open_results(maps).metadata().get("params")
+    params = open_results(maps, options).metadata().get("params")
     if not isinstance(params, dict):
         raise TableError(f"--maps {maps}: its newest commit records no run parameters")
     recorded = str(params.get("source") or params["model"])
@@ -168,7 +181,7 @@ def maps_model(maps: Path, model: ModelRequest, score_given: bool = False) -> Lo
     return loaded
 
 
-def recorded_names(maps: Path, recorded: object) -> list[str] | None:
+def recorded_names(maps: Path | str, recorded: object) -> list[str] | None:
     """The class names an output records (where they were not the default ones)."""
     from fdpipe.export.request import ModelError
 
@@ -179,7 +192,7 @@ def recorded_names(maps: Path, recorded: object) -> list[str] | None:
     return recorded
 
 
-def recorded_weights(maps: Path, recorded: object) -> Path | None:
+def recorded_weights(maps: Path | str, recorded: object) -> Path | None:
     """The weights file an output records (``--weights`` of its run), if it is still there with
     the same content; ModelError in one line when it is gone or changed."""
     from fdpipe.export.request import ModelError
@@ -212,9 +225,11 @@ def recorded_weights(maps: Path, recorded: object) -> Path | None:
 )
 @click.option(
     "--maps",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="An `fdpipe explain` output to read the maps from, instead of computing them.",
+    type=OutputLocation(),
+    help="An `fdpipe explain` output (a folder, or s3://...) to read the maps from, instead of "
+    "computing them.",
 )
+@storage_option
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
 @click.option(
     "--method",
@@ -340,8 +355,9 @@ def recorded_weights(maps: Path, recorded: object) -> Path | None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a TTY).")
 def evaluate(
     input_: Path | None,
-    maps: Path | None,
+    maps: Path | str | None,
     output: Path,
+    storage_options: dict[str, Any],
     methods: tuple[str, ...],
     model: ModelRequest,
     boxes: Path | None,
@@ -406,13 +422,13 @@ def evaluate(
     source: MapSource
     if maps is not None:
         given = click.get_current_context().get_parameter_source("model_score")
-        loaded = maps_model(maps, model, given is not ParameterSource.DEFAULT)
+        loaded = maps_model(maps, model, given is not ParameterSource.DEFAULT, storage_options)
         wanted = [spec.label for spec in specs] or None
-        current = CurrentRows(maps)  # which rows are current: worked out once for both
+        current = CurrentRows(maps, options=storage_options)  # the current rows, worked out once
         check_filters(current, methods=wanted)
         explainer = Explainer(loaded, [])  # the model only: the maps are stored
         stored = StoredMaps(select_rows(current, methods=wanted))
-        root = input_ or images_root(maps)
+        root = input_ or images_root(maps, storage_options)
         images: Source = FileSource(root)
         items = [Entry(key, str(key_file(root, key))) for key in stored.image_paths]
         source = stored

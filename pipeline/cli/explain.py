@@ -29,6 +29,7 @@ from fdpipe.cli.options import (
     model_options,
     parse_classes,
     parse_methods,
+    storage_option,
 )
 from fdpipe.errors import FdpipeError
 
@@ -83,8 +84,11 @@ def record_refusal(ctx: click.Context, params: Mapping[str, Any], error: Excepti
     output, summary = params.get("output"), params.get("summary")
     if output is None and summary is None:
         return
-    output = None if output is None else Path(output)  # a URL: no such local directory
     from fdpipe.job.progress import EXIT_USAGE
+    from fdpipe.job.urls import is_remote
+
+    # a store's records are written by runs that reached it (a refusal here asks no server)
+    output = None if output is None or is_remote(str(output)) else Path(output)
     from fdpipe.job.record import RunRecord
 
     message = error.format_message() if isinstance(error, click.ClickException) else str(error)
@@ -158,15 +162,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
     "--output",
     required=True,
     type=click.Path(),
-    help="Output directory of Parquet part files (local).",
+    help="The results table (Delta Lake): a folder, or s3://, gs://, az:// (a bucket and prefix).",
 )
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Option of the input's filesystem (fsspec), repeatable: endpoint_url=..., anon=true.",
-)
+@storage_option
 @model_options
 @click.option("--artifacts", type=click.Path(path_type=Path), help="Exported model artifacts.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="auto", show_default=True)
@@ -319,7 +317,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def explain(
     input_: str,
     output: str,
-    storage_options: tuple[str, ...],
+    storage_options: dict[str, Any],
     model: ModelRequest,
     artifacts: Path | None,
     runtime: str,
@@ -380,15 +378,14 @@ def explain(
             "--classes explains the same classes for every image: give it alone, not with "
             "--top-k or --target-column"
         )
-    from fdpipe.job.config import JobConfig, local_output
+    from fdpipe.job.config import JobConfig, output_location
     from fdpipe.job.inputs import parse_shard
     from fdpipe.job.run import run_job
-    from fdpipe.job.sources.store import parse_storage_options
 
     config = JobConfig(
         input=input_,
-        output=local_output(output),
-        storage_options=parse_storage_options(storage_options),
+        output=output_location(output),
+        storage_options=storage_options,
         model=model,
         artifacts=artifacts,
         runtime=runtime,

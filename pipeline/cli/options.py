@@ -587,3 +587,45 @@ colormap_option = click.option(
     callback=_parse_colormap,
     help="jet (built in) or any matplotlib colormap when matplotlib is installed.",
 )
+
+
+class OutputLocation(click.ParamType):
+    """An explain output to read: a local folder (that exists, when ``exists``), or the URL of
+    one on an object store (``s3://bucket/prefix``, kept as text)."""
+
+    name = "output"
+
+    def __init__(self, exists: bool = True) -> None:
+        self.local = click.Path(exists=exists, file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from fdpipe.job.urls import is_remote
+
+        text = str(value)
+        if is_remote(text):
+            return text
+        return self.local.convert(text.removeprefix("file://"), param, ctx)
+
+
+def _storage_options(
+    ctx: click.Context, param: click.Parameter, pairs: tuple[str, ...]
+) -> dict[str, Any]:
+    if not pairs:
+        return {}
+    from fdpipe.job.sources.store import parse_storage_options
+
+    try:
+        return parse_storage_options(pairs)
+    except FdpipeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+storage_option = click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_storage_options,
+    help="Option of an object store's filesystem (fsspec's names; AWS_* variables work too), "
+    "repeatable: endpoint_url=..., anon=true.",
+)

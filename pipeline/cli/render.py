@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
-from fdpipe.cli.options import ConfigurationError, FiniteFloat, colormap_option, display_option
+from fdpipe.cli.options import (
+    ConfigurationError,
+    FiniteFloat,
+    OutputLocation,
+    colormap_option,
+    display_option,
+    storage_option,
+)
 from fdpipe.methods import split_method_specs
 
 if TYPE_CHECKING:
@@ -14,7 +21,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("maps", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("maps", type=OutputLocation())
 @click.option(
     "-o", "--output", "--to", "to", required=True, type=click.Path(path_type=Path),
     help="PNG directory (--to is an alias).",
@@ -37,8 +44,9 @@ if TYPE_CHECKING:
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many images.")
 @display_option
 @colormap_option
+@storage_option
 def render(
-    maps: Path,
+    maps: Path | str,
     to: Path,
     methods: tuple[str, ...],
     images: tuple[str, ...],
@@ -49,6 +57,7 @@ def render(
     limit: int | None,
     display: Display | None,
     colormap: Colormap,
+    storage_options: dict[str, Any],
 ) -> None:
     """Heat-map overlays (PNG) of the maps in MAPS (an explain output), or contact sheets.
 
@@ -65,11 +74,11 @@ def render(
     draw = rendering.render_sheets if sheet else rendering.render_overlays
     missing: list[str] = []
     try:
-        open_results(maps)  # a missing, foreign or earlier-layout output: named before any work
-        stored = CurrentRows(maps)  # the current rows' keys: read once for both
+        open_results(maps, storage_options)  # a missing, foreign or earlier-layout output
+        stored = CurrentRows(maps, options=storage_options)  # the current rows' keys, once
         check_filters(stored, methods=labels, images=images, ranks=ranks)
         rows = select_rows(stored, methods=labels, images=images or None, ranks=ranks or None)
-        root = images_root or find_root(maps)
+        root = images_root or find_root(maps, storage_options)
         if to.resolve() == root.resolve():
             raise ConfigurationError(f"--to {to} is the images' own folder: choose another")
         written = draw(

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
-from fdpipe.cli.options import ConfigurationError, colormap_option, display_option
+from fdpipe.cli.options import (
+    ConfigurationError,
+    OutputLocation,
+    colormap_option,
+    display_option,
+    storage_option,
+)
 
 if TYPE_CHECKING:
     from fdpipe.display import Colormap, Display
 
 
 @click.command()
-@click.argument("maps", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("maps", type=OutputLocation())
 @click.option(
     "-o",
     "--output",
@@ -36,13 +42,15 @@ if TYPE_CHECKING:
 )
 @display_option
 @colormap_option
+@storage_option
 def report(
-    maps: Path,
+    maps: Path | str,
     site: Path,
     images_root: Path | None,
     page_size: int,
     display: Display | None,
     colormap: Colormap,
+    storage_options: dict[str, Any],
 ) -> None:
     """An HTML report of MAPS (an explain output): run records, counts, score plots, failures,
     galleries; it opens from file:// with no server."""
@@ -50,15 +58,15 @@ def report(
     from fdpipe.job.table import open_results
     from fdpipe.report import check_site, write_site
 
-    open_results(maps)  # a missing, foreign or earlier-layout output is named before any work
+    open_results(maps, storage_options)  # a missing, foreign or earlier-layout output: named now
     try:
-        root = images_root or recorded_root(maps)
+        root = images_root or recorded_root(maps, storage_options)
     except (FileNotFoundError, KeyError, TypeError):
         root = None
     if root is not None and not root.is_dir():
         click.echo(f"images not found at {root}: maps are shown alone (see --images-root)")
         root = None
-    if site.resolve() == maps.resolve():
+    if isinstance(maps, Path) and site.resolve() == maps.resolve():
         raise ConfigurationError("the report needs its own directory, not MAPS itself")
     try:
         check_site(site)  # a folder of files fdpipe did not write: refused (ReportTargetError)
@@ -66,7 +74,13 @@ def report(
     except OSError as exc:
         raise ConfigurationError(f"cannot create {site}: {exc.strerror or exc}") from None
     summary = write_site(
-        maps, site, images_root=root, page_size=page_size, display=display, cmap=colormap
+        maps,
+        site,
+        images_root=root,
+        page_size=page_size,
+        display=display,
+        cmap=colormap,
+        options=storage_options,
     )
     click.echo(
         f"{summary.images} images ({summary.failed} failed) on {summary.pages} page(s); "

@@ -12,10 +12,10 @@ import json
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
-from fdpipe.cli.options import ConfigurationError
+from fdpipe.cli.options import ConfigurationError, OutputLocation, storage_option
 
 if TYPE_CHECKING:
     from fdpipe.job.table import ResultsTable
@@ -36,13 +36,14 @@ def hours(text: str, option: str) -> int:
     return found
 
 
-def results(output: str) -> ResultsTable:
+def results(output: Path | str, options: dict[str, Any]) -> ResultsTable:
     from fdpipe.job.table import open_results
 
-    return open_results(output)  # TableError, a one-line FdpipeError, when it is none
+    return open_results(output, options)  # TableError, a one-line FdpipeError, when it is none
 
 
-output_argument = click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+# a folder, or an object-store URL (str); a missing folder is named by each command
+output_argument = click.argument("output", type=OutputLocation(exists=False))
 
 
 @click.command()
@@ -54,18 +55,24 @@ output_argument = click.argument("output", type=click.Path(file_okay=False, path
     help="Runs that started this long before the newest one belong to its night.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(output: Path, window: str, as_json: bool) -> None:
+@storage_option
+def status(output: Path | str, window: str, as_json: bool, storage_options: dict[str, Any]) -> None:
     """One status for the newest night of OUTPUT over all its shards, from the run records.
 
     Exit 0: every shard completed and every image was explained; 1: some images failed; 4: a
     shard is missing, still running, interrupted or was refused, or the newest run record
     cannot be read. Every unreadable record is named.
     """
+    from fdpipe.job.record import record_files
     from fdpipe.job.status import night_status
 
-    if not (output / "_runs").is_dir():
+    if isinstance(output, str):  # a store: a prefix without records, or one not reached
+        results(output, storage_options)
+        if not record_files(output, storage_options):
+            raise ConfigurationError(f"{output} holds no run records (_runs/)")
+    elif not (output / "_runs").is_dir():
         raise ConfigurationError(f"{output} holds no run records (_runs/): not an explain output")
-    night = night_status(output, timedelta(hours=hours(window, "--window")))
+    night = night_status(output, timedelta(hours=hours(window, "--window")), storage_options)
     if as_json:
         click.echo(json.dumps(night.as_json(), indent=2))
     else:
@@ -83,10 +90,11 @@ def status(output: Path, window: str, as_json: bool) -> None:
 
 @click.command()
 @output_argument
-def compact(output: Path) -> None:
+@storage_option
+def compact(output: Path | str, storage_options: dict[str, Any]) -> None:
     """Merge OUTPUT's small files into large ones, rows sorted by image (one commit that
     changes no row; readers see the same rows before and after)."""
-    table = results(str(output))
+    table = results(output, storage_options)
     found = table.compact({"operation": "compact"})
     added, removed = found.get("numFilesAdded", 0), found.get("numFilesRemoved", 0)
     click.echo(f"{output}: {removed} file(s) rewritten into {added}")
@@ -101,9 +109,10 @@ def compact(output: Path) -> None:
     help="Keep every file a version of this age or newer needs (time travel ends there).",
 )
 @click.option("--dry-run", is_flag=True, help="List the files it would delete, delete none.")
-def vacuum(output: Path, retain: str, dry_run: bool) -> None:
+@storage_option
+def vacuum(output: Path | str, retain: str, dry_run: bool, storage_options: dict[str, Any]) -> None:
     """Delete the data files of OUTPUT that no version newer than --retain needs."""
-    table = results(str(output))
+    table = results(output, storage_options)
     files = table.vacuum(hours(retain, "--retain"), dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{output}: {verb} {len(files)} file(s)")

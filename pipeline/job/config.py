@@ -30,7 +30,7 @@ class JobConfig:
     # directory, list file or CSV / Parquet manifest; a URL (s3://bucket/prefix/, a manifest of
     # URLs), WebDataset shards (a brace pattern of .tar files), a Parquet image table
     input: str | os.PathLike[str]
-    output: Path  # directory of Parquet parts (local until the results table lands)
+    output: Path | str  # the results table: a local folder, or an object-store URL (str)
     # a source, the whole model request, or an in-memory module (explained through a private
     # copy, as by ``Explainer``; the sha256 of its weights is its identity in the output)
     model: str | ModelRequest | nn.Module = DEFAULT_MODEL
@@ -58,13 +58,14 @@ class JobConfig:
     actors: int | None = None  # Ray model actors; None: one per GPU, else one per CPU
     progress: bool | None = None  # progress bar; None: when stderr is a terminal
     max_pixels: int = MAX_PIXELS  # decoded pixels per image: bounds decode memory
-    storage_options: dict[str, Any] = field(default_factory=dict)  # the input's filesystem
+    # the input's and the output's filesystems (fsspec's names; translated for the table)
+    storage_options: dict[str, Any] = field(default_factory=dict)
     command: str | None = None  # the command line, recorded in the run record (the CLI)
     evaluate_sample: int = 0  # score a seeded sample of this many of the run's images (0: off)
     evaluate_seed: int = 0
 
     def __post_init__(self) -> None:
-        local_output(self.output)
+        object.__setattr__(self, "output", output_location(self.output))
         for name in ("evaluate_sample", "evaluate_seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -81,18 +82,24 @@ class JobConfig:
         raise ConfigError("an in-memory model is not a model request (Ray takes only those)")
 
 
-REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # a URL ("s3:/" as well: what Path left)
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # a URL ("s3:/" as well: what Path left)
 
 
-def local_output(output: str | os.PathLike[str]) -> Path:
-    """``output`` as a local directory; a URL is refused (exit 2) before any work."""
+def output_location(output: str | os.PathLike[str]) -> Path | str:
+    """``output`` as a local folder (``file://`` too), or the URL of an object-store prefix the
+    table library writes (s3, gs, az...); any other URL is refused (exit 2) before any work."""
     text = os.fspath(output)
-    if REMOTE.match(text):
-        raise ConfigError(
-            f"output {text}: fdpipe writes to a local directory only (an object store output "
-            "comes with the results table); give a local --output"
-        )
-    return Path(text)
+    if text.startswith("file://"):
+        return Path(text.removeprefix("file://"))
+    if not URL.match(text):
+        return Path(text)
+    from fdpipe.job.urls import TABLE_SCHEMES, scheme_of
+
+    if "://" not in text or scheme_of(text) not in TABLE_SCHEMES:
+        known = ", ".join(sorted(f"{s}://" for s in TABLE_SCHEMES))
+        raise ConfigError(f"--output {text}: the results table goes to a local folder or to "
+                          f"{known}")  # fmt: skip
+    return text
 
 
 @dataclass(frozen=True)
@@ -122,4 +129,4 @@ class RunParams:
         return cast(dict[str, object], json.loads(json.dumps(asdict(self), default=str)))
 
 
-__all__ = ["DECODES", "ENGINES", "ConfigError", "JobConfig", "RunParams", "local_output"]
+__all__ = ["DECODES", "ENGINES", "ConfigError", "JobConfig", "RunParams", "output_location"]

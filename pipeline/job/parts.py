@@ -17,8 +17,7 @@ import pyarrow.compute as pc
 from fdpipe.errors import FdpipeError
 from fdpipe.job.config import RunParams
 from fdpipe.job.current import KEY_COLUMNS
-from fdpipe.job.progress import EXIT_STORAGE
-from fdpipe.job.table import ResultsTable
+from fdpipe.job.table import ResultsTable, StorageError
 
 # Run parameters that every run into one output must share; methods and classes may differ.
 FIXED_PARAMS = ("model", "weights_id", "layer", "preprocess")
@@ -26,13 +25,6 @@ FIXED_PARAMS = ("model", "weights_id", "layer", "preprocess")
 
 class ResumeError(FdpipeError, ValueError):
     """The output holds rows that a run with these parameters cannot join."""
-
-
-class StorageError(FdpipeError):
-    """The output cannot be written (disk full, file-size limit, I/O error): not the input's
-    fault nor a setting's. What was committed before stays; a rerun continues."""
-
-    exit_code = EXIT_STORAGE
 
 
 # What a full or failing file system says, as opposed to a wrong path or permission.

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -64,10 +64,15 @@ class CurrentRows:
     wrote it (``fdpipe.job.checksums``), or whose maps are not finite and in [0, 1] (altered
     pages behind an intact footer), is named in a warning and skipped."""
 
-    def __init__(self, output: str | os.PathLike[str], version: int | str | None = None) -> None:
+    def __init__(
+        self,
+        output: str | os.PathLike[str],
+        version: int | str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.output = output
         self.version = version
-        table = ResultsTable(output)
+        table = ResultsTable(output, options)  # options: a store's (fsspec's names)
         table.refuse_legacy()
         self.dataset = table.dataset(version) if table.exists() else None
         self.skipped: list[str] = [str(path) for path in table.missing]
@@ -338,6 +343,7 @@ def read_maps(
     ranks: Iterable[int] | None = None,
     size: str = "native",
     version: int | str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray | list[np.ndarray], pa.Table]:
     """The current explained maps of an output and their rows: ``(maps, rows)``.
 
@@ -347,14 +353,16 @@ def read_maps(
     table of the same N rows, every column but ``map`` (integers stay integers). Filters:
     method labels, class indices or names, image paths or globs, class ranks; a filter value
     that matches nothing raises ``FilterError``. ``version``: read an earlier version of the
-    results table (a version number or an ISO timestamp; default: the newest).
+    results table (a version number or an ISO timestamp; default: the newest). An output on
+    an object store (``s3://bucket/prefix``) is read with ``storage_options`` (fsspec's names,
+    as ``explain --storage-option`` takes them) or the standard environment (``AWS_*``).
     """
     if size not in {"native", "original"}:
         raise ValueError(f"size must be 'native' or 'original', got {size!r}")
     methods = [method] if isinstance(method, str) else method
     patterns = [images] if isinstance(images, str) else images
     wanted_classes = list(classes) if classes is not None else None
-    stored = CurrentRows(output, version)
+    stored = CurrentRows(output, version, storage_options)
     check_filters(stored, methods=methods, images=patterns, ranks=ranks, classes=wanted_classes)
     wanted = RowFilter(
         methods=None if methods is None else list(methods),
@@ -387,9 +395,9 @@ def read_maps(
     return maps, rows.drop_columns(["map"])
 
 
-def images_root(output: str | os.PathLike[str]) -> Path:
+def images_root(output: str | os.PathLike[str], options: dict[str, Any] | None = None) -> Path:
     """The directory image paths are relative to, as the job recorded it."""
-    run = ResultsTable(output).metadata().get("run")
+    run = ResultsTable(output, options).metadata().get("run")
     if not isinstance(run, dict) or "input_root" not in run:
         raise FileNotFoundError(f"{output} holds no fdpipe results table")
     return Path(run["input_root"])

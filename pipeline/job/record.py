@@ -1,5 +1,8 @@
 """The run record: ``OUTPUT/_runs/<run id>.json`` and its copy at ``--summary``.
 
+An output on an object store keeps its records there too (through fsspec: one PUT is atomic, a
+reader never sees half a record).
+
 Written when a run starts (``running``) and again however it ends: ``complete`` or ``empty``, or
 ``refused`` (exit 2, with the reason), ``interrupted`` (Ctrl-C: 130, SIGTERM: 143) or ``failed``
 (a crash or a storage error, with the error), so that monitoring that reads the summary never
@@ -14,6 +17,10 @@ import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from fdpipe.job.remote import output_filesystem
+from fdpipe.job.urls import is_remote
 
 log = logging.getLogger("fdpipe.job")
 
@@ -31,12 +38,46 @@ def next_run_id(newest: str) -> str:
     return f"{now.strftime(RUN_ID_FORMAT)}-{secrets.token_hex(3)}"
 
 
-def newest_record(output: Path) -> str:
-    """The newest run id among the output's records ("" when it has none)."""
+Output = str | os.PathLike[str]  # a local folder or an object-store URL
+
+
+def record_files(output: Output, options: dict[str, Any] | None = None) -> list[str]:
+    """The names of the output's run records (``<run id>.json``), sorted; [] when it has none
+    or they cannot be listed."""
+    text = os.fspath(output)
+    if not is_remote(text):
+        directory = Path(text) / RUNS_DIR
+        try:
+            return sorted(p.name for p in directory.glob("*.json") if p.is_file())
+        except OSError:
+            return []
     try:
-        return max((p.stem for p in (output / RUNS_DIR).glob("[0-9]*.json")), default="")
-    except OSError:
-        return ""
+        fs, root = output_filesystem(text, options)
+        found = fs.ls(f"{root.rstrip('/')}/{RUNS_DIR}", detail=False, refresh=True)
+    except Exception:
+        return []
+    return sorted(n for name in found if (n := name.rsplit("/", 1)[-1]).endswith(".json")
+                  and not n.startswith("."))  # fmt: skip
+
+
+def read_record(output: Output, name: str, options: dict[str, Any] | None = None) -> str:
+    """The text of the run record ``name`` (OSError or ValueError when it cannot be read)."""
+    text = os.fspath(output)
+    if not is_remote(text):
+        return (Path(text) / RUNS_DIR / name).read_text(encoding="utf-8")
+    fs, root = output_filesystem(text, options)
+    try:
+        return bytes(fs.cat_file(f"{root.rstrip('/')}/{RUNS_DIR}/{name}")).decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(str(exc)) from None
+    except Exception as exc:
+        raise OSError(str(exc)) from None
+
+
+def newest_record(output: Output, options: dict[str, Any] | None = None) -> str:
+    """The newest run id among the output's records ("" when it has none)."""
+    names = [n.removesuffix(".json") for n in record_files(output, options) if n[:1].isdigit()]
+    return max(names, default="")
 
 
 def write_json(path: Path, record: dict[str, object]) -> None:
@@ -53,22 +94,37 @@ def write_json(path: Path, record: dict[str, object]) -> None:
 class RunRecord:
     """One run's record; ``fields`` grow as the run learns them (run id, parameters, counts)."""
 
-    def __init__(self, output: Path | None, summary: Path | None, fields: dict[str, object]):
-        self.output, self.summary = output, summary
+    def __init__(
+        self,
+        output: Output | None,
+        summary: Path | None,
+        fields: dict[str, object],
+        options: dict[str, Any] | None = None,
+    ):
+        self.output, self.summary, self.options = output, summary, options
         self.fields = {"started": datetime.now(UTC).isoformat()} | fields
 
     @property
     def run_id(self) -> str:
         if "run_id" not in self.fields:
-            newest = newest_record(self.output) if self.output is not None else ""
+            newest = newest_record(self.output, self.options) if self.output is not None else ""
             self.fields["run_id"] = next_run_id(newest)
         return str(self.fields["run_id"])
 
     def write(self, **fields: object) -> None:
         """Write the record (OSError when it cannot be)."""
         self.fields |= fields
-        if self.output is not None:
-            write_json(self.output / RUNS_DIR / f"{self.run_id}.json", self.fields)
+        if self.output is not None and is_remote(os.fspath(self.output)):
+            fs, root = output_filesystem(os.fspath(self.output), self.options)
+            text = json.dumps(self.fields, indent=2, default=str) + "\n"
+            try:
+                fs.pipe_file(f"{root.rstrip('/')}/{RUNS_DIR}/{self.run_id}.json", text.encode())
+            except Exception as exc:  # botocore's errors are no OSError
+                if isinstance(exc, OSError):
+                    raise
+                raise OSError(str(exc)) from None
+        elif self.output is not None:
+            write_json(Path(self.output) / RUNS_DIR / f"{self.run_id}.json", self.fields)
         if self.summary is not None:
             write_json(self.summary, self.fields)
 
@@ -76,7 +132,7 @@ class RunRecord:
         """The last write of a run that did not complete: it never raises, so the run's own
         error stays the one reported. A refusal creates no output directory."""
         run_id = self.run_id  # numbered after the output's records before it may be dropped
-        if self.output is not None and not self.output.is_dir():
+        if self.output is not None and not self.has_records():
             self.output = None
         end = {"status": status, "finished": datetime.now(UTC).isoformat()}
         try:
@@ -84,5 +140,20 @@ class RunRecord:
         except OSError as exc:
             log.warning("cannot write the run record: %s", exc)
 
+    def has_records(self) -> bool:
+        """Whether the output is there to hold records: a local folder, or a store prefix that
+        a run already wrote to (a refusal creates neither)."""
+        assert self.output is not None
+        text = os.fspath(self.output)
+        return bool(record_files(text, self.options)) if is_remote(text) else Path(text).is_dir()
 
-__all__ = ["RUNS_DIR", "RunRecord", "newest_record", "next_run_id", "write_json"]
+
+__all__ = [
+    "RUNS_DIR",
+    "RunRecord",
+    "newest_record",
+    "next_run_id",
+    "read_record",
+    "record_files",
+    "write_json",
+]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ from fdpipe.job.progress import (
     peak_memory_bytes,
 )
 from fdpipe.job.record import RunRecord, newest_record, next_run_id
+from fdpipe.job.remote import check_output
 from fdpipe.job.rows import pruned_rows
 from fdpipe.job.schema import RunStamp
 from fdpipe.job.setup import (
@@ -94,8 +96,11 @@ def run_job(config: JobConfig) -> Summary:
             },
             "versions": versions(),
         },
+        config.storage_options,
     )
     try:
+        if isinstance(config.output, str):  # a store: named before the input and the model
+            check_output(config.output, config.storage_options)
         source = open_source(config.input, config.target_column, config.storage_options)
         try:
             entries: list[Entry] | None = source.entries()
@@ -117,10 +122,16 @@ def run_job(config: JobConfig) -> Summary:
             batch_size=resolve_batch_size(config.batch_size, explainer),
             decode=resolve_decode(config.decode, explainer, config.engine),
         )
-        with output_lock(config.output, config.shard):  # one run per (output, shard)
+        # One run per (output, shard) in a folder; a store has no lock that a killed run drops:
+        # there the table's conditional put keeps concurrent commits apart (job.remote).
+        store = isinstance(config.output, str)
+        with nullcontext() if store else output_lock(config.output, config.shard):
             return _run_locked(config, record, clock, source, entries, explainer)
     except REFUSALS as exc:
         record.end("refused", EXIT_USAGE, str(exc))
+        raise
+    except StorageError as exc:  # a store that fails a commit
+        record.end("failed", EXIT_STORAGE, str(exc))
         raise
     except OSError as exc:
         if exc.errno not in STORAGE_ERRNOS:
@@ -149,7 +160,7 @@ def _run_locked(
     explainer: Explainer,
 ) -> Summary:
     params = run_params(explainer, config)
-    table = ResultsTable(config.output)
+    table = ResultsTable(config.output, config.storage_options)
     table.refuse_legacy()
     table.set_aside_damaged({"params": params.as_json()})
     if config.overwrite:
@@ -168,7 +179,7 @@ def _run_locked(
         retry=config.retry,
         workers=config.workers,
     )
-    run_id = next_run_id(max(newest_run, newest_record(config.output)))
+    run_id = next_run_id(max(newest_run, newest_record(config.output, config.storage_options)))
     stamp = RunStamp(run_id, targets)
     metadata = run_metadata(params, explainer, config, source.root, run_id)
     preprocessing = explainer.model.preprocess.summary()

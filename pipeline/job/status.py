@@ -10,11 +10,14 @@ every shard completed without failed images, ``failed`` (exit 1) when some image
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-RUNS_DIR = "_runs"  # run records; Delta readers never list them
+from fdpipe.job.record import RUNS_DIR, read_record, record_files
+
 EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 4
 
 
@@ -79,15 +82,16 @@ class NightStatus:
 
 
 def run_records(
-    output: str | Path, unreadable: dict[Path, str] | None = None
+    output: str | Path,
+    unreadable: dict[str, str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, object]]:
-    """Every readable run record of ``output``, oldest first; each one that cannot be read (or
-    is no record) goes into ``unreadable`` with why."""
-    directory = Path(output) / RUNS_DIR
+    """Every readable run record of ``output`` (a folder or a store URL), oldest first; each one
+    that cannot be read (or is no record) goes into ``unreadable`` (by its path) with why."""
     records = []
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+    for name in record_files(output, options):
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(read_record(output, name, options))
         except (OSError, ValueError) as exc:
             why: str | None = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         else:
@@ -95,8 +99,8 @@ def run_records(
             why = None if good else "not a run record (no run_id)"
         if why is None:
             records.append(record)
-        elif unreadable is not None and not path.is_dir():
-            unreadable[path] = why
+        elif unreadable is not None:  # (record_files lists files only, never a folder)
+            unreadable[f"{os.fspath(output).rstrip('/')}/{RUNS_DIR}/{name}"] = why
     return sorted(records, key=lambda r: str(r["run_id"]))
 
 
@@ -107,14 +111,18 @@ def started(record: dict[str, object]) -> datetime | None:
         return None
 
 
-def night_status(output: str | Path, window: timedelta = timedelta(hours=20)) -> NightStatus:
+def night_status(
+    output: str | Path,
+    window: timedelta = timedelta(hours=20),
+    options: dict[str, Any] | None = None,
+) -> NightStatus:
     """The status of the newest night of ``output`` (see the module docstring)."""
-    bad: dict[Path, str] = {}
-    records = run_records(output, bad)
+    bad: dict[str, str] = {}
+    records = run_records(output, bad, options)
     unreadable = [f"{path}: {why}" for path, why in bad.items()]
     # Records are named by run id: an unreadable one named after every readable one is newest.
     last = str(records[-1]["run_id"]) if records else ""
-    newest_unreadable = max((path.stem for path in bad), default="") > last
+    newest_unreadable = max((Path(path).stem for path in bad), default="") > last
     if not records:
         missing = [ShardStatus((0, 1), None, "missing", None)]
         return NightStatus(missing, unreadable, newest_unreadable)

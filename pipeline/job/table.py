@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -32,7 +32,9 @@ import pyarrow.parquet as pq
 from fdpipe.errors import FdpipeError
 from fdpipe.job import checksums
 from fdpipe.job.current import current_mask
+from fdpipe.job.remote import delta_options, output_filesystem
 from fdpipe.job.schema import SCHEMA
+from fdpipe.job.urls import is_remote, store_message
 
 if TYPE_CHECKING:  # deltalake is imported where a table is opened, not with this module
     from deltalake import DeltaTable, WriterProperties
@@ -51,12 +53,16 @@ class TableError(FdpipeError, ValueError):
     """An output that is not a results table fdpipe can use (legacy layout, foreign table)."""
 
 
+class StorageError(FdpipeError):
+    """The output cannot be written (disk full, file-size limit, I/O error, a store that fails
+    a commit): not the input's fault nor a setting's. What was committed before stays; a rerun
+    continues."""
+
+    exit_code = 4  # EXIT_STORAGE (job.progress)
+
+
 class DataFileError(FdpipeError):
     """A data file of the table that cannot be read (truncated, damaged); names the file."""
-
-
-def is_remote(location: str | os.PathLike[str]) -> bool:
-    return "://" in str(location)
 
 
 def legacy_part_files(directory: Path) -> list[Path]:
@@ -72,24 +78,38 @@ def sql_strings(values: Iterable[str]) -> str:
 
 
 class ResultsTable:
-    """One output: a Delta table at a local path or an object-store URL."""
+    """One output: a Delta table at a local path or an object-store URL. ``options`` are
+    fdpipe's storage options (fsspec's names, as for an input; translated for delta-rs)."""
 
     def __init__(
-        self, location: str | os.PathLike[str], storage_options: dict[str, str] | None = None
+        self, location: str | os.PathLike[str], options: dict[str, Any] | None = None
     ) -> None:
-        self.uri = str(location) if is_remote(location) else str(Path(location).absolute())
-        self.storage_options = storage_options or {}
+        text = os.fspath(location)
+        self.remote = is_remote(text)
+        self.uri = text.rstrip("/") if self.remote else str(Path(text.removeprefix("file://"))
+                                                             .absolute())  # fmt: skip
+        self.options = options or {}
+        self.storage_options = delta_options(self.uri, options) if self.remote else {}
         self.missing: list[Path] = []  # data files the log names that ``dataset`` did not find
-        if not is_remote(location) and "%" in self.uri:  # delta-rs decodes "%20" in a path
+        if not self.remote and "%" in self.uri:  # delta-rs decodes "%20" in a path
             raise TableError(f"{self.uri}: a '%' in the output's path is misread by the Delta "
                              "library as an escape; choose a path without '%'")  # fmt: skip
 
+    def said(self, exc: Exception) -> str:
+        """What a delta-rs error says, in one line (a store's chain of causes; a local error's
+        first line, the rest being a Rust backtrace)."""
+        return store_message(exc) if self.remote else first_line(exc)
+
     def exists(self) -> bool:
+        """Whether a Delta table is there; a store that cannot be read is a TableError (one
+        line), never "no table" (a run would start a second table over the first)."""
         from deltalake import DeltaTable
 
         try:
             return DeltaTable.is_deltatable(self.uri, self.storage_options or None)
-        except Exception:  # a FIFO, a file, an unreadable folder: no table there
+        except Exception as exc:  # local: a FIFO, a file, an unreadable folder: no table there
+            if self.remote:
+                raise TableError(f"{self.uri}: cannot read the store ({self.said(exc)})") from None
             return False
 
     def delta(self, version: int | str | None = None) -> DeltaTable:
@@ -100,7 +120,7 @@ class ResultsTable:
         try:
             table = DeltaTable(self.uri, storage_options=self.storage_options or None)
         except Exception as exc:  # delta-rs reports a damaged log with its own backtrace
-            raise TableError(f"{self.uri}: unreadable Delta log ({first_line(exc)})") from None
+            raise TableError(f"{self.uri}: unreadable Delta log ({self.said(exc)})") from None
         if version is None:
             return table
         newest = table.version()
@@ -124,7 +144,7 @@ class ResultsTable:
 
     def legacy_parts(self) -> list[Path]:
         """Part files of fdpipe's earlier layout in a local output that is not a table."""
-        if is_remote(self.uri) or self.exists():
+        if self.remote or self.exists():
             return []
         return legacy_part_files(Path(self.uri))
 
@@ -150,8 +170,14 @@ class ResultsTable:
         (``to_pyarrow_dataset``) aborted about one process in ten at interpreter exit
         ("terminate called without an active exception", exit 134), after a successful run."""
         table = self.delta(version)
-        if is_remote(self.uri):
-            return table.to_pyarrow_dataset()
+        if self.remote:  # through fsspec, with the options the run records are read with
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            fs, _ = output_filesystem(self.uri, self.options)
+            paths: list[str] = [fs._strip_protocol(uri) for uri in table.file_uris()]
+            handler = FSSpecHandler(fs)  # type: ignore[abstract]  # (the stubs lag pyarrow)
+            return ds.dataset(paths, schema=SCHEMA, format="parquet",
+                              filesystem=PyFileSystem(handler))  # fmt: skip
         files, self.missing = [], []
         for path in (local_path(uri) for uri in table.file_uris()):
             if os.path.lexists(path):
@@ -189,7 +215,7 @@ class ResultsTable:
         intact footer, ``fdpipe.job.checksums``) are renamed to a hidden ``.<name>.unreadable``
         or ``.<name>.damaged`` (kept for inspection) and removed from the table in one commit:
         their images have no rows any more, so the run explains them again."""
-        if is_remote(self.uri) or not self.exists():
+        if self.remote or not self.exists():
             return []
         damaged = []
         for path in self.data_files():
@@ -292,6 +318,11 @@ class ResultsTable:
                 log.info("commit conflict (attempt %d): %s", attempt + 1, str(exc)[:200])
                 continue
             except Exception as exc:  # delta-rs reports the file system's errors as text
+                if self.remote:
+                    raise StorageError(
+                        f"cannot commit to {self.uri}: {store_message(exc)}; "
+                        "what was committed is kept: rerun to continue"
+                    ) from None
                 raise os_error(exc) or exc from None
             return self.seal(start)
         raise TableError(f"{self.uri}: could not commit after {COMMIT_RETRIES} conflicts")
@@ -319,7 +350,7 @@ class ResultsTable:
         commit that changes no row."""
         from deltalake import CommitProperties
 
-        for path in [] if is_remote(self.uri) else self.data_files():  # never copy damage on
+        for path in [] if self.remote else self.data_files():  # never copy damage on
             if (reason := checksums.mismatch(path)) is not None:
                 raise TableError(
                     f"{path}: {reason}: damaged; run `fdpipe explain` on this output again to set "
@@ -335,7 +366,7 @@ class ResultsTable:
                 ),
             )
         except Exception as exc:  # a damaged data file, a read-only folder
-            raise TableError(f"{self.uri}: compact failed ({first_line(exc)})") from None
+            raise TableError(f"{self.uri}: compact failed ({self.said(exc)})") from None
         self.seal(start)
         return found
 
@@ -356,9 +387,15 @@ class ResultsTable:
                 full=True,
             )
         except Exception as exc:  # a read-only folder, a damaged log
-            raise TableError(f"{self.uri}: vacuum failed ({first_line(exc)})") from None
+            raise TableError(f"{self.uri}: vacuum failed ({self.said(exc)})") from None
         orphans = [f for f in unnamed if f not in removed and DATA_FILE.match(Path(f).name)]
-        if not dry_run and not is_remote(self.uri):
+        if dry_run:
+            pass
+        elif self.remote:
+            if orphans:
+                fs, root = output_filesystem(self.uri, self.options)
+                fs.rm([f"{root}/{name}" for name in orphans])
+        else:
             for name in orphans:
                 (Path(self.uri) / name).unlink(missing_ok=True)
             checksums.forget(Path(self.uri), checksums.orphans(Path(self.uri)))
@@ -372,7 +409,7 @@ class ResultsTable:
         """Record the checksums of the data files committed since version ``start`` (this
         writer's, and any a racing writer added meanwhile); returns the newest version."""
         newest = self.version()
-        if not is_remote(self.uri):
+        if not self.remote:
             root = Path(self.uri)
             checksums.seal(root, root / DELTA_LOG, range(start + 1, newest + 1))
         return newest
@@ -412,10 +449,12 @@ def writer_properties() -> WriterProperties:
     return WriterProperties(compression="ZSTD")
 
 
-def open_results(location: str | os.PathLike[str]) -> ResultsTable:
+def open_results(
+    location: str | os.PathLike[str], options: dict[str, Any] | None = None
+) -> ResultsTable:
     """An output that readers can use: TableError naming what it is instead (nothing, the part
     layout of an earlier fdpipe, a Delta table fdpipe did not write)."""
-    table = ResultsTable(location)
+    table = ResultsTable(location, options)
     if not table.exists():
         table.refuse_legacy()
         raise TableError(f"{location} holds no fdpipe results table (no {DELTA_LOG}/)")
@@ -430,9 +469,9 @@ __all__ = [
     "LEGACY_PART",
     "DataFileError",
     "ResultsTable",
+    "StorageError",
     "TableError",
     "image_keys",
-    "is_remote",
     "legacy_part_files",
     "open_results",
     "sql_strings",

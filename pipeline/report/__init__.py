@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from fdpipe.display import Colormap, Display, colormap
@@ -75,15 +75,17 @@ class SiteSummary:
 
 
 def write_site(
-    output: Path,
+    output: Path | str,
     site: Path,
     *,
     images_root: Path | None,
     page_size: int = PAGE_SIZE,
     display: Display | None = None,
     cmap: Colormap | None = None,
+    options: dict[str, Any] | None = None,
 ) -> SiteSummary:
-    """Write the report of ``output`` into ``site``; ``images_root`` None: show maps alone."""
+    """Write the report of ``output`` into ``site``; ``images_root`` None: show maps alone;
+    ``options``: an object store's (``output`` a URL)."""
     cmap = cmap or colormap()
     check_site(site)
     site.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def write_site(
         write_text(site / name, source.read_text(encoding="utf-8"))
     # First pass, one column: how many current rows each image has, in first-seen order. After
     # a rerun an image's rows may lie in several parts; it is drawn once all have been read.
-    current = CurrentRows(output)  # which rows are current: worked out once for both passes
+    current = CurrentRows(output, options=options)  # the current rows: worked out once
     remaining = rows_per_image(current)
     order = {path: index for index, path in enumerate(remaining)}
     pages = max(1, -(-len(order) // page_size))
@@ -135,7 +137,7 @@ def write_site(
         found.write("];\n")
     remove_stale_pages(site, pages)
     index = site / "index.html"
-    runs = run_records(output)
+    runs = run_records(output, options)
     write_text(
         index, index_page(aggregates, runs, first_failures, pages, cmap, display, str(output))
     )

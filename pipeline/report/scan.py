@@ -13,11 +13,11 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from fdpipe.job.reader import ROW_COLUMNS, MapRow, Output, current_rows, iter_rows, map_rows
+from fdpipe.job.record import read_record, record_files
 from fdpipe.job.table import ResultsTable
 
 COLUMNS = [*ROW_COLUMNS, "image_sha256", "error"]  # rows and what the index shows
@@ -113,24 +113,24 @@ class RunRecord:
     record: dict[str, object]
 
 
-def run_records(output: str | os.PathLike[str]) -> list[RunRecord]:
+def run_records(
+    output: str | os.PathLike[str], options: dict[str, Any] | None = None
+) -> list[RunRecord]:
     """``OUTPUT/_runs/*.json`` when the job wrote them; otherwise the distinct run records of
     the table's commits (params, versions, run), each with the versions that carry it."""
-    runs = Path(output) / "_runs"
     records = []
-    if runs.is_dir():
-        for path in sorted(runs.glob("*.json")):
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                records.append(RunRecord(path.name, {"unreadable": str(exc)}))
-                continue
-            if isinstance(loaded, dict):
-                records.append(RunRecord(path.name, loaded))
+    for name in record_files(output, options):
+        try:
+            loaded = json.loads(read_record(output, name, options))
+        except (OSError, ValueError) as exc:
+            records.append(RunRecord(name, {"unreadable": str(exc)}))
+            continue
+        if isinstance(loaded, dict):
+            records.append(RunRecord(name, loaded))
     if records:
         return records
     distinct: dict[str, RunRecord] = {}
-    for commit in reversed(ResultsTable(output).commits()):
+    for commit in reversed(ResultsTable(output, options).commits()):
         version = commit.pop("version")
         key = json.dumps(commit, sort_keys=True, default=str)
         if key not in distinct:

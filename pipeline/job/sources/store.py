@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import fsspec
 from fdpipe.job.inputs import InputError, open_regular
+from fdpipe.job.urls import is_remote, scheme_of, store_message, table_only
 from fsspec.spec import AbstractFileSystem
 
 # scheme -> the extra that installs its filesystem package (None: fsspec alone)
@@ -41,16 +42,6 @@ TIME_FIELDS = ("LastModified", "last_modified", "mtime", "updated", "Last-Modifi
 
 class UsageError(InputError):
     """An input the command line cannot name at all (exit 2, not "input missing")."""
-
-
-def scheme_of(text: str) -> str | None:
-    """``"s3"`` for ``s3://bucket/key``; None for a local path (a Windows drive is not a URL)."""
-    head, sep, _ = text.partition("://")
-    return head.lower() if sep and head.isascii() and head.isidentifier() else None
-
-
-def is_remote(text: str) -> bool:
-    return scheme_of(text) not in (None, "file")
 
 
 def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -84,7 +75,11 @@ def filesystem(url: str, options: dict[str, Any] | None = None) -> tuple[Abstrac
     if scheme not in SCHEMES:
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise UsageError(f"{url}: fdpipe cannot read {scheme}:// URLs (it reads {known})")
-    options = dict(options or {})
+    options = {k: v for k, v in (options or {}).items() if not table_only(k)}
+    if scheme in {"s3", "s3a"}:  # a store that does not answer: an error in seconds, not 10 s
+        tuning = options["config_kwargs"] = dict(options.get("config_kwargs") or {})
+        tuning.setdefault("connect_timeout", 5)
+        tuning.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
     if scheme in {"s3", "s3a"} and "endpoint_url" not in options:
         # botocore reads AWS_ENDPOINT_URL too; passed explicitly so older clients honour it
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -114,13 +109,24 @@ def change_token(info: dict[str, Any]) -> str:
     return ""
 
 
+def store_failure(url: str, exc: Exception) -> InputError:
+    """A store client's error that is no OSError (botocore's missing credentials or unreachable
+    endpoint, aiohttp's): one line naming the URL, exit 2, never a traceback."""
+    return InputError(f"cannot read {url}: {store_message(exc)}")
+
+
 def open_file(url: str, options: dict[str, Any] | None = None) -> IO[bytes]:
     """A file to seek in (a tar shard, a Parquet table): local ones only if regular (a FIFO would
     hang the listing), remote ones read in ranged blocks as the reader seeks."""
     if scheme_of(url) in (None, "file"):
         return open_regular(Path(url.removeprefix("file://")), 1 << 62)
     fs, path = filesystem(url, options)
-    return fs.open(path, "rb")
+    try:
+        return fs.open(path, "rb")
+    except OSError:
+        raise
+    except Exception as exc:
+        raise store_failure(url, exc) from None
 
 
 def version_number(token: str) -> int:
@@ -148,8 +154,9 @@ def list_objects(fs: AbstractFileSystem, root: str) -> list[StoredObject]:
             found = fs.find(root, detail=True, withdirs=False)
     except FileNotFoundError:
         return []
-    except OSError as exc:  # permission, network, an unknown bucket
-        raise InputError(f"cannot list {fs.unstrip_protocol(root)}: {exc}") from None
+    except Exception as exc:  # permission, network, an unknown bucket, no credentials
+        raise InputError(f"cannot list {fs.unstrip_protocol(root)}: {store_message(exc)}"
+                         ) from None  # fmt: skip
     return [
         StoredObject(path, info.get("size"), change_token(info))
         for path, info in sorted(found.items())
@@ -189,5 +196,6 @@ __all__ = [
     "read_bytes",
     "relative_key",
     "scheme_of",
+    "store_failure",
     "version_number",
 ]

@@ -34,6 +34,7 @@ from fdpipe.job.sources.store import (
     open_file,
     read_bytes,
     scheme_of,
+    store_failure,
     version_number,
 )
 
@@ -158,10 +159,22 @@ class ShardSource(Source):
         missing = [name for name, found in zip(names, scanned, strict=True) if found is None]
         if len(missing) == len(names):
             raise InputMissing(f"input {self.pattern}: no shard exists")
-        if missing:
+        if missing:  # a failed row each: the night's status says so, a rerun retries it
             log.warning("%d of %d shards do not exist (first: %s)", len(missing), len(names),
                         missing[0])  # fmt: skip
-        return sorted(entry for found in scanned for entry in found or [])
+        absent = [self._absent(name) for name in missing]
+        return sorted([*absent, *(entry for found in scanned for entry in found or [])])
+
+    def _shard(self, url: str) -> str:
+        """A shard's key: its name relative to the pattern's folder."""
+        return key_text(url[len(self.root) + 1 :] if pattern_root(self.pattern) else url)
+
+    def _absent(self, url: str) -> Entry:
+        """The failed entry of a shard the pattern names and the store lacks."""
+        shard = self._shard(url)
+        self.notes[shard] = "WebDataset shard does not exist (the pattern names it)"
+        self.tokens[shard] = ChangeToken(0, version_number("absent"))
+        return Entry(shard, f"{url}@-1+0")
 
     def _scan(self, url: str) -> list[Entry] | None:
         fs, path = filesystem(url, self.options)
@@ -169,9 +182,11 @@ class ShardSource(Source):
             info = fs.info(path)
         except FileNotFoundError:
             return None
+        except Exception as exc:  # no credentials, an endpoint that does not answer
+            raise store_failure(url, exc) from None
         version = change_token(info)
         location = url if scheme_of(url) in (None, "file") else fs.unstrip_protocol(path)
-        shard = key_text(url[len(self.root) + 1 :] if pattern_root(self.pattern) else url)
+        shard = self._shard(url)
         try:
             with open_file(url, self.options) as fh:
                 samples = scan_shard(fh, self.target_column)

@@ -47,13 +47,6 @@ def counts(output: Path) -> dict:
     return json.loads(record.read_text())["counts"]
 
 
-@pytest.fixture
-def s3_env(s3_store: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
-    for name, value in s3_store.environment.items():  # how a user points fdpipe at a store
-        monkeypatch.setenv(name, value)
-    return s3_store
-
-
 def local_and_bucket(tmp_path: Path, store: SeaweedFS, count: int) -> tuple[Path, str]:
     images = tmp_path / "images"
     write_images(images, count)
@@ -109,7 +102,7 @@ def test_bucket_rows_equal_local_rows_and_reruns_match(tmp_path: Path, s3_env: S
     [
         (["-i", "ftp://host/images/"], "fdpipe cannot read ftp://"),
         (["-i", "hf://datasets/x"], "fdpipe cannot read hf://"),
-        (["-o", "s3://bucket/run/"], "writes to a local directory only"),
+        (["-o", "https://host/run/"], "the results table goes to a local folder or to"),
         (["--storage-option", "novalue"], "key=value"),
     ],
 )
@@ -205,3 +198,29 @@ def test_a_url_in_a_config_file_stays_a_url(tmp_path: Path) -> None:
     config.write_text('[explain]\ninput = "ftp://host/images/"\noutput = "out"\n')
     result = invoke(["--config", str(config), "explain", "--model", "squeezenet1_1"])
     assert result.exit_code == 2 and "ftp://host/images/: fdpipe cannot read" in result.output
+
+
+@pytest.mark.parametrize("case", ["no credentials", "unreachable"])
+@pytest.mark.parametrize("kind", ["prefix", "shards", "table"])
+def test_a_store_that_cannot_be_read_is_one_line(
+    tmp_path: Path, s3_env: SeaweedFS, monkeypatch: pytest.MonkeyPatch, case: str, kind: str
+) -> None:
+    """botocore's errors (no credentials, no connection) are no OSError: each is one line,
+    exit 2, before any work, for each kind of remote input."""
+    from fdpipe.bench.object_store import free_ports
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    if case == "no credentials":
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")
+    source = {"prefix": "s3://bucket/images/", "shards": "s3://bucket/s-{0..1}.tar",
+              "table": "s3://bucket/t.parquet"}[kind]  # fmt: skip
+    result = invoke(command(source, tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    expected = "no credentials found" if case == "no credentials" else "Could not connect"
+    assert expected in result.output.strip().splitlines()[-1]

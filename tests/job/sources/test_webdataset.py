@@ -79,7 +79,7 @@ def test_scan_groups_samples_and_reads_targets() -> None:
 def test_local_shards_as_a_source(tmp_path: Path) -> None:
     write_shards(FILES, tmp_path / "shards", per_shard=2, labels=[0, 1, 2, 3, 4])
     (tmp_path / "shards" / "train-000002.tar").write_bytes(b"not a tar file at all" * 40)
-    pattern = str(tmp_path / "shards" / "train-{000000..000003}.tar")  # 000003 does not exist
+    pattern = str(tmp_path / "shards" / "train-{000000..000002}.tar")  # 000002 does not exist
     source = locate(pattern, target_column="cls")
     assert isinstance(source, ShardSource)
     entries = source.entries()
@@ -103,6 +103,18 @@ def test_local_shards_as_a_source(tmp_path: Path) -> None:
     }
     tokens = [source.token(e) for e in entries[:4]]
     assert len(set(tokens)) == 4 and all(t is not None and t.size > 0 for t in tokens)
+
+
+def test_a_missing_shard_of_the_pattern_is_a_failed_row(tmp_path: Path) -> None:
+    write_shards(FILES, tmp_path / "shards", per_shard=3)
+    pattern = str(tmp_path / "shards" / "train-{000000..000002}.tar")  # 000002 does not exist
+    source = locate(pattern)
+    assert isinstance(source, ShardSource)
+    entries = source.entries()
+    absent = [e for e in entries if e.key == "train-000002.tar"]
+    assert len(absent) == 1 and len(entries) == len(FILES) + 1
+    with pytest.raises(EntryError, match="does not exist"):
+        source.open(absent[0])
 
 
 def test_no_shard_at_all_is_missing(tmp_path: Path) -> None:
