@@ -120,9 +120,9 @@ def vacuum(output: Path | str, retain: str, dry_run: bool, storage_options: dict
 
 @click.command()
 @click.argument("old", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("new", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("new", type=OutputLocation(exists=False))
 @click.option("--history", is_flag=True, help="Replay every run (time travel to each).")
-def migrate(old: Path, new: Path, history: bool) -> None:
+def migrate(old: Path, new: Path | str, history: bool) -> None:
     """Convert OLD, an output of an earlier fdpipe (part files), into the results table NEW.
 
     NEW must not be a table yet; OLD is only read. Without --history NEW holds OLD's current
@@ -132,6 +132,9 @@ def migrate(old: Path, new: Path, history: bool) -> None:
     from fdpipe.job.legacy import migrate as convert
     from fdpipe.job.table import ResultsTable
 
+    if isinstance(new, str):  # the old layout is local; so is its conversion
+        raise ConfigurationError(f"NEW {new}: migrate writes a local folder (then explain into "
+                                 "the store, or copy the folder there whole)")  # fmt: skip
     if new.exists() and (not new.is_dir() or any(new.iterdir())):
         raise ConfigurationError(f"NEW {new} must be a new or empty directory (OLD is only read)")
     rows = convert(old, ResultsTable(new), history=history)  # its errors: one line, exit 2

@@ -20,7 +20,7 @@ from fdpipe.errors import FdpipeError
 from fdpipe.job import checksums
 from fdpipe.job.current import KEY_COLUMNS
 from fdpipe.job.inputs import key_file
-from fdpipe.job.table import DataFileError, ResultsTable, is_remote
+from fdpipe.job.table import DataFileError, ResultsTable
 
 log = logging.getLogger("fdpipe.job")
 
@@ -76,7 +76,7 @@ class CurrentRows:
         table.refuse_legacy()
         self.dataset = table.dataset(version) if table.exists() else None
         self.skipped: list[str] = [str(path) for path in table.missing]
-        self.local = not is_remote(table.uri)
+        self.local = not table.remote
         self.verified: dict[str, str | None] = {}  # data file -> why it is damaged, or None
         keys = list(self.parts(KEY_COLUMNS))
         self.keys = pa.concat_tables(keys) if keys and sum(k.num_rows for k in keys) else None

@@ -299,3 +299,38 @@ def test_a_store_that_cannot_be_used_is_a_one_line_refusal(
     if case == "foreign table":  # left as it was
         table = DeltaTable(output, storage_options=delta_options(output, None))
         assert table.version() == 0 and table.to_pyarrow_table().num_rows == 2
+
+
+def test_migrate_into_a_bucket_is_refused_without_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "old").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["migrate", str(tmp_path / "old"), "s3://bucket/new"])
+    assert result.exit_code == 2 and "migrate writes a local folder" in result.output
+    assert not (tmp_path / "s3:").exists()  # what a Path of the URL would have made
+
+
+def test_resume_after_sigkill_into_a_bucket(tmp_path: Path, s3_env: SeaweedFS) -> None:
+    """A run into the bucket killed after its first commit, then rerun: the rows of an
+    uninterrupted run (as into a folder)."""
+    import signal
+    import time
+
+    images = tmp_path / "images"
+    write_images(images, 8)
+    killed, whole = (f"s3://{s3_env.new_bucket()}/out" for _ in range(2))
+    code = "import sys; from fdpipe.cli import main; sys.exit(main())"
+    process = subprocess.Popen([sys.executable, "-c", code, *explain_command(images, killed)],
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    log = f"{killed.removeprefix('s3://')}/_delta_log/*.json"
+    deadline = time.monotonic() + 600  # a ceiling for a loaded machine, not a timing
+    while not s3_env.filesystem().glob(log) and process.poll() is None:
+        assert time.monotonic() < deadline, "no commit appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it was killed"
+    for output in (killed, whole):
+        assert invoke(explain_command(images, output)).exit_code == 0
+    assert counts(killed)["skipped"] > 0  # the committed part was kept
+    same_work(rows(killed), rows(whole))

@@ -208,7 +208,9 @@ def test_a_store_that_cannot_be_read_is_one_line(
     """botocore's errors (no credentials, no connection) are no OSError: each is one line,
     exit 2, before any work, for each kind of remote input."""
     from fdpipe.bench.object_store import free_ports
+    from s3fs import S3FileSystem
 
+    S3FileSystem.clear_instance_cache()  # as a new process: none made with earlier credentials
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
