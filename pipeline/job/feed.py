@@ -32,7 +32,7 @@ class Sent:
     def wait(self) -> None:
         """The current (compute) stream waits for the copy stream's work, and the tensors are
         marked as used there, so the allocator does not reuse them while the compute reads."""
-        if self.event is None:
+        if self.event is None or not self.tensors:  # nothing sent: a batch that all failed
             return
         current = torch.cuda.current_stream(self.tensors[0].device)
         current.wait_event(self.event)
