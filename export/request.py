@@ -154,14 +154,23 @@ class PreprocessOptions:
             norm = Normalisation.named(norm.name if norm.name != "custom" else "none", channels)
         if self.mean is not None or self.std is not None:
 
-            def per_channel(values: tuple[float, ...]) -> tuple[float, ...]:
-                return values * channels if len(values) == 1 else values  # one for every channel
+            def model_order(values: tuple[float, ...]) -> tuple[float, ...]:
+                # The user's values are R,G,B on [0, 1] pixels (one: every channel); the
+                # normalisation subtracts in the model's channel order (caffe: BGR).
+                values = values * channels if len(values) == 1 else values
+                return values[::-1] if norm.order == "BGR" else values
 
+            # On [0, 1] pixels throughout: the base's statistics leave their scale (caffe: 0..255).
             norm = replace(
                 norm,
                 name="custom",
-                mean=per_channel(self.mean) if self.mean is not None else norm.mean,
-                std=per_channel(self.std) if self.std is not None else norm.std,
+                mean=model_order(self.mean)
+                if self.mean is not None
+                else tuple(v / norm.scale for v in norm.mean),
+                std=model_order(self.std)
+                if self.std is not None
+                else tuple(v / norm.scale for v in norm.std),
+                scale=1.0,
             )
         return replace(
             base,

@@ -274,6 +274,17 @@ def test_preprocessing_is_data(photos: dict) -> None:
         PreprocessOptions(mean=(0.5, 0.5)).apply(squash)
     one = PreprocessOptions(mean=(0.5,)).apply(squash)  # one value: every channel (issue 19, 8)
     assert one.describe()["mean"] == [0.5, 0.5, 0.5]
+    # --mean/--std are R,G,B on [0, 1] pixels, whatever the model's own scale and channel order
+    caffe = Preprocess((64, 96), Normalisation.named("caffe"))
+    pixels = torch.rand(3, 64, 96)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1), 0.2
+    both = PreprocessOptions(mean=(0.4, 0.5, 0.6), std=(std,)).apply(caffe)
+    torch.testing.assert_close(both.normalisation(pixels), ((pixels - mean) / std).flip(0))
+    caffe_std = PreprocessOptions(mean=(0.4, 0.5, 0.6)).apply(caffe)  # caffe's std: 1 on 0..255
+    torch.testing.assert_close(caffe_std.normalisation(pixels), ((pixels - mean) * 255).flip(0))
+    bgr = torch.tensor(Normalisation.named("caffe").mean).view(3, 1, 1)  # caffe's mean, 0..255
+    caffe_mean = PreprocessOptions(std=(std,)).apply(caffe)
+    torch.testing.assert_close(caffe_mean.normalisation(pixels), (pixels.flip(0) - bgr / 255) / std)
     with pytest.raises(ModelError, match="mean must be finite"):
         PreprocessOptions(mean=(float("nan"),) * 3).apply(squash)
 

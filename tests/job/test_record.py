@@ -148,7 +148,7 @@ def test_the_preprocessing_in_effect_is_logged_and_recorded(
     line = (
         "resize crop to 96x96 (centre crop, 0.8 of the shorter side), PIL bilinear, "
         "3 channel(s), "
-        "mean 0.5,0.5,0.5, std 1,1,1 (custom, x255, BGR)"
-    )  # squeezenet1_1's caffe statistics, the mean overridden
+        "mean 0.5,0.5,0.5, std 0.00392157,0.00392157,0.00392157 (custom, BGR)"
+    )  # squeezenet1_1's caffe statistics (std 1 on 0..255), the mean overridden on [0, 1]
     assert f"preprocessing: {line}" in caplog.text
     assert records(output)[-1]["preprocessing"] == line
