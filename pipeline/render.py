@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from fdpipe.display import Colormap, Display, colormap, display_for
+from fdpipe.errors import FdpipeError
 from fdpipe.images import ImageDecodeError, load_image
 from fdpipe.job.inputs import OUTPUT_MARKER, key_file
 from fdpipe.job.reader import MapRow
@@ -106,6 +107,13 @@ class Target:
     def __init__(self, to: Path) -> None:
         to.mkdir(parents=True, exist_ok=True)
         self.to, self.marker = to, to / OUTPUT_MARKER
+        if os.path.lexists(self.marker) and (
+            self.marker.is_symlink() or not self.marker.is_file()
+        ):  # a link would take the list elsewhere, a FIFO would block: not fdpipe's folder
+            raise FdpipeError(
+                f"--to {to}: its {OUTPUT_MARKER} is not a regular file (a link, FIFO or "
+                "folder), so fdpipe did not make it: choose another"
+            )
         try:
             listed = self.marker.read_text("utf-8").splitlines() if self.marker.is_file() else None
         except (OSError, UnicodeDecodeError):
@@ -129,6 +137,8 @@ class Target:
         return candidate
 
     def owns(self, path: Path) -> bool:
+        if path.is_symlink():  # never written through: the link's target is not fdpipe's
+            return False
         return self.legacy or path.relative_to(self.to).as_posix() in self.ours
 
     def wrote(self, path: Path) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fdpipe.display import jet
+from fdpipe.errors import FdpipeError
 from fdpipe.job.config import JobConfig
 from fdpipe.job.reader import images_root, select_rows
 from fdpipe.job.run import run_job
@@ -118,3 +120,28 @@ def test_a_file_fdpipe_did_not_write_is_never_overwritten(
         beside = mine.with_name(mine.stem + "~1.png")
         assert beside in written and Image.open(beside).size[0] > 0
         assert not mine.with_name(mine.stem + "~2.png").exists()
+
+
+@pytest.mark.parametrize("odd", ["symlink", "fifo"])
+def test_an_odd_marker_or_a_linked_overlay_is_never_written_through(
+    output: Path, tmp_path: Path, odd: str
+) -> None:
+    """A marker that is a link (to a user's file) or a FIFO is refused before anything is
+    written, never appended to or waited on; an overlay name that is a link is not followed."""
+    rows = list(select_rows(output, methods=["gradcam"], images=["img_000.jpg"]))
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"mine")
+    folder = tmp_path / "png"
+    folder.mkdir()
+    if odd == "symlink":
+        (folder / ".fdpipe-output").symlink_to(victim)
+    else:
+        os.mkfifo(folder / ".fdpipe-output")
+    with pytest.raises(FdpipeError, match="is not a regular file"):
+        render_overlays(rows, images_root(output), folder)
+    assert victim.read_bytes() == b"mine"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "img_000.jpg.gradcam.rank0.png").symlink_to(victim)
+    render_overlays(rows, images_root(output), linked)
+    assert victim.read_bytes() == b"mine" and (linked / "img_000.jpg.gradcam.rank0~1.png").is_file()

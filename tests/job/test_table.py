@@ -397,3 +397,15 @@ def test_a_table_under_a_path_with_spaces_and_accents(tmp_path: Path) -> None:
     assert all(path.is_file() for path in ResultsTable(output).data_files())
     with pytest.raises(TableError, match="'%'"):  # delta-rs would read "%20" as a space
         ResultsTable(tmp_path / "out%20")
+
+
+def test_status_never_waits_on_a_fifo_record(tmp_path: Path) -> None:
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 1)
+    assert invoke(explain_command(images, output)).exit_code == 0
+    fifo = output / "_runs" / "29991231T000000000000Z-000000.json"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "fdpipe", "status", str(output)], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout.decode()  # not a record: the night is the one run
