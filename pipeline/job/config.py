@@ -99,6 +99,9 @@ def output_location(output: str | os.PathLike[str]) -> Path | str:
         known = ", ".join(sorted(f"{s}://" for s in TABLE_SCHEMES))
         raise ConfigError(f"--output {text}: the results table goes to a local folder or to "
                           f"{known}")  # fmt: skip
+    if "%" in text:  # delta-rs would decode it, fsspec (the run records) would not
+        raise ConfigError(f"--output {text}: a '%' in a store path is misread as an escape; "
+                          "choose a path without '%'")  # fmt: skip
     return text
 
 

@@ -91,7 +91,7 @@ class ResultsTable:
         self.options = options or {}
         self.storage_options = delta_options(self.uri, options) if self.remote else {}
         self.missing: list[Path] = []  # data files the log names that ``dataset`` did not find
-        if not self.remote and "%" in self.uri:  # delta-rs decodes "%20" in a path
+        if "%" in self.uri:  # delta-rs decodes "%20" in a path (fsspec would not: two places)
             raise TableError(f"{self.uri}: a '%' in the output's path is misread by the Delta "
                              "library as an escape; choose a path without '%'")  # fmt: skip
 
@@ -174,7 +174,8 @@ class ResultsTable:
             from pyarrow.fs import FSSpecHandler, PyFileSystem
 
             fs, _ = output_filesystem(self.uri, self.options)
-            paths: list[str] = [fs._strip_protocol(uri) for uri in table.file_uris()]
+            # delta-rs' URIs are percent-encoded (a space is %20); fsspec takes the plain key
+            paths: list[str] = [fs._strip_protocol(unquote(uri)) for uri in table.file_uris()]
             handler = FSSpecHandler(fs)  # type: ignore[abstract]  # (the stubs lag pyarrow)
             return ds.dataset(paths, schema=SCHEMA, format="parquet",
                               filesystem=PyFileSystem(handler))  # fmt: skip
