@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from fdpipe.job.reader import iter_rows, read_maps
 from fdpipe.job.remote import PROMPT, delta_options
 from fdpipe.job.schema import SCHEMA
 from fdpipe.job.status import run_records
-from fdpipe.job.table import ResultsTable
 from image_files import explain_command, write_images
 from PIL import Image
 
@@ -171,36 +169,6 @@ def test_status_compact_and_vacuum_on_a_bucket(tmp_path: Path, s3_env: SeaweedFS
     assert len(s3_env.filesystem().glob(f"{prefix}/*.parquet")) == 1 < stored
     status = invoke(["status", output])
     assert status.exit_code == 0 and "ok" in status.output, status.output
-
-
-def test_racing_writers_on_a_bucket_leave_one_set_of_current_rows(s3_env: SeaweedFS) -> None:
-    """Two writers committing the same images at once: the store's conditional put refuses the
-    later commit, which recomputes from the newer version; no image has two sets of rows."""
-    from test_table import synthetic_rows
-
-    location = f"s3://{s3_env.new_bucket()}/t"
-    ResultsTable(location).commit(synthetic_rows(["a.jpg"], run_id="r0"), {})
-    errors: list[BaseException] = []
-
-    def writer(n: int) -> None:
-        try:
-            for i in range(3):
-                names = [f"{j}.jpg" for j in range(6)]
-                run = f"20260101T0000{n}{i}000000Z-00000{n}"
-                ResultsTable(location).commit(synthetic_rows(names, run_id=run), {"w": n})
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    table = ResultsTable(location)
-    keys = table.rows().select(KEY).to_pylist()
-    assert len(keys) == len({tuple(k.values()) for k in keys}) == 7
-    assert table.delta().version() == 6  # every commit landed once, none overwrote another
 
 
 @pytest.mark.parametrize("shards", [("0/1", "0/1"), ("0/2", "1/2")], ids=["one shard", "two"])
