@@ -326,3 +326,34 @@ def test_a_prefix_with_a_space_reads_back_and_a_percent_is_refused(
     result = invoke(explain_command(images, f"s3://{bucket}/x%20y"))
     assert result.exit_code == 2 and "'%'" in result.output, result.output
     assert not s3_env.filesystem().glob(f"{bucket}/x*")
+
+
+def test_a_bucket_table_written_before_the_role_column_takes_new_runs(
+    tmp_path: Path, s3_env: SeaweedFS
+) -> None:
+    """Issue 19 item 4 on a store: a table whose Delta schema lacks ``target_role`` takes a
+    rerun (schema evolution through delta-rs' object store)."""
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from fdpipe.job.table import COMMIT_KEY, ResultsTable
+
+    images = tmp_path / "images"
+    write_images(images, 2)
+    output = f"s3://{s3_env.new_bucket()}/out"
+    assert invoke(explain_command(images, output)).exit_code == 0
+    options = delta_options(output, s3_env.storage_options)
+    old = DeltaTable(output, storage_options=options).to_pyarrow_table()
+    record = ResultsTable(output, s3_env.storage_options).commits()[0]
+    record.pop("version")
+    write_deltalake(
+        output, old.drop_columns(["target_role"]), mode="overwrite", schema_mode="overwrite",
+        storage_options=options,
+        commit_properties=CommitProperties(custom_metadata={COMMIT_KEY: json.dumps(record)}),
+    )  # fmt: skip
+    assert (
+        "target_role"
+        not in DeltaTable(output, storage_options=options).to_pyarrow_table().column_names
+    )
+    result = invoke(explain_command(images, output, "--top-k", "2"))
+    assert result.exit_code == 0, result.output
+    roles = sorted(str(r["target_role"]) for r in rows(output).to_pylist())
+    assert roles == ["prediction"] * 4
