@@ -6,9 +6,10 @@ process image's own) is that method's with the model loaded, not the highest of 
 budget (``--max-memory``) is the machine's default.
 
 Score-CAM runs one full forward pass per channel and image: 1,280 per photo here, 20,480 for a
-batch of 16, about 14 minutes of one CPU core (40 ms per pass, 2026-12-06, README). It runs on ``SAMPLE`` photos
-instead (its seconds per image are what scale): its masked inputs are built and run per image, a
-chunk at a time, so its peak is set by one image's chunk and does not grow with the batch.
+batch of 16, about 14 minutes of one CPU core (40 ms per pass, 2026-12-06, README). It runs on
+``SAMPLE`` photos instead (its seconds per image are what scale): its masked inputs are built
+and run per image, a chunk at a time, so its peak is set by one image's chunk and does not grow
+with the batch.
 """
 
 from __future__ import annotations
