@@ -102,13 +102,11 @@ def test_a_table_written_before_the_role_column_takes_new_runs(tmp_path: Path) -
     )  # a table as fdpipe wrote it before the column was added
     assert "target_role" not in DeltaTable(output).schema().to_arrow().names  # type: ignore[attr-defined]
 
-    explain(images, output, "--method", "gradcam", "--top-k", "2")
+    explain(images, output, "--method", "gradcam,layercam")  # adds a method, keeps the old rows
     _, rows = read_maps(output)
-    roles = sorted((r["targets"], r["class_rank"], r["target_role"]) for r in rows.to_pylist())
-    assert roles == sorted(
-        [("top-1", 0, None)] * 2 + [("top-2", 0, "prediction"), ("top-2", 1, "prediction")] * 2
-    )
-    seen = duckdb_sql(f"select targets, target_role from delta_scan('{output}')")
+    roles = sorted((r["method"], r["class_rank"], r["target_role"]) for r in rows.to_pylist())
+    assert roles == sorted([("gradcam", 0, None)] * 2 + [("layercam", 0, "prediction")] * 2)
+    seen = duckdb_sql(f"select method, target_role from delta_scan('{output}')")
     assert sorted(zip(*seen.to_pydict().values(), strict=True), key=str) == sorted(
         [(t, role) for t, _, role in roles], key=str
     )
