@@ -132,7 +132,9 @@ def maps_model(
     params = open_results(maps, options).metadata().get("params")
     if not isinstance(params, dict):
         raise TableError(f"--maps {maps}: its newest commit records no run parameters")
-    recorded = str(params.get("source") or params["model"])
+    recorded = params.get("source") or params.get("model")
+    if not isinstance(recorded, str):
+        raise TableError(f"--maps {maps}: its run parameters record no model source")
     if model.source is None and runs_code(recorded):  # an output is data: never run what it names
         raise ModelError(
             f"--maps {maps} was made with {recorded!r}, a model source that runs code: fdpipe "
@@ -149,10 +151,13 @@ def maps_model(
     weights_map = model.weights_map or (params.get("weights_map") if weights else None)
     if not (weights_map is None or weights_map == "by-position" or isinstance(weights_map, dict)):
         raise ModelError(f"--maps {maps}: its recorded weights map {weights_map!r} is not fdpipe's")
+    layer = model.layer or params.get("layer")
+    if not isinstance(layer, str):
+        raise TableError(f"--maps {maps}: its run parameters record no layer name")
     request = replace(
         model,
         source=model.source or recorded,
-        layer=model.layer or params["layer"],
+        layer=layer,
         weights=weights,
         weights_map=weights_map,
         pretrained=model.pretrained and not str(params.get("weights_id")).startswith("random-"),
@@ -408,6 +413,9 @@ def evaluate(
         raise click.UsageError("give the images with --input, or an explain output with --maps")
     if maps is not None and sanity:
         raise click.UsageError("--sanity re-runs the methods: give --input, not --maps")
+    given = click.get_current_context().get_parameter_source("sanity_images")
+    if not sanity and (sanity_stop is not None or given != ParameterSource.DEFAULT):
+        raise click.UsageError("--sanity-stop and --sanity-images need --sanity N")
     if maps is not None and input_ is not None and not input_.is_dir():
         raise click.UsageError("with --maps, --input names the folder the images are in now")
     specs = method_specs(methods) if methods else []

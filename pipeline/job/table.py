@@ -175,12 +175,12 @@ class ResultsTable:
 
             fs, _ = output_filesystem(self.uri, self.options)
             # delta-rs' URIs are percent-encoded (a space is %20); fsspec takes the plain key
-            paths: list[str] = [fs._strip_protocol(unquote(uri)) for uri in table.file_uris()]
+            paths: list[str] = [fs._strip_protocol(unquote(uri)) for uri in self.listed(table)]
             handler = FSSpecHandler(fs)  # type: ignore[abstract]  # (the stubs lag pyarrow)
             return ds.dataset(paths, schema=SCHEMA, format="parquet",
                               filesystem=PyFileSystem(handler))  # fmt: skip
         files, self.missing = [], []
-        for path in (local_path(uri) for uri in table.file_uris()):
+        for path in (local_path(uri) for uri in self.listed(table)):
             if os.path.lexists(path):
                 files.append(str(path))
             else:  # deleted by hand: its images are left out (``explain`` redoes them)
@@ -207,8 +207,26 @@ class ResultsTable:
 
     def data_files(self, version: int | None = None) -> list[Path]:
         """The local data files of a version (of the newest one by default)."""
-        uris = self.delta(version).file_uris() if self.exists() else []
+        uris = self.listed(self.delta(version)) if self.exists() else []
         return [local_path(uri) for uri in uris]
+
+    def listed(self, table: DeltaTable) -> list[str]:
+        """The URIs of ``table``'s data files, each checked to lie in the table's own folder: a
+        log naming a file elsewhere (``../``, an absolute path: tampered, or not fdpipe's) is
+        refused, so that no reader reads, and no repair moves, a file outside the table."""
+        uris = table.file_uris()
+        if self.remote:
+            prefix = self.uri.rstrip("/") + "/"
+            outside = [u for u in map(unquote, uris) if not u.startswith(prefix) or "/../" in u]
+        else:
+            root = os.path.normpath(os.path.abspath(self.uri))
+            outside = [u for u in uris if os.path.dirname(os.path.normpath(local_path(u))) != root]
+        if outside:
+            raise TableError(
+                f"{self.uri}: its log lists a data file outside the table ({unquote(outside[0])}):"
+                " not a table fdpipe wrote"
+            )
+        return uris
 
     def set_aside_damaged(self, record: dict[str, object]) -> list[Path]:
         """Data files whose footer cannot be read (a torn copy, a truncated disk) or whose
@@ -228,6 +246,9 @@ class ResultsTable:
             try:
                 pq.read_metadata(path)
                 reason, kind = checksums.mismatch(path), "damaged"
+                if not checksums.recorded(path):  # older than checksums, or a killed run's:
+                    pq.ParquetFile(path).read()  # decoded once, then checked by its sha256
+                    checksums.seal_file(path.parent, path.name)
             except (pa.ArrowException, OSError) as exc:
                 reason, kind = str(exc), "unreadable"
             if reason is not None:

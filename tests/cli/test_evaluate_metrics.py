@@ -65,6 +65,8 @@ def test_every_metric_with_intervals_the_cascade_and_a_recommendation(
         (["--sanity-stop", "nan"], "not a finite number"),
         (["--sanity-stop", "2"], "--sanity-stop"),
         (["--maps", "."], "--sanity re-runs the methods"),
+        (["--sanity", "0", "--sanity-stop", "0.5"], "need --sanity N"),  # else silently ignored
+        (["--sanity", "0", "--sanity-images", "2"], "need --sanity N"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(

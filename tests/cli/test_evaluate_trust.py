@@ -149,6 +149,8 @@ def test_a_moved_or_changed_weights_file_is_refused_in_one_line(
         {"preprocess": {"callable": "<lambda>", "input_size": [64, 64]}},
         {"score": "banana"},
         {"class_names": "cat"},
+        {"model": None, "source": None},
+        {"layer": ["x"]},
     ],
     ids=[
         "weights-file-list",
@@ -159,6 +161,8 @@ def test_a_moved_or_changed_weights_file_is_refused_in_one_line(
         "callable",
         "score",
         "names",
+        "no-model",
+        "layer-list",
     ],
 )
 def test_a_tampered_record_is_refused_in_one_line(

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,7 +123,7 @@ def test_an_odd_checksum_folder_or_file_never_stops_a_run_or_hangs_a_reader(
         (output / CHECKSUMS_DIR).write_text("not a folder")
         with caplog.at_level(logging.WARNING):
             explain(images, output)
-        assert "no checksum recorded" in caplog.text
+        assert "neither checked nor recorded" in caplog.text
         assert len(read_maps(output)[1]) == 2
         return
     explain(images, output)
@@ -135,3 +136,77 @@ def test_an_odd_checksum_folder_or_file_never_stops_a_run_or_hangs_a_reader(
             read_maps(output)
         explain(images, output)
     assert "not a regular file" in caplog.text and len(read_maps(output)[1]) == 2
+
+
+def add_to_log(output: Path, path: str) -> None:
+    """A copy of the newest commit's first data file's add action, naming ``path``."""
+    newest = sorted((output / DELTA_LOG).glob("*.json"))[-1]
+    lines = newest.read_text().splitlines()
+    add = next(json.loads(line) for line in lines if '"add"' in line)
+    add["add"]["path"] = path
+    newest.write_text("\n".join([*lines, json.dumps(add)]) + "\n")
+
+
+@pytest.mark.parametrize("named", ["relative", "absolute"])
+def test_a_log_naming_a_file_outside_the_table_is_refused_and_the_file_untouched(
+    tmp_path: Path, named: str
+) -> None:
+    """Found by the hostile pass: ``explain`` set a user's file outside the table aside (renamed
+    it) when a tampered log listed it; an absolute path was a traceback."""
+    images, output = tmp_path / "images", tmp_path / "out"
+    write_images(images, 2)
+    explain(images, output)
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    add_to_log(output, "../outside/victim.txt" if named == "relative" else f"file://{victim}")
+    for command in (
+        explain_command(images, output),
+        ["render", str(output), "-o", str(tmp_path / "x.png")],
+    ):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, result.output
+        assert "outside the table" in result.output and "Traceback" not in result.output
+        assert sorted(os.listdir(victim.parent)) == ["victim.txt"]
+        assert victim.read_text() == "precious"
+
+
+def test_a_checksum_folder_that_is_a_link_is_never_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the hostile pass: a ``_checksums`` link to a folder outside the table was
+    written into, and a file there deleted, when a damaged data file was set aside."""
+    images, output, elsewhere = tmp_path / "images", tmp_path / "out", tmp_path / "elsewhere"
+    write_images(images, 2)
+    explain(images, output)
+    (part,) = data_files(output)
+    (output / CHECKSUMS_DIR).rename(elsewhere)
+    (output / CHECKSUMS_DIR).symlink_to(elsewhere)
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
+    write_images(images, 3)
+    with caplog.at_level(logging.WARNING):
+        explain(images, output)  # a commit: its checksum is not written through the link
+        for command in (["compact", str(output)], ["vacuum", str(output), "--retain", "0h"]):
+            result = CliRunner().invoke(main, command)  # vacuum: nor deleted through it
+            assert result.exit_code == 0, result.output
+    assert "neither checked nor recorded" in caplog.text and not part.exists()
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before
+
+
+@pytest.mark.parametrize("column", ["map.list.item", "image_path"])
+def test_a_damaged_file_without_a_checksum_is_redone_and_then_sealed(
+    tmp_path: Path, column: str
+) -> None:
+    """A table written before checksums (or a run killed before it sealed its file): ``explain``
+    crashed with a pyarrow traceback on pages that do not decode."""
+    images, output, clean = tmp_path / "images", tmp_path / "out", tmp_path / "clean"
+    write_images(images, 4)
+    explain(images, clean)
+    explain(images, output)
+    shutil.rmtree(output / CHECKSUMS_DIR)
+    bad, good = data_files(output)
+    flip_pages(bad, column)
+    explain(images, output)
+    assert (bad.parent / f".{bad.name}.unreadable").is_file() and not bad.exists()
+    assert current(output) == current(clean)
+    assert (output / CHECKSUMS_DIR / f"{good.name}.sha256").is_file()  # decoded, then sealed
