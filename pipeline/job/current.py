@@ -5,7 +5,8 @@ image again (new content, a retry) adds rows rather than replacing them. Per ima
 run (largest ``run_id``) says what it is now: a ``pruned`` row there hides the image, and only
 rows with the newest run's ``image_sha256`` (the current content) stay. Among those, each
 (``method``, ``targets``, ``class_rank``) keeps the rows of its newest run, and of the ``top-k``
-sets of one method only the widest stays (it holds the narrower ones' rows); a ``failed`` row
+sets of one method only the widest stays (it holds the narrower ones' rows; the same for the
+sets after a label column: ``column=X`` < ``column=X+top-1`` < ...); a ``failed`` row
 stays only while it is from the image's newest run (a later success or a prune supersedes it).
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-TOP_K = re.compile(r"^top-([0-9]+)$")  # a targets label of the top-k classes
+# A targets label of the top-k classes, alone or after each image's own class (``column=``).
+TOP_K = re.compile(r"^(?:(?P<family>column=.+)\+)?top-(?P<k>[0-9]+)$")
 KEY_COLUMNS = ["image_path", "run_id", "image_sha256", "status", "method", "targets", "class_rank"]
 
 
@@ -59,31 +61,48 @@ def current_mask(keys: pa.Table) -> np.ndarray:
     return mask
 
 
-def top_k(targets: pa.ChunkedArray) -> pa.ChunkedArray:
-    """k of each ``top-k`` targets label; null for other labels (``classes=...``, ``column=``)."""
-    plain = pc.match_substring_regex(targets, TOP_K.pattern)
-    digits = pc.if_else(plain, pc.utf8_slice_codeunits(targets, 4), pa.scalar(None, pa.string()))
-    return cast(pa.ChunkedArray, pc.cast(digits, pa.int64()))
+def widths(targets: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """The family and width of each targets label: ``top-k`` -> ("", k), ``column=X+top-k`` ->
+    ("column=X", k), ``column=X`` -> ("column=X", 0); other labels (``classes=...``) are a
+    family of their own with no width (null): nothing supersedes them."""
+    parts = pc.extract_regex(targets, TOP_K.pattern)
+    matched = pc.is_valid(parts)
+    family = pc.if_else(matched, pc.struct_field(parts, "family"), targets)
+    column = pc.starts_with(targets, "column=")
+    k = pc.if_else(
+        matched,
+        pc.cast(pc.struct_field(parts, "k"), pa.int64()),
+        pc.if_else(column, pa.scalar(0, pa.int64()), pa.scalar(None, pa.int64())),
+    )
+    return cast(pa.ChunkedArray, family), cast(pa.ChunkedArray, k)
 
 
 def widest_top_k(ok: pa.Table) -> pa.Table:
-    """Of an image's top-k row sets of one method (same content), only the widest: a top-2 run
-    after a top-1 run holds the top-1 rows again (same class, same map at rank 0), and two
-    rank-0 rows of one method would be read as two maps."""
-    ok = ok.append_column("_k", top_k(ok["targets"]))
-    widest = ok.group_by(["image_path", "method"]).aggregate([("_k", "max")])
-    ok = ok.join(widest, ["image_path", "method"])
+    """Of an image's top-k row sets of one method and family (same content), only the widest: a
+    top-2 run after a top-1 run holds the top-1 rows again (same class, same map at rank 0), and
+    two rank-0 rows of one method would be read as two maps; the same for the sets after a label
+    column (``column=X``, ``column=X+top-1``, ...)."""
+    family, k = widths(ok["targets"])
+    ok = ok.append_column("_family", family).append_column("_k", k)
+    widest = ok.group_by(["image_path", "method", "_family"]).aggregate([("_k", "max")])
+    ok = ok.join(widest, ["image_path", "method", "_family"])
     narrower = pc.fill_null(pc.less(ok["_k"], ok["_k_max"]), pa.scalar(False))
     return ok.filter(pc.invert(cast(pa.ChunkedArray, narrower)))
 
 
 def covers(held: str, wanted: str) -> bool:
-    """Rows of targets ``held`` stand for ``wanted`` (itself, or a narrower top-k): the plan
-    does not explain ``wanted`` again, and the readers keep only ``held``."""
-    wide, narrow = TOP_K.match(held), TOP_K.match(wanted)
-    if wide is None or narrow is None:
+    """Rows of targets ``held`` stand for ``wanted`` (itself, or a narrower set of its family):
+    the plan does not explain ``wanted`` again, and the readers keep only ``held``."""
+    (held_family, wide), (wanted_family, narrow) = (_width(held), _width(wanted))
+    if wide is None or narrow is None or held_family != wanted_family:
         return held == wanted
-    return int(wide[1]) >= int(narrow[1])
+    return wide >= narrow
+
+
+def _width(label: str) -> tuple[str, int | None]:
+    if (match := TOP_K.match(label)) is not None:
+        return match["family"] or "", int(match["k"])
+    return label, 0 if label.startswith("column=") else None
 
 
 __all__ = ["KEY_COLUMNS", "covers", "current_mask"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from fdpipe.cli import main
+from fdpipe.job.current import covers
 from fdpipe.job.reader import iter_rows, read_maps
 from image_files import explain_command, write_images
 from results import duckdb_sql
@@ -55,3 +56,39 @@ def test_a_wider_top_k_supersedes_a_narrower_one(tmp_path: Path) -> None:
     explain("--classes", "281")
     _, rows = read_maps(output, ranks=[0])
     assert sorted(rows["targets"].to_pylist()) == ["classes=281", "classes=281", "top-2", "top-2"]
+
+
+def test_a_wider_set_after_a_label_column_supersedes_a_narrower_one(tmp_path: Path) -> None:
+    """Found by the hostile pass: the rule above held for ``top-k`` only, so ``--target-column
+    label --top-k 2`` after ``--top-k 1`` explained every image again and left two rank-0 label
+    maps per image (``column=label+top-1`` and ``+top-2``)."""
+    images, output = tmp_path / "images", tmp_path / "out"
+    paths = write_images(images, 2)
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("image_path,label\n" + "".join(f"{p},967\n" for p in paths))
+
+    def explain(*extra: str) -> str:
+        args = [*explain_command(manifest, output), "--target-column", "label", *extra]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    explain()  # the label alone: column=label
+    explain("--top-k", "1")
+    explain("--top-k", "2")
+    _, rows = read_maps(output)
+    targets = {r["targets"] for r in rows.to_pylist()}
+    assert targets == {"column=label+top-2"}, targets
+    per_rank = sorted((r["image_path"], r["class_rank"]) for r in rows.to_pylist())
+    assert len(per_rank) == len(set(per_rank))  # one map per image and rank
+    assert duckdb_sql(f"select * from delta_scan('{output}')").num_rows == len(per_rank)
+    assert "skipped 2" in explain("--top-k", "1") and "skipped 2" in explain()  # held
+
+
+def test_covers_compares_widths_within_a_family() -> None:
+    assert covers("top-2", "top-1") and not covers("top-1", "top-2")
+    assert covers("column=label+top-2", "column=label+top-1")
+    assert covers("column=label+top-1", "column=label")
+    assert not covers("column=label+top-2", "top-1")  # another family
+    assert not covers("column=other+top-2", "column=label")
+    assert not covers("classes=1,2", "classes=1") and covers("classes=1", "classes=1")
