@@ -14,10 +14,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fdpipe.errors import FdpipeError
 from fdpipe.images import IMAGE_EXTENSIONS
+
+log = logging.getLogger("fdpipe.job")
 
 LIST_SUFFIXES = frozenset({".txt", ".lst", ".list"})
 PATH_COLUMNS = ("image_path", "path", "file", "filename")
@@ -132,7 +136,7 @@ class FileSource(Source):
             found = [(key, root / key) for key in read_manifest(self.path)]
         else:  # a FIFO or device would block the listing
             raise InputError(f"input {self.path} is not a directory or a regular file")
-        return sorted({Entry(key_text(key), os.fsdecode(path)) for key, path in found})
+        return unique_keys(Entry(key_text(key), os.fsdecode(path)) for key, path in found)
 
     def token(self, entry: Entry) -> ChangeToken | None:
         try:
@@ -181,6 +185,25 @@ def open_regular(path: Path, max_bytes: int) -> io.BufferedReader:
     except BaseException:
         os.close(fd)
         raise
+
+
+def unique_keys(entries: Iterable[Entry]) -> list[Entry]:
+    """Sorted by key, one entry a key. A name that is not UTF-8 is keyed with ``\\xNN`` escapes,
+    which a real name can spell too (``a\\xe9.jpg``, backslash and all): the real name keeps the
+    key (readers find it by that name), the other file is left out of the run with a warning."""
+    chosen: dict[str, Entry] = {}
+    for entry in sorted(set(entries)):
+        held = chosen.setdefault(entry.key, entry)
+        if held is not entry:
+            keep, drop = (entry, held) if _escaped(held.location) else (held, entry)
+            chosen[entry.key] = keep
+            log.warning("%r and %r both have the key %r: %s is left out of the run (rename it)",
+                        keep.location, drop.location, entry.key, drop.location)  # fmt: skip
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def _escaped(location: str) -> bool:  # bytes that are not UTF-8, kept by os.fsdecode as surrogates
+    return any("\udc80" <= c <= "\udcff" for c in location)
 
 
 def key_text(name: str) -> str:

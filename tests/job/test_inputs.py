@@ -3,6 +3,7 @@ sharding."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -22,6 +23,7 @@ from fdpipe.job.inputs import (
     shard_of,
 )
 from fdpipe.job.sources import open_source
+from image_files import write_images
 
 
 def touch(path: Path) -> Path:
@@ -159,3 +161,23 @@ def test_growing_dataset_keeps_shard_assignments() -> None:
         before = select_shard(source, items, index, 3)
         assert before == [item for item in select_shard(source, grown, index, 3) if item in items]
         assert all(shard_of(item.key, 3) == index for item in before)
+
+
+def test_a_real_name_spelling_another_names_escapes_keeps_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the hostile pass: ``a\\xe9.jpg`` (a backslash in the name) beside ``a<0xe9>.jpg``
+    (latin-1) gave two entries of one key: two current rows, a miscounted summary, a map drawn
+    over the other file. The real name keeps the key; the other is left out, with a warning."""
+    write_images(tmp_path, 1)
+    photo = (tmp_path / "img_000.jpg").read_bytes()
+    literal = tmp_path / "a\\xe9.jpg"
+    literal.write_bytes(photo)
+    with open(os.fsencode(tmp_path) + b"/a\xe9.jpg", "wb") as fh:
+        fh.write(photo)
+    with caplog.at_level(logging.WARNING, logger="fdpipe.job"):
+        entries = FileSource(tmp_path).entries()
+    keys = [entry.key for entry in entries]
+    assert keys == sorted(set(keys)) and "a\\xe9.jpg" in keys
+    chosen = next(entry for entry in entries if entry.key == "a\\xe9.jpg")
+    assert chosen.location == str(literal) and "left out of the run" in caplog.text
