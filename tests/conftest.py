@@ -76,3 +76,12 @@ def s3_env(s3_store: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
     for name, value in s3_store.environment.items():
         monkeypatch.setenv(name, value)
     return s3_store
+
+
+@pytest.fixture
+def aws_env_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials and endpoints from the environment alone: no config or shared credentials
+    file, no instance metadata (a developer's own AWS set-up would answer otherwise)."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

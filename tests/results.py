@@ -1,10 +1,12 @@
-"""An explain output read back as the tests need it: its commits and its newest run record."""
+"""An explain output read back as the tests need it (its commits, its newest run record, its
+rows), or damaged as a disk would damage it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from fdpipe.job.table import ResultsTable
 
 
@@ -47,3 +49,17 @@ def data_files(output: Path) -> list[Path]:
                 seen.add(path)
                 ordered.append(path)
     return [path for path in ordered if path in current]
+
+
+def flip_pages(part: Path, column: str) -> None:
+    """Up to 400 bytes in the middle of ``column``'s data pages flipped, the footer intact."""
+    meta = pq.ParquetFile(part).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    chunk = meta.row_group(0).column(names.index(column))
+    start, size = chunk.data_page_offset, chunk.total_compressed_size
+    count = min(400, size // 2)
+    middle = start + (size - count) // 2
+    data = bytearray(part.read_bytes())
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    part.write_bytes(bytes(data))
+    pq.read_metadata(part)  # the footer still reads

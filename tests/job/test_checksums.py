@@ -20,7 +20,7 @@ from fdpipe.job.checksums import CHECKSUMS_DIR, added_files
 from fdpipe.job.reader import read_maps
 from fdpipe.job.table import DELTA_LOG, DataFileError
 from image_files import explain_command, write_images
-from results import data_files, stored_rows
+from results import data_files, flip_pages, stored_rows
 
 COMPARED = ["image_path", "method", "class_rank", "class_index", "probability", "map", "status"]
 
@@ -28,20 +28,6 @@ COMPARED = ["image_path", "method", "class_rank", "class_index", "probability", 
 def explain(images: Path, output: Path) -> None:
     result = CliRunner().invoke(main, explain_command(images, output))
     assert result.exit_code == 0, result.output
-
-
-def flip_pages(part: Path, column: str) -> None:
-    """Up to 400 bytes in the middle of ``column``'s data pages flipped, the footer intact."""
-    meta = pq.ParquetFile(part).metadata
-    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-    chunk = meta.row_group(0).column(names.index(column))
-    start, size = chunk.data_page_offset, chunk.total_compressed_size
-    count = min(400, size // 2)
-    middle = start + (size - count) // 2
-    data = bytearray(part.read_bytes())
-    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
-    part.write_bytes(bytes(data))
-    pq.read_metadata(part)  # the footer still reads
 
 
 def current(output: Path) -> list[dict]:

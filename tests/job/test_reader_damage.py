@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from fdpipe.cli import main
 from fdpipe.job.reader import read_maps
 from image_files import explain_command, write_images
-from results import data_files
+from results import data_files, flip_pages
 
 
 @pytest.fixture
@@ -38,16 +38,7 @@ def out_of_range(part: Path) -> None:
 
 
 def flip_bytes(part: Path) -> None:
-    """Up to 400 bytes in the middle of the maps' data pages flipped, the footer intact."""
-    meta = pq.ParquetFile(part).metadata
-    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-    chunk = meta.row_group(0).column(next(i for i, n in enumerate(names) if n.startswith("map.")))
-    start, size = chunk.data_page_offset, chunk.total_compressed_size
-    count = min(400, size // 2)
-    middle = start + (size - count) // 2
-    data = bytearray(part.read_bytes())
-    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
-    part.write_bytes(bytes(data))
+    flip_pages(part, "map.list.item")
 
 
 @pytest.mark.parametrize("damage", [out_of_range, flip_bytes])

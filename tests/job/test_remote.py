@@ -236,6 +236,7 @@ def unreachable() -> str:
 def test_a_store_that_cannot_be_used_is_a_one_line_refusal(
     tmp_path: Path,
     s3_env: SeaweedFS,
+    aws_env_only: None,
     monkeypatch: pytest.MonkeyPatch,
     case: str,
     message: str,
@@ -246,9 +247,6 @@ def test_a_store_that_cannot_be_used_is_a_one_line_refusal(
     write_images(images, 2)
     bucket = s3_env.new_bucket()
     output = f"s3://{bucket}/out"
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     if case == "no credentials":
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

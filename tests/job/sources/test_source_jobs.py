@@ -203,7 +203,12 @@ def test_a_url_in_a_config_file_stays_a_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["no credentials", "unreachable"])
 @pytest.mark.parametrize("kind", ["prefix", "shards", "table"])
 def test_a_store_that_cannot_be_read_is_one_line(
-    tmp_path: Path, s3_env: SeaweedFS, monkeypatch: pytest.MonkeyPatch, case: str, kind: str
+    tmp_path: Path,
+    s3_env: SeaweedFS,
+    aws_env_only: None,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    kind: str,
 ) -> None:
     """botocore's errors (no credentials, no connection) are no OSError: each is one line,
     exit 2, before any work, for each kind of remote input."""
@@ -211,9 +216,6 @@ def test_a_store_that_cannot_be_read_is_one_line(
     from s3fs import S3FileSystem
 
     S3FileSystem.clear_instance_cache()  # as a new process: none made with earlier credentials
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     if case == "no credentials":
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
