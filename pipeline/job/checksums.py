@@ -14,6 +14,7 @@ footer and its maps' range.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -31,7 +32,10 @@ MAX_SIDECAR = 4096  # a line of 64 hex digits and a file name
 
 
 def sha256_of(path: Path) -> str:
-    with path.open("rb") as fh:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 

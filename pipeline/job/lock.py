@@ -8,8 +8,10 @@ a regular file, or not writable, is refused: before any image is read.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +35,10 @@ def output_lock(directory: str | os.PathLike[str], shard: tuple[int, int]) -> It
     path = directory / lock_name(shard)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / OUTPUT_MARKER).touch()
+        os.close(own_file(directory / OUTPUT_MARKER, os.O_WRONLY))
         with tempfile.TemporaryFile(dir=directory):  # part files are created here: can they be?
             pass
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = own_file(path, os.O_RDWR)
     except OSError as exc:
         raise ConfigError(f"--output {directory} is not writable: {exc.strerror}") from None
     try:
@@ -56,4 +58,21 @@ def output_lock(directory: str | os.PathLike[str], shard: tuple[int, int]) -> It
         os.close(fd)  # releases the lock
 
 
-__all__ = ["lock_name", "output_lock"]
+def own_file(path: Path, mode: int) -> int:
+    """``path`` opened (created where missing) as a regular file of the output's own: a link
+    (which would lead the write out of the output), a FIFO or a device is a ConfigError."""
+    try:
+        fd = os.open(path, mode | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a link: fdpipe writes only files of its own") from None
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise ConfigError(f"{path} is not a regular file: move it out of the output") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file: move it out of the output")
+    return fd
+
+
+__all__ = ["lock_name", "output_lock", "own_file"]

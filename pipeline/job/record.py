@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fdpipe.job.urls import is_remote
 log = logging.getLogger("fdpipe.job")
 
 RUNS_DIR = "_runs"  # run records; readers of the parts skip "_" and "." names
+MAX_RECORD_BYTES = 16 << 20
 RUN_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"
 
 
@@ -48,7 +50,8 @@ def record_files(output: Output, options: dict[str, Any] | None = None) -> list[
     if not is_remote(text):
         directory = Path(text) / RUNS_DIR
         try:
-            return sorted(p.name for p in directory.glob("*.json") if p.is_file())
+            # every name, odd ones too (a link, a FIFO): readers name what they cannot read
+            return sorted(p.name for p in directory.glob("*.json") if not p.is_dir())
         except OSError:
             return []
     try:
@@ -63,14 +66,25 @@ def record_files(output: Output, options: dict[str, Any] | None = None) -> list[
 def read_record(output: Output, name: str, options: dict[str, Any] | None = None) -> str:
     """The text of the run record ``name`` (OSError or ValueError when it cannot be read)."""
     text = os.fspath(output)
-    if not is_remote(text):
-        return (Path(text) / RUNS_DIR / name).read_text(encoding="utf-8")
-    fs, root = output_filesystem(text, options)
     try:
-        return bytes(fs.cat_file(f"{root.rstrip('/')}/{RUNS_DIR}/{name}")).decode()
+        if not is_remote(text):
+            fd = os.open(Path(text) / RUNS_DIR / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device
+                    raise ValueError("not a regular file")
+                data = fh.read(MAX_RECORD_BYTES + 1)
+        else:
+            fs, root = output_filesystem(text, options)
+            path = f"{root.rstrip('/')}/{RUNS_DIR}/{name}"
+            data = bytes(fs.cat_file(path, start=0, end=MAX_RECORD_BYTES + 1))
+        if len(data) > MAX_RECORD_BYTES:  # a record is a few KiB: never read a huge file whole
+            raise ValueError(f"larger than {MAX_RECORD_BYTES >> 20} MiB: not a run record")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(str(exc)) from None
-    except Exception as exc:
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # botocore's errors are no OSError
         raise OSError(str(exc)) from None
 
 
@@ -124,7 +138,10 @@ class RunRecord:
                     raise
                 raise OSError(str(exc)) from None
         elif self.output is not None:
-            write_json(Path(self.output) / RUNS_DIR / f"{self.run_id}.json", self.fields)
+            runs = Path(self.output) / RUNS_DIR
+            if runs.is_symlink():  # would lead the record out of the output
+                raise OSError(f"{runs} is a link: fdpipe writes its records only in the output")
+            write_json(runs / f"{self.run_id}.json", self.fields)
         if self.summary is not None:
             write_json(self.summary, self.fields)
 

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,19 +174,23 @@ class ResultsTable:
         if self.remote:  # through fsspec, with the options the run records are read with
             from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-            fs, _ = output_filesystem(self.uri, self.options)
-            # delta-rs' URIs are percent-encoded (a space is %20); fsspec takes the plain key
-            paths: list[str] = [fs._strip_protocol(unquote(uri)) for uri in self.listed(table)]
+            fs, paths = self.stored_files(table)
+            self.missing = [Path(p) for p in self.absent(fs, paths)]
+            for path in self.missing:  # deleted by hand: left out, as for a local table
+                log.warning("%s: data file missing: skipped, its images are left out (`fdpipe "
+                            "explain` again explains them)", path)  # fmt: skip
+            paths = [p for p in paths if Path(p) not in self.missing]
             handler = FSSpecHandler(fs)  # type: ignore[abstract]  # (the stubs lag pyarrow)
             return ds.dataset(paths, schema=SCHEMA, format="parquet",
                               filesystem=PyFileSystem(handler))  # fmt: skip
         files, self.missing = [], []
         for path in (local_path(uri) for uri in self.listed(table)):
-            if os.path.lexists(path):
+            if regular_file(path):
                 files.append(str(path))
-            else:  # deleted by hand: its images are left out (``explain`` redoes them)
-                log.warning("%s: data file missing: skipped, its images are left out (`fdpipe "
-                            "explain` again explains them)", path)  # fmt: skip
+            else:  # deleted by hand (or a FIFO, a link there): left out, ``explain`` redoes it
+                log.warning("%s: data file missing or not a regular file: skipped, its "
+                            "images are left out (`fdpipe explain` again explains them)",
+                            path)  # fmt: skip
                 self.missing.append(path)
         return ds.dataset(files, schema=SCHEMA, format="parquet")
 
@@ -209,6 +214,20 @@ class ResultsTable:
         """The local data files of a version (of the newest one by default)."""
         uris = self.listed(self.delta(version)) if self.exists() else []
         return [local_path(uri) for uri in uris]
+
+    def stored_files(self, table: DeltaTable) -> tuple[Any, list[str]]:
+        """A store's filesystem and the keys of ``table``'s data files (delta-rs' URIs are
+        percent-encoded, a space is %20; fsspec takes the plain key)."""
+        fs, _ = output_filesystem(self.uri, self.options)
+        return fs, [fs._strip_protocol(unquote(uri)) for uri in self.listed(table)]
+
+    def absent(self, fs: Any, paths: list[str]) -> list[str]:
+        """Of ``paths`` (data files at the table's top level), those the store no longer holds:
+        one listing, not a request a file."""
+        if not paths:
+            return []
+        held = set(fs.ls(fs._strip_protocol(self.uri), detail=False, refresh=True))
+        return [p for p in paths if p not in held]
 
     def listed(self, table: DeltaTable) -> list[str]:
         """The URIs of ``table``'s data files, each checked to lie in the table's own folder: a
@@ -234,16 +253,24 @@ class ResultsTable:
         intact footer, ``fdpipe.job.checksums``) are renamed to a hidden ``.<name>.unreadable``
         or ``.<name>.damaged`` (kept for inspection) and removed from the table in one commit:
         their images have no rows any more, so the run explains them again."""
-        if self.remote or not self.exists():
+        if not self.exists():
             return []
-        damaged = []
-        for path in self.data_files():
+        damaged: list[Path] = []
+        if self.remote:  # no renames on a store: only files deleted by hand are found there
+            fs, paths = self.stored_files(self.delta())
+            damaged = [Path(p) for p in self.absent(fs, paths)]
+            for path in damaged:
+                log.warning("%s: data file missing: removed from the table, its images are "
+                            "explained again", path)  # fmt: skip
+        for path in [] if self.remote else self.data_files():
             if not os.path.lexists(path):
                 log.warning("%s: data file missing: removed from the table, its images are "
                             "explained again", path)  # fmt: skip
                 damaged.append(path)
                 continue
             try:
+                if not regular_file(path):  # a FIFO would block the read, a link lead away
+                    raise OSError("not a regular file")
                 pq.read_metadata(path)
                 reason, kind = checksums.mismatch(path), "damaged"
                 if not checksums.recorded(path):  # older than checksums, or a killed run's:
@@ -435,6 +462,14 @@ class ResultsTable:
             root = Path(self.uri)
             checksums.seal(root, root / DELTA_LOG, range(start + 1, newest + 1))
         return newest
+
+
+def regular_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a link, a FIFO, a device or missing)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def local_path(uri: str) -> Path:

@@ -488,3 +488,70 @@ def test_a_large_jpeg_is_decoded_reduced_with_its_full_size_recorded(tmp_path: P
     picture, size = load_image_sized(path, max_pixels=1_000_000)
     assert size == (3000, 2000)
     assert picture.width * picture.height <= 1_000_000 and picture.width == 750
+
+
+# ---- found by the hostile pass of the third round's second session ------------------------------
+
+
+@pytest.mark.parametrize("odd", ["link", "fifo"])
+def test_a_lock_file_that_is_a_link_or_fifo_is_refused(
+    images: Path, tmp_path: Path, odd: str
+) -> None:
+    """A ``.fdpipe-lock`` linked to a file outside the output was overwritten with a pid; a FIFO
+    there was a traceback."""
+    out = tmp_path / "out"
+    assert invoke(*explain(images, out))[0] == 0
+    lock = out / ".fdpipe-lock"
+    lock.unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if odd == "link":
+        lock.symlink_to(victim)
+    else:
+        os.mkfifo(lock)
+    code, said = invoke(*explain(images, out))
+    assert code == 2 and ".fdpipe-lock" in said and said.count("\n") == 1, said
+    assert victim.read_text() == "precious"
+
+
+def test_a_runs_folder_that_is_a_link_is_not_written_through(images: Path, tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    assert invoke(*explain(images, out))[0] == 0
+    (out / "_runs").rename(elsewhere)
+    (out / "_runs").symlink_to(elsewhere)
+    before = sorted(os.listdir(elsewhere))
+    code, said = invoke(*explain(images, out))
+    assert code == 2 and "is a link" in said, said
+    assert sorted(os.listdir(elsewhere)) == before
+
+
+def test_odd_run_records_are_named_never_read_whole(images: Path, tmp_path: Path) -> None:
+    """A record linked to /dev/zero was skipped silently; a huge file was read whole (GBs)."""
+    out = tmp_path / "out"
+    assert invoke(*explain(images, out))[0] == 0
+    runs = out / "_runs"
+    (runs / "29991231T000000000000Z-000000.json").symlink_to("/dev/zero")
+    with open(runs / "29991231T000000000000Z-000001.json", "wb") as fh:
+        fh.truncate(64 << 20)  # sparse: 64 MiB of zeros on no disk
+    code, said = invoke("status", str(out))
+    assert code == 4 and "000000.json" in said and "000001.json" in said, said
+    assert "larger than 16 MiB" in said
+
+
+def test_a_data_file_replaced_by_a_fifo_is_set_aside_not_waited_on(
+    images: Path, tmp_path: Path
+) -> None:
+    """``explain`` hung for ever (SIGTERM did nothing) opening it; render said "None"."""
+    out = tmp_path / "out"
+    assert invoke(*explain(images, out))[0] == 0
+    (part,) = data_files(out)
+    part.unlink()
+    os.mkfifo(part)
+    command = [sys.executable, "-m", "fdpipe", "render", str(out), "-o", str(tmp_path / "png")]
+    done = subprocess.run(command, capture_output=True, timeout=120)
+    said = done.stderr.decode() + done.stdout.decode()
+    assert done.returncode == 2 and "not a regular file" in said and "None" not in said, said
+    command = [sys.executable, "-m", "fdpipe", *explain(images, out)]
+    done = subprocess.run(command, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (part.parent / f".{part.name}.unreadable").exists() and len(table(out)) == 3

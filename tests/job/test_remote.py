@@ -355,3 +355,27 @@ def test_a_bucket_table_written_before_the_role_column_takes_new_runs(
     assert result.exit_code == 0, result.output
     roles = sorted(str(r["target_role"]) for r in rows(output).to_pylist())
     assert roles == ["prediction"] * 4
+
+
+def test_a_data_file_deleted_from_a_bucket_is_named_and_redone(
+    tmp_path: Path, s3_env: SeaweedFS
+) -> None:
+    """As in a folder (``tests/job/test_reader_damage.py``): readers name the missing file and
+    go on; explain removes it from the table and explains its images again (it was a
+    traceback)."""
+    images = tmp_path / "images"
+    write_images(images, 4)
+    output = f"s3://{s3_env.new_bucket()}/out"
+    assert invoke(explain_command(images, output, "--part-size", "2")).exit_code == 0
+    whole = rows(output)
+    fs = s3_env.filesystem()
+    files = sorted(fs.glob(f"{output.removeprefix('s3://')}/*.parquet"))
+    assert len(files) == 2
+    fs.rm(files[0])
+    result = invoke(["render", output, "-o", str(tmp_path / "png")])
+    assert result.exit_code == 0 and len(list((tmp_path / "png").glob("*.png"))) == 2
+    result = invoke(explain_command(images, output))
+    assert (result.exit_code == 0 and result.exception is None) or isinstance(
+        result.exception, SystemExit
+    ), result.output
+    same_work(rows(output), whole)
