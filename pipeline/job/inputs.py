@@ -197,8 +197,9 @@ def unique_keys(entries: Iterable[Entry]) -> list[Entry]:
         if held is not entry:
             keep, drop = (entry, held) if _escaped(held.location) else (held, entry)
             chosen[entry.key] = keep
-            log.warning("%r and %r both have the key %r: %s is left out of the run (rename it)",
-                        keep.location, drop.location, entry.key, drop.location)  # fmt: skip
+            # repr: a name's undecodable bytes (surrogates) would break a UTF-8 log stream
+            log.warning("%r and %r both have the key %r: the second is left out of the run "
+                        "(rename it)", keep.location, drop.location, entry.key)  # fmt: skip
     return [chosen[key] for key in sorted(chosen)]
 
 
