@@ -88,8 +88,8 @@ def class_indices(tokens: Sequence[int | str], class_names: Sequence[str]) -> li
     indices = []
     for token in tokens:
         text = str(token).strip()
-        if re.fullmatch(r"-?\d+", text):
-            index = int(text)
+        if number := re.fullmatch(r"(-?\d+)(?:\.0+)?", text):  # "967.0": pandas' int column
+            index = int(number[1])  # with gaps, written as floats
             if not 0 <= index < len(class_names):
                 raise ModelError(
                     f"class index {index} out of range: valid are 0..{len(class_names) - 1}"

@@ -437,6 +437,8 @@ class ResultsTable:
             )
         except Exception as exc:  # a read-only folder, a damaged log
             raise TableError(f"{self.uri}: vacuum failed ({self.said(exc)})") from None
+        # delta-rs deletes nothing outside the table, but lists what a tampered log names there
+        removed = [f for f in removed if "/" not in f]
         orphans = [f for f in unnamed if f not in removed and DATA_FILE.match(Path(f).name)]
         if dry_run:
             pass

@@ -27,3 +27,12 @@ def test_duplicates_and_empty_lines_in_a_class_names_file_are_warned_about(
     with caplog.at_level(logging.WARNING):
         assert read_class_names(path) == ["same", "other", "", "same"]
     assert "'same' names classes 0, 3" in caplog.text and "class 2 has no name" in caplog.text
+
+
+def test_an_integral_float_is_an_index() -> None:
+    """A label column with gaps is written by pandas as floats ("967.0"): it was refused as an
+    unknown class (found by the hostile pass)."""
+    names = [f"class{i}" for i in range(1000)]
+    assert class_indices(["967.0", "12.00", "3"], names) == [967, 12, 3]
+    with pytest.raises(ModelError, match=r"unknown class '967\.5'"):
+        class_indices(["967.5"], names)

@@ -23,7 +23,7 @@ from fdpipe.cli import main
 from fdpipe.job.current import current_mask
 from fdpipe.job.reader import iter_rows, read_maps
 from fdpipe.job.schema import METADATA_KEY, SCHEMA
-from fdpipe.job.table import ResultsTable, TableError
+from fdpipe.job.table import DELTA_LOG, ResultsTable, TableError
 from image_files import explain_command, write_images
 from PIL import Image
 from results import duckdb_sql
@@ -419,3 +419,21 @@ def test_status_never_waits_on_a_fifo_record(tmp_path: Path) -> None:
     )
     said = done.stdout.decode()  # named as unreadable (the newest: the night is incomplete)
     assert done.returncode == 4 and str(fifo) in said and "not a regular file" in said, said
+
+
+def test_vacuum_counts_only_what_it_deleted_in_the_table(tmp_path: Path) -> None:
+    """A tampered log's ``remove`` of a file outside the table: delta-rs leaves the file, and
+    fdpipe's count said it was deleted (found by the hostile pass)."""
+    output, victim = tmp_path / "out", tmp_path / "outside" / "victim.txt"
+    ResultsTable(output).commit(synthetic_rows(["a.jpg"], run_id="r1"), RECORD)
+    ResultsTable(output).commit(synthetic_rows(["a.jpg"], run_id="r2"), RECORD)
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    newest = sorted((output / DELTA_LOG).glob("*.json"))[-1]
+    remove = {"path": "../outside/victim.txt", "deletionTimestamp": 0, "dataChange": True}
+    newest.write_text(newest.read_text() + json.dumps({"remove": remove}) + "\n")
+    before = {p.name for p in output.glob("*.parquet")}
+    result = invoke(["vacuum", str(output), "--retain", "0h"])
+    gone = before - {p.name for p in output.glob("*.parquet")}
+    assert result.exit_code == 0 and f"deleted {len(gone)} file(s)" in result.output, result.output
+    assert victim.read_text() == "precious" and len(gone) == 1
