@@ -46,10 +46,20 @@ def rows(output: str | Path, options: dict[str, Any] | None = None) -> pa.Table:
     return pa.Table.from_batches(list(iter_rows(stored)), schema=SCHEMA).sort_by(SORT)
 
 
-def same_work(a: pa.Table, b: pa.Table) -> None:
-    columns = [c for c in SCHEMA.names if c not in VARYING]
+FLOATS = {"logit", "probability", "map", "raw_min", "raw_max", "weights"}
+
+
+def same_work(a: pa.Table, b: pa.Table, *, tolerance: float = 0.0) -> None:
+    """The same rows; with a ``tolerance``, the computed floats within it (runs in processes of
+    other torch thread counts reduce in another order: as in ``tests/job/test_faults.py``)."""
+    exact = [c for c in SCHEMA.names if c not in VARYING and not (tolerance and c in FLOATS)]
     assert a.num_rows == b.num_rows > 0
-    assert a.select(columns).equals(b.select(columns))
+    assert a.select(exact).equals(b.select(exact))
+    for column in FLOATS if tolerance else ():
+        for x, y in zip(a[column].to_pylist(), b[column].to_pylist(), strict=True):
+            np.testing.assert_allclose(
+                np.asarray(x, dtype=float), np.asarray(y, dtype=float), atol=tolerance
+            )
 
 
 def counts(output: str | Path, options: dict[str, Any] | None = None) -> dict[str, int]:
@@ -306,7 +316,7 @@ def test_resume_after_sigkill_into_a_bucket(tmp_path: Path, s3_env: SeaweedFS) -
     for output in (killed, whole):
         assert invoke(explain_command(images, output)).exit_code == 0
     assert counts(killed)["skipped"] > 0  # the committed part was kept
-    same_work(rows(killed), rows(whole))
+    same_work(rows(killed), rows(whole), tolerance=1e-5)  # its first part from a subprocess
 
 
 def test_a_prefix_with_a_space_reads_back_and_a_percent_is_refused(
