@@ -14,16 +14,18 @@ footer and its maps' range.
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import json
 import logging
 import os
 import stat
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote
+
+from fdpipe.job.inputs import EntryError, open_regular
 
 log = logging.getLogger("fdpipe.job")
 
@@ -32,10 +34,8 @@ MAX_SIDECAR = 4096  # a line of 64 hex digits and a file name
 
 
 def sha256_of(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    """EntryError for a FIFO or device (never waited on), OSError where it cannot be read."""
+    with open_regular(path, sys.maxsize) as fh:  # a data file has no size bound of its own
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
@@ -136,8 +136,8 @@ def mismatch(path: Path) -> str | None:
     expected = words[0].lower() if words else ""
     try:
         actual = sha256_of(path)
-    except OSError as exc:  # gone or unreadable: not the file fdpipe wrote either
-        return f"cannot be read ({exc.strerror or exc})"
+    except (OSError, EntryError) as exc:  # gone, unreadable, a FIFO: not the file fdpipe wrote
+        return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
     if actual == expected:
         return None
     return (
